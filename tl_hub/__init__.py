@@ -1,0 +1,37 @@
+"""tl-hub: transfer learning for image classification on the Hugging Face stack.
+
+Wrap any ``AutoModelForImageClassification`` checkpoint in a recipe, replace its head for your labels and
+train it with Accelerate on one or many devices::
+
+    from tl_hub import FineTuneRecipe
+    recipe = FineTuneRecipe(model="google/vit-base-patch16-224-in21k", head_epochs=1, epochs=4, lr=1e-3)
+    result = recipe.fit(train_ds, eval_ds)
+    recipe.save("out/")
+"""
+
+__version__ = "0.1.0"
+
+from .backbone import Backbone, LayerGroup, ModelParts, load_backbone, split_model  # noqa: E402
+from .config import FeatureExtractionConfig, FineTuneConfig, ScratchConfig, TrainingConfig  # noqa: E402
+from .errors import ConfigError, DataError, ModelError, OutputError, TlHubError  # noqa: E402
+from .inference import Classifier, load  # noqa: E402
+from .recipes import (  # noqa: E402
+    RECIPES,
+    FeatureExtractionRecipe,
+    FineTuneRecipe,
+    FitResult,
+    Recipe,
+    ScratchRecipe,
+    get_recipe,
+    register_recipe,
+)
+
+__all__ = [
+    "__version__",
+    "Backbone", "LayerGroup", "ModelParts", "load_backbone", "split_model",
+    "TrainingConfig", "FeatureExtractionConfig", "FineTuneConfig", "ScratchConfig",
+    "TlHubError", "ConfigError", "DataError", "ModelError", "OutputError",
+    "Classifier", "load",
+    "Recipe", "FeatureExtractionRecipe", "FineTuneRecipe", "ScratchRecipe", "FitResult",
+    "RECIPES", "get_recipe", "register_recipe",
+]

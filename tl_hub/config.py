@@ -1,0 +1,187 @@
+"""Validated configuration dataclasses for the recipes.
+
+Each recipe has one config class.  Every field carries a ``help`` text (used by
+the CLI, which builds its flags from these fields) and ``__post_init__`` checks
+the values, raising :class:`~tl_hub.errors.ConfigError` with a message that
+says what to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+from .errors import ConfigError
+
+SCHEDULERS = ("cosine", "linear", "constant")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+BN_POLICIES = ("frozen", "train")
+
+
+def _positive(name: str, value, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if allow_zero and value < 0:
+        raise ConfigError(f"`{name}` should be >= 0, got {value}.")
+    if not allow_zero and value <= 0:
+        raise ConfigError(f"`{name}` should be positive, got {value}.")
+
+
+def _choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"`{name}` should be one of {', '.join(map(str, choices))}; got {value!r}.")
+
+
+@dataclass
+class TrainingConfig:
+    """Settings shared by every recipe.
+
+    Args:
+        epochs (`int`, defaults to 5): total training epochs.
+        lr (`float`, defaults to 1e-3): peak learning rate of the new head.
+        batch_size (`int`, defaults to 32): global training batch, split across processes.
+        ... (see the ``help`` of each field below)
+
+    Raises:
+        ConfigError: when a value is out of range.
+
+    Example:
+        >>> TrainingConfig(epochs=3, lr=3e-4).epochs
+        3
+    """
+
+    epochs: int = field(default=5, metadata={"help": "Total number of training epochs."})
+    lr: float = field(default=1e-3, metadata={"help": "Peak learning rate of the new head."})
+    batch_size: int = field(
+        default=32,
+        metadata={"help": "Global training batch size; split evenly across processes, so results do not "
+                  "depend on the number of processes."},
+    )
+    eval_batch_size: int = field(default=64, metadata={"help": "Global evaluation/prediction batch size."})
+    weight_decay: float = field(
+        default=0.01, metadata={"help": "AdamW weight decay (never applied to biases, norms and tokens)."}
+    )
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Fraction of each period's steps used for LR warmup."})
+    scheduler: str = field(default="cosine", metadata={"help": "LR schedule after warmup: cosine, linear or constant."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches accumulated per optimizer step."})
+    max_grad_norm: Optional[float] = field(default=1.0, metadata={"help": "Gradient clipping norm (none to disable)."})
+    label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the cross-entropy loss."})
+    seed: int = field(default=42, metadata={"help": "Seed for initialisation, data order, splits and augmentation."})
+    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (needs hardware support)."})
+    image_column: Optional[str] = field(default=None, metadata={"help": "Image column (detected if not given)."})
+    label_column: Optional[str] = field(default=None, metadata={"help": "Label column (detected if not given)."})
+    validation_size: float = field(
+        default=0.2,
+        metadata={"help": "Fraction of the training data held out (stratified) when no validation split exists."},
+    )
+    augment: bool = field(
+        default=True, metadata={"help": "Random resized crop + horizontal flip on training images."}
+    )
+    hflip: bool = field(
+        default=True, metadata={"help": "Allow horizontal flips in augmentation (turn off for text or digits)."}
+    )
+    crop_scale: float = field(
+        default=0.6, metadata={"help": "Smallest area fraction kept by the random resized crop (0 < s <= 1)."}
+    )
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "lr", "batch_size", "eval_batch_size", "gradient_accumulation_steps"):
+            _positive(name, getattr(self, name))
+        for name in ("weight_decay", "num_workers", "label_smoothing"):
+            _positive(name, getattr(self, name), allow_zero=True)
+        _positive("max_grad_norm", self.max_grad_norm)
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"`warmup_ratio` should be in [0, 1), got {self.warmup_ratio}.")
+        if not 0 < self.validation_size < 1:
+            raise ConfigError(f"`validation_size` should be a fraction in (0, 1), got {self.validation_size}.")
+        if not 0 < self.crop_scale <= 1:
+            raise ConfigError(f"`crop_scale` should be in (0, 1], got {self.crop_scale}.")
+        if self.label_smoothing >= 1:
+            raise ConfigError(f"`label_smoothing` should be < 1, got {self.label_smoothing}.")
+        _choice("scheduler", self.scheduler, SCHEDULERS)
+        _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> "TrainingConfig":
+        """Build the config, naming unknown arguments instead of a bare ``TypeError``."""
+        unknown = sorted(set(kwargs) - cls.field_names())
+        if unknown:
+            raise ConfigError(
+                f"{cls.__name__} has no setting {', '.join(unknown)}; valid settings are: "
+                f"{', '.join(sorted(cls.field_names()))}."
+            )
+        return cls(**kwargs)
+
+
+@dataclass
+class FeatureExtractionConfig(TrainingConfig):
+    """Feature extraction: the encoder is frozen, only the new head trains for ``epochs``."""
+
+
+@dataclass
+class ScratchConfig(TrainingConfig):
+    """Training the same architecture from random initialisation (the baseline)."""
+
+    lr: float = field(default=1e-3, metadata={"help": "Peak learning rate for all parameters."})
+
+
+@dataclass
+class FineTuneConfig(TrainingConfig):
+    """Two periods: ``head_epochs`` of feature extraction, then fine-tuning.
+
+    In period 2 the top ``unfreeze`` encoder groups train with smaller learning
+    rates: ``lr * backbone_lr_ratio`` (discriminative, as in ULMFiT/fastai), or,
+    when ``layer_decay`` is set, ``lr * layer_decay ** depth`` where depth counts
+    groups from the top (1 = top block), as in BEiT.  ``lr`` is the head's LR in
+    period 2; ``head_lr`` (default ``lr``) its LR in period 1.
+    """
+
+    epochs: int = field(default=5, metadata={"help": "Total epochs: head_epochs of head training, then fine-tuning."})
+    head_epochs: int = field(default=1, metadata={"help": "Epochs of period 1 (new head only, encoder frozen)."})
+    head_lr: Optional[float] = field(default=None, metadata={"help": "Head LR in period 1 (default: lr)."})
+    backbone_lr_ratio: float = field(
+        default=0.1, metadata={"help": "Pretrained groups train at lr * ratio in period 2 (discriminative LR)."}
+    )
+    layer_decay: Optional[float] = field(
+        default=None,
+        metadata={"help": "If set, layer-wise decay: group at depth d from the top trains at lr * decay**d "
+                  "(replaces backbone_lr_ratio)."},
+    )
+    unfreeze: Union[str, int] = field(
+        default="all", metadata={"help": "'all', or the number of top encoder blocks to unfreeze in period 2."}
+    )
+    bn_policy: str = field(
+        default="frozen",
+        metadata={"help": "BatchNorm in period 2: 'frozen' keeps running statistics fixed (eval mode; "
+                  "affine weights still train), 'train' updates them."},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive("head_lr", self.head_lr)
+        _positive("head_epochs", self.head_epochs, allow_zero=True)
+        if self.head_epochs >= self.epochs:
+            raise ConfigError(
+                f"`head_epochs` ({self.head_epochs}) should be smaller than `epochs` ({self.epochs}), leaving "
+                "epochs for fine-tuning; to train only the head use FeatureExtractionRecipe."
+            )
+        if not 0 < self.backbone_lr_ratio <= 1:
+            raise ConfigError(f"`backbone_lr_ratio` should be in (0, 1], got {self.backbone_lr_ratio}.")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise ConfigError(f"`layer_decay` should be in (0, 1], got {self.layer_decay}.")
+        if isinstance(self.unfreeze, str) and self.unfreeze != "all":
+            if not self.unfreeze.isdigit():
+                raise ConfigError(f"`unfreeze` should be 'all' or a positive number of blocks, got {self.unfreeze!r}.")
+            self.unfreeze = int(self.unfreeze)
+        if isinstance(self.unfreeze, int) and self.unfreeze <= 0:
+            raise ConfigError(f"`unfreeze` should be 'all' or a positive number of blocks, got {self.unfreeze}.")
+        _choice("bn_policy", self.bn_policy, BN_POLICIES)

@@ -1,0 +1,471 @@
+"""Datasets in, batches for the model out.
+
+- `load_source`: a ``datasets.Dataset``/``DatasetDict``, a ``save_to_disk`` folder, an image folder
+  (``class_name/xxx.jpg``) or a Hub dataset id.
+- `prepare_data`: finds the image and label columns, builds the label names, removes undecodable
+  images (with a warning that counts them), and makes a stratified validation split when none exists.
+- `ImageClassificationDataset` + `ImageCollator`: images converted to RGB, augmented on the fly (random
+  resized crop, horizontal flip; no torchvision needed) with a random stream derived from
+  ``(seed, epoch, index)`` so the augmentation does not depend on the number of processes or workers,
+  then preprocessed by the model's own image processor, batch-wise.
+
+Corrupt images are skipped, not fatal: they are counted and reported once; if no image is readable the
+data is rejected.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .errors import DataError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+IMAGE_COLUMN_NAMES = ("image", "img", "images", "picture", "photo")
+LABEL_COLUMN_NAMES = ("label", "labels", "class", "target", "category", "fine_label")
+VALIDATION_SPLIT_NAMES = ("validation", "valid", "val", "eval", "dev")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _has_images(folder: str) -> bool:
+    for _, _, files in os.walk(folder):
+        if any(os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS for f in files):
+            return True
+    return False
+
+
+def load_source(source: Any, *, revision: Optional[str] = None, cache_dir: Optional[str] = None):
+    """Turn what the user gave into a ``Dataset`` or ``DatasetDict``.
+
+    Args:
+        source: a ``datasets.Dataset``/``DatasetDict``; a folder written by ``save_to_disk``; an image
+            folder laid out as ``<class>/<image>`` (optionally under ``train/``, ``validation/``, ``test/``);
+            or a Hub dataset id such as ``"beans"``.
+
+    Raises:
+        DataError: the folder holds no images, the id cannot be loaded.
+    """
+    import datasets
+
+    if isinstance(source, (datasets.Dataset, datasets.DatasetDict)):
+        return source
+    if not isinstance(source, (str, os.PathLike)):
+        raise DataError(
+            f"Expected a datasets.Dataset, DatasetDict, folder or Hub dataset id, got {type(source).__name__}."
+        )
+    path = os.fspath(source)
+    if os.path.isdir(path):
+        if os.path.exists(os.path.join(path, "dataset_dict.json")) or os.path.exists(
+            os.path.join(path, "state.json")
+        ):
+            return datasets.load_from_disk(path)
+        if not _has_images(path):
+            raise DataError(
+                f"The folder '{path}' contains no images ({', '.join(sorted(IMAGE_EXTENSIONS))}). Lay it out as "
+                "<folder>/<class name>/<image>, or pass a saved dataset or a Hub dataset id."
+            )
+        return datasets.load_dataset("imagefolder", data_dir=path, cache_dir=cache_dir)
+    if os.path.exists(path):
+        raise DataError(f"'{path}' is a file; pass a folder of images, a saved dataset folder or a Hub dataset id.")
+    try:
+        return datasets.load_dataset(path, revision=revision, cache_dir=cache_dir)
+    except Exception as e:  # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ConnectionError)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DataError(
+            f"Could not load dataset '{path}': not a local folder, and loading it from the Hub failed ({first}). "
+            "Check the path or id (offline? set HF_DATASETS_OFFLINE=0 and check the network)."
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Columns and labels
+
+
+def find_image_column(ds, image_column: Optional[str] = None) -> str:
+    from datasets import Image as ImageFeature
+
+    if image_column is not None:
+        if image_column not in ds.column_names:
+            raise DataError(
+                f"Image column '{image_column}' does not exist; the columns are {ds.column_names}. "
+                "Pass one of them as image_column (--image-column)."
+            )
+        return image_column
+    for name, feat in ds.features.items():
+        if isinstance(feat, ImageFeature):
+            return name
+    for name in IMAGE_COLUMN_NAMES:
+        if name in ds.column_names:
+            return name
+    raise DataError(f"Found no image column among {ds.column_names}; pass image_column (--image-column).")
+
+
+def find_label_column(ds, label_column: Optional[str] = None, image_column: Optional[str] = None) -> str:
+    from datasets import ClassLabel
+
+    if label_column is not None:
+        if label_column not in ds.column_names:
+            raise DataError(
+                f"Label column '{label_column}' does not exist; the columns are {ds.column_names}. "
+                "Pass one of them as label_column (--label-column)."
+            )
+        return label_column
+    for name, feat in ds.features.items():
+        if isinstance(feat, ClassLabel) and name != image_column:
+            return name
+    for name in LABEL_COLUMN_NAMES:
+        if name in ds.column_names:
+            return name
+    raise DataError(f"Found no label column among {ds.column_names}; pass label_column (--label-column).")
+
+
+def encode_labels(ds, label_column: str, names: Optional[Sequence[str]] = None):
+    """Return ``(dataset, label_names)`` with the label column as a ``ClassLabel``.
+
+    With ``names`` given (the training labels), the column is mapped onto them and any label outside
+    them is an error.
+    """
+    from datasets import ClassLabel
+
+    feat = ds.features[label_column]
+    values = ds[label_column]
+    missing = sum(v is None for v in values)
+    if missing:
+        raise DataError(
+            f"{missing} of {len(values)} examples have no value in label column '{label_column}'; "
+            "remove or label them."
+        )
+    if isinstance(feat, ClassLabel):
+        own = list(feat.names)
+        if names is None or own == list(names):
+            return ds, own
+        values = [own[v] for v in values]
+    if names is None:
+        if all(isinstance(v, (int, np.integer)) for v in values):
+            names = [str(v) for v in sorted(set(values))]
+            values = [str(v) for v in values]
+        else:
+            names = sorted({str(v) for v in values})
+    names = [str(n) for n in names]
+    index = {n: i for i, n in enumerate(names)}
+    unknown = sorted({str(v) for v in values} - set(index))
+    if unknown:
+        raise DataError(
+            f"Labels {unknown[:5]} in this data are not among the {len(names)} training labels {names[:10]}; "
+            "evaluate on data with the same label set."
+        )
+    new = [index[str(v)] for v in values]
+    ds = ds.remove_columns(label_column).add_column(label_column, new)
+    ds = ds.cast_column(label_column, ClassLabel(names=names))
+    return ds, names
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Images
+
+
+def to_rgb(image: Any) -> Image.Image:
+    """Any image (PIL, numpy, path, bytes) as an upright 8-bit RGB PIL image.
+
+    Palette and alpha images are composited on white; CMYK, grayscale and 16-bit images are converted;
+    EXIF orientation is applied.
+    """
+    if isinstance(image, dict):  # datasets Image(decode=False)
+        image = image.get("bytes") or image.get("path")
+    if isinstance(image, (bytes, bytearray)):
+        image = Image.open(io.BytesIO(image))
+    elif isinstance(image, (str, os.PathLike)):
+        image = Image.open(image)
+    elif isinstance(image, np.ndarray):
+        arr = image
+        if arr.dtype != np.uint8:
+            arr = np.clip(arr / (arr.max() or 1) * 255 if arr.max() > 1 else arr * 255, 0, 255).astype(np.uint8)
+        image = Image.fromarray(arr)
+    elif isinstance(image, torch.Tensor):
+        return to_rgb(image.detach().cpu().numpy())
+    if not isinstance(image, Image.Image):
+        raise DataError(f"Cannot read an image from a {type(image).__name__}.")
+    image = ImageOps.exif_transpose(image)
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(image, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(arr.astype(np.uint8)).convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _decodable(value: Any) -> bool:
+    try:
+        if isinstance(value, dict):
+            data = value.get("bytes")
+            img = Image.open(io.BytesIO(data)) if data else Image.open(value["path"])
+        elif isinstance(value, Image.Image):
+            img = value
+        else:
+            img = to_rgb(value)
+        img.load()
+        return img.width > 0 and img.height > 0
+    except Exception:
+        return False
+
+
+def drop_undecodable(ds, image_column: str, what: str = "training"):
+    """Remove examples whose image cannot be decoded; warn once with the count."""
+    from datasets import Image as ImageFeature
+
+    raw = ds.cast_column(image_column, ImageFeature(decode=False)) if isinstance(
+        ds.features[image_column], ImageFeature) else ds
+    ok = [i for i, v in enumerate(raw[image_column]) if _decodable(v)]
+    skipped = len(ds) - len(ok)
+    if skipped == len(ds) and len(ds) > 0:
+        raise DataError(f"None of the {len(ds)} {what} images could be decoded; check the files.")
+    if skipped:
+        logger.warning("Skipped %d of %d %s images that could not be decoded (corrupt or not an image).",
+                       skipped, len(ds), what)
+        ds = ds.select(ok)
+    return ds, skipped
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Splits
+
+
+def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices ``(train, validation)``: each class with >= 2 examples gives ``round(n * fraction)``
+    (at least 1) of them to validation, chosen with a seeded shuffle."""
+    rng = random.Random(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(int(y), []).append(i)
+    train, val = [], []
+    for y in sorted(by_class):
+        idx = by_class[y][:]
+        rng.shuffle(idx)
+        k = 0 if len(idx) < 2 else min(len(idx) - 1, max(1, round(len(idx) * fraction)))
+        val += idx[:k]
+        train += idx[k:]
+    return sorted(train), sorted(val)
+
+
+@dataclass
+class PreparedData:
+    """Training-ready splits with a shared label set."""
+
+    train: Any
+    validation: Any
+    test: Optional[Any]
+    labels: list[str]
+    image_column: str
+    label_column: str
+    skipped: int = 0
+
+    def summary(self) -> str:
+        counts = Counter(self.train[self.label_column])
+        per_class = f"{min(counts.values())}-{max(counts.values())}" if counts else "0"
+        return (f"{len(self.labels)} classes; train {len(self.train)} ({per_class} per class), "
+                f"validation {len(self.validation)}" + (f", test {len(self.test)}" if self.test is not None else ""))
+
+
+def _pick_splits(data) -> tuple[Any, Optional[Any], Optional[Any]]:
+    import datasets
+
+    if isinstance(data, datasets.Dataset):
+        return data, None, None
+    names = list(data.keys())
+    if not names:
+        raise DataError("The dataset has no splits.")
+    train_name = "train" if "train" in data else names[0]
+    val_name = next((n for n in VALIDATION_SPLIT_NAMES if n in data), None)
+    test_name = "test" if "test" in data and train_name != "test" else None
+    return data[train_name], data[val_name] if val_name else None, data[test_name] if test_name else None
+
+
+def prepare_data(
+    train: Any,
+    validation: Any = None,
+    *,
+    image_column: Optional[str] = None,
+    label_column: Optional[str] = None,
+    validation_size: float = 0.2,
+    seed: int = 42,
+) -> PreparedData:
+    """Resolve columns and labels and produce train / validation (/ test) splits.
+
+    Raises:
+        DataError: empty data, unknown columns, fewer than two classes, missing labels.
+    """
+    train_ds, val_ds, test_ds = _pick_splits(load_source(train))
+    if validation is not None:
+        val_ds, _, _ = _pick_splits(load_source(validation))
+    if len(train_ds) == 0:
+        raise DataError("The training split is empty; give a dataset with labelled images.")
+    img_col = find_image_column(train_ds, image_column)
+    lbl_col = find_label_column(train_ds, label_column, img_col)
+    train_ds = train_ds.select_columns([img_col, lbl_col])
+    train_ds, labels = encode_labels(train_ds, lbl_col)
+    present = set(train_ds[lbl_col])
+    if len(labels) < 2 or len(present) < 2:
+        raise DataError(
+            f"The training data has {len(present)} class(es) ({[labels[i] for i in sorted(present)]}); a classifier "
+            "needs at least two. Check the label column or add images of other classes."
+        )
+    train_ds, skipped = drop_undecodable(train_ds, img_col)
+    if val_ds is None:
+        tr_idx, val_idx = stratified_split(train_ds[lbl_col], validation_size, seed)
+        if not val_idx:
+            raise DataError(
+                "Too few examples to hold out a validation split (every class has fewer than 2 images); "
+                "add images or pass a validation dataset."
+            )
+        train_ds, val_ds = train_ds.select(tr_idx), train_ds.select(val_idx)
+    else:
+        val_ds = _align(val_ds, img_col, lbl_col, labels, "validation")
+        val_ds, s = drop_undecodable(val_ds, img_col, "validation")
+        skipped += s
+    if test_ds is not None:
+        test_ds = _align(test_ds, img_col, lbl_col, labels, "test")
+    return PreparedData(train_ds, val_ds, test_ds, labels, img_col, lbl_col, skipped)
+
+
+def _align(ds, image_column: str, label_column: str, labels: Sequence[str], what: str):
+    if len(ds) == 0:
+        raise DataError(f"The {what} split is empty.")
+    for col, kind in ((image_column, "image"), (label_column, "label")):
+        if col not in ds.column_names:
+            raise DataError(
+                f"The {what} split has no {kind} column '{col}' (its columns: {ds.column_names})."
+            )
+    ds = ds.select_columns([image_column, label_column])
+    ds, _ = encode_labels(ds, label_column, labels)
+    return ds
+
+
+def prepare_eval_data(source: Any, labels: Sequence[str], *, image_column: Optional[str] = None,
+                      label_column: Optional[str] = None, split: Optional[str] = None):
+    """An evaluation dataset mapped onto the model's ``labels``; its test split by default."""
+    import datasets
+
+    data = load_source(source)
+    if isinstance(data, datasets.DatasetDict):
+        if split is None:
+            split = next((s for s in ("test",) + VALIDATION_SPLIT_NAMES + ("train",) if s in data), list(data)[0])
+        if split not in data:
+            raise DataError(f"The dataset has no split '{split}'; its splits are {list(data)}.")
+        data = data[split]
+    if len(data) == 0:
+        raise DataError("The evaluation data is empty.")
+    img_col = find_image_column(data, image_column)
+    lbl_col = find_label_column(data, label_column, img_col)
+    ds = _align(data, img_col, lbl_col, labels, "evaluation")
+    ds, _ = drop_undecodable(ds, img_col, "evaluation")
+    return ds, img_col, lbl_col
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# On-the-fly augmentation and batching
+
+
+def random_resized_crop(image: Image.Image, rng: random.Random, scale=(0.6, 1.0), ratio=(3 / 4, 4 / 3)):
+    """Crop a random region of ``scale`` area fraction and ``ratio`` aspect (the processor resizes it)."""
+    w, h = image.size
+    area = w * h
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        log_r = (math.log(ratio[0]), math.log(ratio[1]))
+        aspect = math.exp(rng.uniform(*log_r))
+        cw, ch = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+            return image.crop((x, y, x + cw, y + ch))
+    side = min(w, h)  # fallback: central square
+    return image.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
+
+
+class ImageClassificationDataset(torch.utils.data.Dataset):
+    """Map-style dataset of ``(rgb_image, label)`` over a ``datasets.Dataset``.
+
+    Augmentation (when ``augment``) draws from ``random.Random((seed, epoch, index))``: the same example
+    gets the same crop in a given epoch whatever the number of processes or workers.  Call
+    `set_epoch` before each epoch.
+    """
+
+    def __init__(self, ds, image_column: str, label_column: Optional[str], *, augment: bool = False,
+                 hflip: bool = True, crop_scale: float = 0.6, seed: int = 0):
+        self.ds = ds
+        self.image_column = image_column
+        self.label_column = label_column
+        self.augment = augment
+        self.hflip = hflip
+        self.crop_scale = crop_scale
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, index: int):
+        row = self.ds[int(index)]
+        image = to_rgb(row[self.image_column])
+        if self.augment:
+            rng = random.Random(hash((self.seed, self.epoch, int(index))))
+            image = random_resized_crop(image, rng, scale=(self.crop_scale, 1.0))
+            if self.hflip and rng.random() < 0.5:
+                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        label = row[self.label_column] if self.label_column is not None else -1
+        return image, int(label)
+
+
+class ImageCollator:
+    """Preprocess a list of ``(image, label)`` with the model's image processor, as one batch."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, batch: Sequence[tuple[Image.Image, int]]) -> dict[str, torch.Tensor]:
+        images = [b[0] for b in batch]
+        pixel_values = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        return {"pixel_values": pixel_values, "labels": torch.tensor([b[1] for b in batch], dtype=torch.long)}
+
+
+def as_images(inputs: Union[Any, Sequence[Any]]) -> list[Image.Image]:
+    """Normalise ``predict`` inputs (one or many PIL images, arrays, paths or bytes) to RGB images."""
+    if isinstance(inputs, (str, os.PathLike, bytes, Image.Image)) or (
+        isinstance(inputs, np.ndarray) and inputs.ndim in (2, 3) and inputs.dtype != object
+    ):
+        inputs = [inputs]
+    images = []
+    for x in inputs:
+        try:
+            images.append(to_rgb(x))
+        except DataError:
+            raise
+        except Exception as e:
+            name = x if isinstance(x, (str, os.PathLike)) else type(x).__name__
+            raise DataError(f"Cannot read image {name}: {e}") from None
+    return images

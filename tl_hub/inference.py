@@ -1,0 +1,101 @@
+"""A trained classifier: a model, its image processor and its labels, with ``predict``."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from .data import as_images
+from .errors import ModelError
+from .outputs import read_json
+
+INFO_FILE = "tl_hub.json"
+
+
+class Classifier:
+    """Predicts labels for images with a trained model.
+
+    Args:
+        model (`nn.Module`): an image-classification model returning logits.
+        processor: the image processor the model was trained with.
+        labels (`Sequence[str]`, *optional*): class names in id order (default: ``model.config.id2label``).
+        info (`dict`, *optional*): what tl-hub recorded about training (recipe, base model, metrics).
+
+    Example:
+        >>> clf = tl_hub.load("out/")
+        >>> clf.predict("cat.jpg", top_k=2)
+        [{'label': 'cat', 'score': 0.93}, {'label': 'dog', 'score': 0.05}]
+    """
+
+    def __init__(self, model: nn.Module, processor, labels: Optional[Sequence[str]] = None,
+                 info: Optional[dict] = None):
+        self.model = model.eval()
+        self.processor = processor
+        if labels is None:
+            id2label = model.config.id2label
+            labels = [id2label[i] for i in range(len(id2label))]
+        self.labels = list(labels)
+        self.info = info or {}
+
+    @classmethod
+    def from_dir(cls, path: str) -> "Classifier":
+        """Load a folder written by ``Recipe.save`` (or any image-classification model folder)."""
+        from transformers import AutoModelForImageClassification
+
+        from .backbone import load_image_processor
+
+        if not os.path.isdir(path):
+            raise ModelError(f"'{path}' is not a folder written by tl-hub (Recipe.save / tl-hub train).")
+        if not os.path.exists(os.path.join(path, "config.json")):
+            raise ModelError(f"'{path}' has no config.json; pass the output folder of `tl-hub train`.")
+        try:
+            model = AutoModelForImageClassification.from_pretrained(path, use_safetensors=True)
+        except (OSError, ValueError) as e:
+            raise ModelError(f"Could not load the model in '{path}': {str(e).splitlines()[0]}") from None
+        info_path = os.path.join(path, INFO_FILE)
+        info = read_json(info_path) if os.path.exists(info_path) else {}
+        return cls(model, load_image_processor(path), info=info)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.inference_mode()
+    def predict_proba(self, images: Union[Any, Sequence[Any]], batch_size: int = 32) -> torch.Tensor:
+        """Class probabilities, shape ``(n_images, n_labels)``."""
+        images = as_images(images)
+        out = []
+        for i in range(0, len(images), batch_size):
+            pixel_values = self.processor(images=images[i:i + batch_size], return_tensors="pt")["pixel_values"]
+            logits = self.model(pixel_values=pixel_values.to(self.device, dtype=self.model.dtype)).logits
+            out.append(logits.float().softmax(-1).cpu())
+        return torch.cat(out) if out else torch.empty(0, len(self.labels))
+
+    def predict(self, images: Union[Any, Sequence[Any]], top_k: int = 1, batch_size: int = 32):
+        """Top-``k`` labels with scores.
+
+        Args:
+            images: one image or a list (PIL images, numpy arrays, file paths or bytes).
+            top_k (`int`, defaults to 1): how many labels per image.
+
+        Returns:
+            For one image, a list of ``{"label", "score"}`` dicts (best first); for a list, one such list
+            per image.
+        """
+        single = not isinstance(images, (list, tuple))
+        probs = self.predict_proba(images, batch_size=batch_size)
+        k = max(1, min(int(top_k), len(self.labels)))
+        scores, idx = probs.topk(k, dim=-1)
+        results = [
+            [{"label": self.labels[j], "score": float(s)} for s, j in zip(srow.tolist(), jrow.tolist())]
+            for srow, jrow in zip(scores, idx)
+        ]
+        return results[0] if single else results
+
+
+def load(path: str) -> Classifier:
+    """Load a trained classifier from a folder written by ``Recipe.save`` / ``tl-hub train``."""
+    return Classifier.from_dir(path)

@@ -1,0 +1,209 @@
+"""The one Accelerate training / evaluation loop that every recipe uses.
+
+A recipe describes its training as a list of `Period` objects (which parameter groups train, at which
+learning rates, which modules stay in eval mode, for how many epochs).  `train_periods` runs them in
+order.  At each period start it sets ``requires_grad`` from the period's groups, builds a fresh optimizer
+and warmup schedule and *re-prepares* model, optimizer and data loaders with Accelerate: under DDP the
+set of parameters that need gradients is fixed when the model is wrapped, so changing it mid-run needs a
+new wrapper (``find_unused_parameters=True`` would only hide the problem and slow every step).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .errors import ConfigError
+from .metrics import classification_metrics
+from .param_groups import count_parameters, freeze_all_but
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Period:
+    """One phase of training.
+
+    Attributes:
+        name: shown in logs and history (``"head"``, ``"fine-tune"``, ``"full"``).
+        epochs: number of epochs.
+        param_groups: optimizer groups (from `tl_hub.param_groups`); exactly these parameters train.
+        eval_modules: module paths kept in eval mode while training (frozen encoder parts, frozen BatchNorm):
+            their BatchNorm running statistics and dropout do not change.
+    """
+
+    name: str
+    epochs: int
+    param_groups: list[dict]
+    eval_modules: tuple[str, ...] = ()
+    info: dict = field(default_factory=dict)
+
+
+def make_accelerator(mixed_precision: str = "no", gradient_accumulation_steps: int = 1, seed: int = 42,
+                     cpu: bool = False):
+    """An ``Accelerator`` whose global batch is split across processes and whose data order is seeded,
+    so that 1 and N processes see the same batches."""
+    from accelerate import Accelerator, DataLoaderConfiguration
+
+    try:
+        return Accelerator(
+            cpu=cpu,
+            mixed_precision=mixed_precision,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True, data_seed=seed),
+        )
+    except ValueError as e:
+        raise ConfigError(
+            f"Cannot set up Accelerate with mixed_precision={mixed_precision!r}: {str(e).splitlines()[0]} "
+            "Pass an existing `accelerator=` to fit(), or use the same precision within one process."
+        ) from None
+
+
+def check_batch_size(batch_size: int, num_processes: int, name: str = "batch_size") -> None:
+    if batch_size % num_processes:
+        raise ConfigError(
+            f"`{name}` ({batch_size}) is the global batch and must be divisible by the number of processes "
+            f"({num_processes}); pass e.g. {max(num_processes, batch_size // num_processes * num_processes)}."
+        )
+
+
+def set_train_mode(model: nn.Module, eval_modules: Sequence[str]) -> None:
+    model.train()
+    for path in eval_modules:
+        model.get_submodule(path).eval()
+
+
+def forward_logits(model: nn.Module, batch: dict) -> torch.Tensor:
+    out = model(**{k: v for k, v in batch.items() if k != "labels"})
+    return out.logits if hasattr(out, "logits") else out
+
+
+def _scheduler(name: str, optimizer, warmup: int, total: int):
+    from transformers import get_scheduler
+
+    hf_name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[name]
+    return get_scheduler(hf_name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+
+
+@torch.inference_mode()
+def evaluate_loader(accelerator, model: nn.Module, loader, *, progress: bool = False) -> dict:
+    """Loss, accuracy and macro-F1 over a prepared loader, gathered across processes (duplicates from
+    uneven last batches removed by ``gather_for_metrics``)."""
+    model.eval()
+    preds, refs, losses = [], [], []
+    for batch in tqdm(loader, desc="eval", leave=False, disable=not (progress and accelerator.is_local_main_process)):
+        logits = forward_logits(model, batch).float()
+        loss = F.cross_entropy(logits, batch["labels"], reduction="none")
+        p, r, l = accelerator.gather_for_metrics((logits.argmax(-1), batch["labels"], loss))
+        preds.append(p.cpu()), refs.append(r.cpu()), losses.append(l.cpu())
+    preds_t, refs_t = torch.cat(preds), torch.cat(refs)
+    metrics = classification_metrics(preds_t.tolist(), refs_t.tolist())
+    metrics["loss"] = float(torch.cat(losses).mean())
+    return metrics
+
+
+def train_periods(
+    accelerator,
+    model: nn.Module,
+    periods: Sequence[Period],
+    train_loader,
+    eval_loader,
+    *,
+    config,
+    on_epoch_start: Optional[Callable[[int], None]] = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Run ``periods`` in order; return the per-epoch history.
+
+    Args:
+        accelerator: an ``accelerate.Accelerator`` (see `make_accelerator`).
+        model: the unwrapped model; its forward takes the batch without ``labels`` and returns logits.
+        periods: what to train, see `Period`.
+        train_loader / eval_loader: plain ``DataLoader`` objects (prepared here, per period).
+        config: a `TrainingConfig` (scheduler, warmup, weight decay, clipping, label smoothing).
+        on_epoch_start: called with the global epoch index before each epoch (e.g. to reseed augmentation).
+
+    Returns:
+        `list[dict]`: one record per epoch with ``epoch``, ``period``, ``train_loss``, ``loss``, ``accuracy``,
+        ``f1``, ``lr``, ``seconds``, ``train_images_per_second`` and the trainable/frozen parameter counts.
+    """
+    history: list[dict] = []
+    epoch = 0
+    for period in periods:
+        if period.epochs <= 0:
+            continue
+        freeze_all_but(model, period.param_groups)
+        counts = count_parameters(model)
+        if accelerator.is_main_process:
+            logger.info(
+                "Period '%s': %d epochs, %s trainable / %s frozen parameters; LRs %s",
+                period.name, period.epochs, f"{counts['trainable']:,}", f"{counts['frozen']:,}",
+                sorted({f"{g['name'].split('/')[0]}={g['lr']:.2e}" for g in period.param_groups}),
+            )
+        optimizer = torch.optim.AdamW(period.param_groups, lr=config.lr)
+        steps_per_epoch = math.ceil(len(train_loader) / accelerator.gradient_accumulation_steps)
+        total = steps_per_epoch * period.epochs
+        scheduler = _scheduler(config.scheduler, optimizer, int(config.warmup_ratio * total), total)
+        wrapped, optimizer, train_dl, eval_dl, scheduler = accelerator.prepare(
+            model, optimizer, train_loader, eval_loader, scheduler
+        )
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        for _ in range(period.epochs):
+            if on_epoch_start is not None:
+                on_epoch_start(epoch)
+            train_dl.set_epoch(epoch)
+            set_train_mode(model, period.eval_modules)
+            start = time.perf_counter()
+            loss_sum = torch.zeros((), dtype=torch.float64)
+            seen = torch.zeros((), dtype=torch.float64)
+            bar = tqdm(train_dl, desc=f"epoch {epoch + 1} [{period.name}]", leave=False,
+                       disable=not (progress and accelerator.is_local_main_process))
+            for batch in bar:
+                with accelerator.accumulate(wrapped):
+                    logits = forward_logits(wrapped, batch).float()
+                    loss = F.cross_entropy(logits, batch["labels"], label_smoothing=config.label_smoothing)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and config.max_grad_norm:
+                        accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                n = batch["labels"].shape[0]
+                loss_sum += loss.detach().double().cpu() * n
+                seen += n
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+            totals = accelerator.reduce(torch.stack([loss_sum, seen]).to(accelerator.device), "sum").cpu()
+            train_seconds = time.perf_counter() - start
+            metrics = evaluate_loader(accelerator, wrapped, eval_dl)
+            record = {
+                "epoch": epoch + 1,
+                "period": period.name,
+                "train_loss": float(totals[0] / max(totals[1], 1)),
+                **metrics,
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - start,
+                "train_images_per_second": float(totals[1]) / train_seconds if train_seconds > 0 else None,
+                "trainable_params": counts["trainable"],
+                "frozen_params": counts["frozen"],
+            }
+            history.append(record)
+            if accelerator.is_main_process:
+                logger.info(
+                    "epoch %d [%s] train_loss %.4f  eval_loss %.4f  accuracy %.4f  f1 %.4f  (%.1fs)",
+                    record["epoch"], period.name, record["train_loss"], record["loss"], record["accuracy"],
+                    record["f1"], record["seconds"],
+                )
+            epoch += 1
+        accelerator.wait_for_everyone()
+        accelerator.unwrap_model(wrapped, keep_fp32_wrapper=False)  # undo the mixed-precision forward patch
+        accelerator.free_memory()  # drop wrappers; the next period re-prepares with its own trainable set
+    model.eval()
+    return history

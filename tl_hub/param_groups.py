@@ -1,0 +1,133 @@
+"""Freezing and optimizer parameter groups, as pure functions.
+
+Each ``*_param_groups`` function returns a list of ``torch.optim`` parameter
+groups; every group carries ``name``, ``lr``, ``lr_scale`` (relative to the
+base ``lr``) and ``weight_decay``.  Biases, norm weights and learned tokens /
+position embeddings never get weight decay.
+
+Methods:
+    - head only: the new head at ``lr`` (feature extraction, LP-FT period 1).
+    - discriminative LRs (ULMFiT, Howard & Ruder 2018; fastai ``slice(lr*ratio, lr)``):
+      every unfrozen pretrained group at ``lr * ratio``.
+    - layer-wise decay (BEiT, Bao et al. 2021): a group at depth ``d`` from the top
+      (1 = top block) at ``lr * decay ** d``.
+
+`freeze_all_but` sets ``requires_grad`` to match the groups; it is the only function here
+that changes the model.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence, Union
+
+from torch import nn
+
+from .backbone import LayerGroup, ModelParts
+from .errors import ConfigError
+
+NO_DECAY_KEYWORDS = (
+    "cls_token", "position_embedding", "pos_embed", "mask_token", "register_tokens", "distillation_token",
+    "relative_position_bias_table", "absolute_pos_embed",
+)
+
+
+def no_weight_decay(name: str, param) -> bool:
+    """Biases and norm weights (1-d) and learned tokens are not decayed."""
+    return param.ndim <= 1 or any(k in name for k in NO_DECAY_KEYWORDS)
+
+
+def group_depths(parts: ModelParts) -> dict[str, int]:
+    """Depth of every encoder group counted from the top: the top block (and the final norm) are 1,
+    the bottom block N, the embeddings N + 1."""
+    blocks = parts.blocks
+    n = len(blocks)
+    depths = {b.name: n - i for i, b in enumerate(blocks)}
+    for g in parts.groups:
+        if g.kind == "norm":
+            depths[g.name] = 1
+        elif g.kind == "embeddings":
+            depths[g.name] = n + 1
+    return depths
+
+
+def groups_to_unfreeze(parts: ModelParts, unfreeze: Union[str, int] = "all") -> list[LayerGroup]:
+    """The encoder groups trained in fine-tuning: all of them, or the top ``unfreeze`` blocks plus the final norm.
+
+    Raises:
+        ConfigError: when ``unfreeze`` asks for more blocks than the model has.
+    """
+    if unfreeze == "all":
+        return list(parts.groups)
+    n_blocks = len(parts.blocks)
+    if not isinstance(unfreeze, int) or unfreeze < 1:
+        raise ConfigError(f"`unfreeze` should be 'all' or a positive number of blocks, got {unfreeze!r}.")
+    if unfreeze > n_blocks:
+        raise ConfigError(
+            f"`unfreeze` is {unfreeze} but the model has only {n_blocks} encoder blocks; "
+            f"pass a number up to {n_blocks}, or 'all'."
+        )
+    depths = group_depths(parts)
+    return [g for g in parts.groups if g.kind != "embeddings" and depths[g.name] <= unfreeze]
+
+
+def _split_decay(
+    model: nn.Module, name: str, param_names: Iterable[str], lr: float, scale: float, weight_decay: float
+) -> list[dict]:
+    params = dict(model.named_parameters())
+    decay, no_decay = [], []
+    for pn in param_names:
+        p = params[pn]
+        (no_decay if no_weight_decay(pn, p) else decay).append(p)
+    out = []
+    for suffix, ps, wd in (("decay", decay, weight_decay), ("no_decay", no_decay, 0.0)):
+        if ps:
+            out.append({"name": f"{name}/{suffix}", "params": ps, "lr": lr * scale, "lr_scale": scale,
+                        "weight_decay": wd})
+    return out
+
+
+def head_param_groups(model: nn.Module, parts: ModelParts, lr: float, weight_decay: float = 0.0) -> list[dict]:
+    """Optimizer groups for the new head alone, at ``lr``."""
+    return _split_decay(model, "head", parts.head_params(model), lr, 1.0, weight_decay)
+
+
+def discriminative_param_groups(
+    model: nn.Module, parts: ModelParts, lr: float, ratio: float, weight_decay: float = 0.0,
+    unfreeze: Union[str, int] = "all",
+) -> list[dict]:
+    """Head at ``lr``; unfrozen pretrained groups at ``lr * ratio``."""
+    out = head_param_groups(model, parts, lr, weight_decay)
+    for g in groups_to_unfreeze(parts, unfreeze):
+        out += _split_decay(model, g.name, g.params, lr, ratio, weight_decay)
+    return out
+
+
+def layer_decay_param_groups(
+    model: nn.Module, parts: ModelParts, lr: float, decay: float, weight_decay: float = 0.0,
+    unfreeze: Union[str, int] = "all",
+) -> list[dict]:
+    """Head at ``lr``; an unfrozen group at depth ``d`` from the top at ``lr * decay ** d``."""
+    depths = group_depths(parts)
+    out = head_param_groups(model, parts, lr, weight_decay)
+    for g in groups_to_unfreeze(parts, unfreeze):
+        out += _split_decay(model, g.name, g.params, lr, decay ** depths[g.name], weight_decay)
+    return out
+
+
+def full_param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0) -> list[dict]:
+    """Every parameter at ``lr`` (training from scratch, or everything at one LR)."""
+    return _split_decay(model, "all", [n for n, _ in model.named_parameters()], lr, 1.0, weight_decay)
+
+
+def freeze_all_but(model: nn.Module, param_groups: Sequence[dict]) -> None:
+    """Set ``requires_grad`` True exactly for the parameters that appear in ``param_groups``."""
+    keep = {id(p) for g in param_groups for p in g["params"]}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """``{"trainable": n, "frozen": m, "total": n + m}`` by ``requires_grad``."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable": trainable, "frozen": total - trainable, "total": total}

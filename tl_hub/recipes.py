@@ -1,0 +1,348 @@
+"""Transfer-learning recipes for any ``AutoModelForImageClassification`` checkpoint.
+
+A recipe is a `Recipe` subclass with a config class and ONE hook, `Recipe.periods`, which says what trains
+in which period.  Everything else (data, model loading, the Accelerate loop, evaluation, saving) is shared.
+
+- `FeatureExtractionRecipe`: the pretrained encoder is frozen (``requires_grad=False`` and eval mode, so
+  BatchNorm statistics and dropout do not change; no autograd graph is built through it); a new head trains.
+- `FineTuneRecipe`: period 1 is exactly feature extraction of the new head (LP-FT, Kumar et al. 2022);
+  period 2 unfreezes all or the top ``unfreeze`` blocks with discriminative or layer-wise LRs.
+- `ScratchRecipe`: the same architecture randomly initialised, all parameters trained: the baseline.
+
+Example:
+    >>> recipe = FineTuneRecipe(model="google/vit-base-patch16-224-in21k", head_epochs=1, epochs=4, lr=1e-3,
+    ...                         backbone_lr_ratio=0.1)
+    >>> result = recipe.fit(train_ds, eval_ds)
+    >>> recipe.evaluate(test_ds); recipe.predict([image]); recipe.save("out/")
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional, Sequence
+
+import torch
+
+from . import __version__
+from .backbone import BATCHNORM_TYPES, Backbone, load_backbone
+from .config import FeatureExtractionConfig, FineTuneConfig, ScratchConfig, TrainingConfig
+from .data import ImageClassificationDataset, ImageCollator, PreparedData, prepare_data, prepare_eval_data
+from .errors import ConfigError, TlHubError
+from .inference import INFO_FILE, Classifier
+from .loop import Period, check_batch_size, evaluate_loader, make_accelerator, train_periods
+from .outputs import atomic_output_dir, write_json
+from .param_groups import (
+    discriminative_param_groups,
+    full_param_groups,
+    groups_to_unfreeze,
+    head_param_groups,
+    layer_decay_param_groups,
+)
+from .plots import plot_learning_curves
+
+logger = logging.getLogger(__name__)
+
+RECIPES: dict[str, type["Recipe"]] = {}
+
+
+def register_recipe(name: str):
+    """Class decorator: make a recipe available by ``name`` (CLI ``--recipe name``)."""
+
+    def wrap(cls):
+        cls.name = name
+        RECIPES[name] = cls
+        return cls
+
+    return wrap
+
+
+def get_recipe(name: str) -> type["Recipe"]:
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise ConfigError(f"Unknown recipe {name!r}; choose one of: {', '.join(sorted(RECIPES))}.") from None
+
+
+@dataclass
+class FitResult:
+    """What `Recipe.fit` returns.
+
+    Attributes:
+        metrics: validation metrics after the last epoch (``accuracy``, ``f1``, ``loss``).
+        history: one record per epoch (see `tl_hub.loop.train_periods`).
+        test_metrics: metrics on the dataset's ``test`` split, when it has one.
+    """
+
+    metrics: dict
+    history: list[dict]
+    test_metrics: Optional[dict] = None
+    data_summary: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def _collate_workers(cfg: TrainingConfig) -> dict:
+    return {"num_workers": cfg.num_workers, "persistent_workers": False}
+
+
+class Recipe:
+    """Base class: load a model, train it through `periods`, evaluate, predict, save.
+
+    Args:
+        model (`str`): Hub model id or local folder of an image-classification checkpoint.
+        revision (`str`, *optional*): branch, tag or commit of the checkpoint.
+        trust_remote_code (`bool`, defaults to `False`): allow custom modelling code.
+        allow_pickle (`bool`, defaults to `False`): allow pickle (``.bin``) weights.
+        cache_dir (`str`, *optional*): Hub cache folder.
+        **settings: fields of the recipe's config class (see `tl_hub.config`).
+
+    Subclasses set ``config_class`` and implement `periods`.
+    """
+
+    name: ClassVar[str] = "recipe"
+    config_class: ClassVar[type[TrainingConfig]] = TrainingConfig
+    pretrained: ClassVar[bool] = True
+
+    def __init__(self, model: str, *, revision: Optional[str] = None, trust_remote_code: bool = False,
+                 allow_pickle: bool = False, cache_dir: Optional[str] = None, **settings: Any):
+        if not isinstance(model, str) or not model:
+            raise ConfigError("`model` should be a Hub model id or the path of a model folder.")
+        self.model_name = model
+        self.revision = revision
+        self.trust_remote_code = trust_remote_code
+        self.allow_pickle = allow_pickle
+        self.cache_dir = cache_dir
+        self.config = self.config_class.from_kwargs(**settings)
+        self.backbone: Optional[Backbone] = None
+        self.classifier: Optional[Classifier] = None
+        self.data: Optional[PreparedData] = None
+        self.result: Optional[FitResult] = None
+        self.accelerator = None
+
+    # -- the one hook --------------------------------------------------------------------------------------------
+    def periods(self, backbone: Backbone) -> list[Period]:
+        """What trains in which period, at which learning rates."""
+        raise NotImplementedError
+
+    # -- shared machinery ----------------------------------------------------------------------------------------
+    def load_backbone(self, labels: Sequence[str]) -> Backbone:
+        return load_backbone(
+            self.model_name, labels, pretrained=self.pretrained, revision=self.revision,
+            trust_remote_code=self.trust_remote_code, allow_pickle=self.allow_pickle, cache_dir=self.cache_dir,
+        )
+
+    def _loaders(self, backbone: Backbone, data: PreparedData):
+        cfg = self.config
+        collate = ImageCollator(backbone.processor)
+        train_set = ImageClassificationDataset(
+            data.train, data.image_column, data.label_column, augment=cfg.augment, hflip=cfg.hflip,
+            crop_scale=cfg.crop_scale, seed=cfg.seed,
+        )
+        val_set = ImageClassificationDataset(data.validation, data.image_column, data.label_column)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        train_loader = torch.utils.data.DataLoader(
+            train_set, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate, generator=generator,
+            **_collate_workers(cfg),
+        )
+        eval_loader = self._eval_loader(val_set, collate)
+        return train_set, train_loader, eval_loader
+
+    def _eval_loader(self, dataset, collate):
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=self.config.eval_batch_size, shuffle=False, collate_fn=collate,
+            **_collate_workers(self.config),
+        )
+
+    def fit(self, train: Any, validation: Any = None, *, accelerator=None, progress: bool = True) -> FitResult:
+        """Train on ``train`` and evaluate on ``validation`` after every epoch.
+
+        Args:
+            train: a ``datasets.Dataset``/``DatasetDict``, an image folder, a saved dataset folder or a Hub
+                dataset id.  A ``DatasetDict`` supplies its ``validation`` and ``test`` splits too.
+            validation (*optional*): validation data; by default the dataset's validation split, or a
+                stratified ``validation_size`` share of ``train``.
+            accelerator (*optional*): an ``accelerate.Accelerator`` to use (default: one made from the config).
+            progress (`bool`): show progress bars (main process only).
+
+        Returns:
+            `FitResult`
+        """
+        from accelerate.utils import set_seed
+
+        cfg = self.config
+        self.accelerator = accelerator = accelerator or make_accelerator(
+            cfg.mixed_precision, cfg.gradient_accumulation_steps, cfg.seed
+        )
+        check_batch_size(cfg.batch_size, accelerator.num_processes)
+        check_batch_size(cfg.eval_batch_size, accelerator.num_processes, "eval_batch_size")
+        set_seed(cfg.seed)
+        with accelerator.main_process_first():
+            data = prepare_data(
+                train, validation, image_column=cfg.image_column, label_column=cfg.label_column,
+                validation_size=cfg.validation_size, seed=cfg.seed,
+            )
+            set_seed(cfg.seed)
+            backbone = self.load_backbone(data.labels)
+        self.data, self.backbone = data, backbone
+        if accelerator.is_main_process:
+            logger.info("Data: %s", data.summary())
+        periods = self.periods(backbone)
+        train_set, train_loader, eval_loader = self._loaders(backbone, data)
+        history = train_periods(
+            accelerator, backbone.model, periods, train_loader, eval_loader, config=cfg,
+            on_epoch_start=train_set.set_epoch, progress=progress,
+        )
+        self.classifier = Classifier(backbone.model, backbone.processor, data.labels)
+        metrics = {k: history[-1][k] for k in ("accuracy", "f1", "loss")}
+        test_metrics = self.evaluate(data.test) if data.test is not None else None
+        self.result = FitResult(metrics=metrics, history=history, test_metrics=test_metrics,
+                                data_summary=data.summary(),
+                                extra={"periods": [{"name": p.name, "epochs": p.epochs, **p.info} for p in periods]})
+        return self.result
+
+    def _require_fitted(self) -> None:
+        if self.classifier is None:
+            raise TlHubError("This recipe has not been trained yet; call fit() first (or tl_hub.load a saved one).")
+
+    def evaluate(self, data: Any, *, split: Optional[str] = None) -> dict:
+        """Accuracy, macro-F1 and loss of the trained model on ``data`` (its ``test`` split by default)."""
+        self._require_fitted()
+        assert self.data is not None
+        ds, img_col, lbl_col = prepare_eval_data(
+            data, self.classifier.labels, image_column=self.data.image_column, label_column=self.data.label_column,
+            split=split,
+        )
+        accelerator = self.accelerator or make_accelerator(self.config.mixed_precision)
+        loader = self._eval_loader(ImageClassificationDataset(ds, img_col, lbl_col),
+                                   ImageCollator(self.classifier.processor))
+        model, loader = accelerator.prepare(self.classifier.model, loader)
+        metrics = evaluate_loader(accelerator, model, loader)
+        accelerator.free_memory()
+        return metrics
+
+    def predict(self, images: Any, top_k: int = 1):
+        """Top-``k`` ``{"label", "score"}`` per image; see `Classifier.predict`."""
+        self._require_fitted()
+        return self.classifier.predict(images, top_k=top_k, batch_size=self.config.eval_batch_size)
+
+    def info(self) -> dict:
+        """What is recorded about this run in ``tl_hub.json``."""
+        assert self.backbone is not None and self.data is not None and self.result is not None
+        return {
+            "tl_hub_version": __version__,
+            "recipe": self.name,
+            "base_model": self.model_name,
+            "base_model_revision": self.backbone.revision or self.revision,
+            "pretrained": self.pretrained,
+            "settings": self.config.to_dict(),
+            "labels": self.data.labels,
+            "image_column": self.data.image_column,
+            "label_column": self.data.label_column,
+            "data": self.data.summary(),
+            "skipped_images": self.data.skipped,
+            "encoder_groups": [g.name for g in self.backbone.parts.groups],
+            "head_modules": list(self.backbone.parts.head),
+            "periods": self.result.extra.get("periods", []),
+        }
+
+    def save(self, output_dir: str, *, overwrite: bool = False) -> str:
+        """Write the trained model folder (only on the main process).
+
+        Contents: ``model.safetensors`` + ``config.json`` (with the labels), ``preprocessor_config.json``,
+        ``tl_hub.json`` (recipe, settings, base model), ``metrics.json``, ``history.json`` and
+        ``learning_curve.png``.  The folder is written to a temporary sibling and renamed into place; an
+        existing non-empty folder is replaced only with ``overwrite=True``.
+        """
+        from accelerate import PartialState
+
+        self._require_fitted()
+        assert self.result is not None
+        state = PartialState()
+        if state.is_main_process:
+            with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
+                self.classifier.model.save_pretrained(tmp, safe_serialization=True)
+                self.classifier.processor.save_pretrained(tmp)
+                write_json(os.path.join(tmp, INFO_FILE), self.info())
+                metrics = {"validation": self.result.metrics}
+                if self.result.test_metrics is not None:
+                    metrics["test"] = self.result.test_metrics
+                write_json(os.path.join(tmp, "metrics.json"), metrics)
+                write_json(os.path.join(tmp, "history.json"), self.result.history)
+                plot_learning_curves({self.name: self.result.history}, os.path.join(tmp, "learning_curve.png"),
+                                     title=f"{self.name} on {self.model_name}")
+            logger.info("Saved the model to %s", os.path.abspath(output_dir))
+        state.wait_for_everyone()
+        return output_dir
+
+
+def _head_period(backbone: Backbone, epochs: int, lr: float, weight_decay: float) -> Period:
+    parts = backbone.parts
+    return Period(
+        "head", epochs, head_param_groups(backbone.model, parts, lr, weight_decay),
+        eval_modules=(parts.encoder,), info={"trains": ["head"]},
+    )
+
+
+@register_recipe("feature-extraction")
+class FeatureExtractionRecipe(Recipe):
+    """Train only a new head on the frozen pretrained encoder (small data, similar task).
+
+    The encoder's parameters have ``requires_grad=False`` and the encoder stays in eval mode, so its weights
+    and BatchNorm statistics are exactly the pretrained ones after training.
+    """
+
+    config_class = FeatureExtractionConfig
+
+    def periods(self, backbone: Backbone) -> list[Period]:
+        cfg = self.config
+        return [_head_period(backbone, cfg.epochs, cfg.lr, cfg.weight_decay)]
+
+
+@register_recipe("fine-tune")
+class FineTuneRecipe(Recipe):
+    """Head first, then fine-tune (large data, similar task).
+
+    Period 1 (``head_epochs``): feature extraction of the new head at ``head_lr``.  Period 2 (the remaining
+    epochs): the top ``unfreeze`` blocks (or all groups) train too, pretrained groups at ``lr *
+    backbone_lr_ratio`` or, with ``layer_decay``, at ``lr * layer_decay ** depth``.
+
+    BatchNorm policy (``bn_policy``): ``"frozen"`` (default) keeps every encoder BatchNorm in eval mode in
+    period 2, so running statistics stay the pretrained ones while the affine weights train (stable with small
+    batches and small data); ``"train"`` updates them.  Frozen groups are always in eval mode.
+    """
+
+    config_class = FineTuneConfig
+
+    def periods(self, backbone: Backbone) -> list[Period]:
+        cfg = self.config
+        model, parts = backbone.model, backbone.parts
+        head = _head_period(backbone, cfg.head_epochs, cfg.head_lr or cfg.lr, cfg.weight_decay)
+        unfrozen = groups_to_unfreeze(parts, cfg.unfreeze)
+        if cfg.layer_decay is not None:
+            groups = layer_decay_param_groups(model, parts, cfg.lr, cfg.layer_decay, cfg.weight_decay, cfg.unfreeze)
+        else:
+            groups = discriminative_param_groups(model, parts, cfg.lr, cfg.backbone_lr_ratio, cfg.weight_decay,
+                                                 cfg.unfreeze)
+        frozen = [g for g in parts.groups if g not in unfrozen]
+        eval_modules = [m for g in frozen for m in g.modules]
+        if cfg.bn_policy == "frozen":
+            encoder = model.get_submodule(parts.encoder)
+            eval_modules += [f"{parts.encoder}.{n}" for n, m in encoder.named_modules()
+                             if isinstance(m, BATCHNORM_TYPES)]
+        tune = Period("fine-tune", cfg.epochs - cfg.head_epochs, groups, eval_modules=tuple(eval_modules),
+                      info={"trains": ["head"] + [g.name for g in unfrozen], "bn_policy": cfg.bn_policy})
+        return [head, tune]
+
+
+@register_recipe("scratch")
+class ScratchRecipe(Recipe):
+    """The same architecture, randomly initialised and trained fully: the baseline for transfer."""
+
+    config_class = ScratchConfig
+    pretrained = False
+
+    def periods(self, backbone: Backbone) -> list[Period]:
+        cfg = self.config
+        return [Period("full", cfg.epochs, full_param_groups(backbone.model, cfg.lr, cfg.weight_decay),
+                       info={"trains": ["all"]})]
