@@ -364,8 +364,11 @@ def _align(ds, image_column: str, label_column: str, labels: Sequence[str], what
 
 
 def prepare_eval_data(source: Any, labels: Sequence[str], *, image_column: Optional[str] = None,
-                      label_column: Optional[str] = None, split: Optional[str] = None):
-    """An evaluation dataset mapped onto the model's ``labels``; its test split by default."""
+                      label_column: Optional[str] = None, split: Optional[str] = None, fallback: bool = False):
+    """An evaluation dataset mapped onto the model's ``labels``; its test split by default.
+
+    With ``fallback``, column names that the data does not have are detected instead (the names recorded at
+    training time are only a first guess for other data)."""
     import datasets
 
     data = load_source(source)
@@ -377,6 +380,9 @@ def prepare_eval_data(source: Any, labels: Sequence[str], *, image_column: Optio
         data = data[split]
     if len(data) == 0:
         raise DataError("The evaluation data is empty.")
+    if fallback:
+        image_column = image_column if image_column in data.column_names else None
+        label_column = label_column if label_column in data.column_names else None
     img_col = find_image_column(data, image_column)
     lbl_col = find_label_column(data, label_column, img_col)
     ds = _align(data, img_col, lbl_col, labels, "evaluation")
@@ -453,11 +459,16 @@ class ImageCollator:
         return {"pixel_values": pixel_values, "labels": torch.tensor([b[1] for b in batch], dtype=torch.long)}
 
 
+def is_single_image(x: Any) -> bool:
+    """True for one image (PIL image, path, bytes, HxW(xC) array); False for a collection of them."""
+    return isinstance(x, (str, os.PathLike, bytes, Image.Image, dict)) or (
+        isinstance(x, (np.ndarray, torch.Tensor)) and x.ndim in (2, 3) and getattr(x, "dtype", None) != object
+    )
+
+
 def as_images(inputs: Union[Any, Sequence[Any]]) -> list[Image.Image]:
     """Normalise ``predict`` inputs (one or many PIL images, arrays, paths or bytes) to RGB images."""
-    if isinstance(inputs, (str, os.PathLike, bytes, Image.Image)) or (
-        isinstance(inputs, np.ndarray) and inputs.ndim in (2, 3) and inputs.dtype != object
-    ):
+    if is_single_image(inputs):
         inputs = [inputs]
     images = []
     for x in inputs:

@@ -8,7 +8,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .data import as_images
+from .data import as_images, is_single_image
 from .errors import ModelError
 from .outputs import read_json
 
@@ -74,6 +74,27 @@ class Classifier:
             out.append(logits.float().softmax(-1).cpu())
         return torch.cat(out) if out else torch.empty(0, len(self.labels))
 
+    def evaluate(self, data: Any, *, split: Optional[str] = None, image_column: Optional[str] = None,
+                 label_column: Optional[str] = None, batch_size: int = 64, accelerator=None) -> dict:
+        """Accuracy, macro-F1 and loss on ``data`` (a dataset, folder or Hub id; its ``test`` split by default).
+
+        Labels are matched to the model's by name; columns default to those used in training, else detected.
+        """
+        from .data import ImageClassificationDataset, ImageCollator, prepare_eval_data
+        from .loop import evaluate_loader, make_accelerator
+
+        ds, img_col, lbl_col = prepare_eval_data(
+            data, self.labels, image_column=image_column or self.info.get("image_column"),
+            label_column=label_column or self.info.get("label_column"), split=split, fallback=True,
+        )
+        accelerator = accelerator or make_accelerator()
+        loader = torch.utils.data.DataLoader(ImageClassificationDataset(ds, img_col, lbl_col), batch_size=batch_size,
+                                             shuffle=False, collate_fn=ImageCollator(self.processor))
+        model, loader = accelerator.prepare(self.model, loader)
+        metrics = evaluate_loader(accelerator, model, loader)
+        accelerator.free_memory()
+        return metrics
+
     def predict(self, images: Union[Any, Sequence[Any]], top_k: int = 1, batch_size: int = 32):
         """Top-``k`` labels with scores.
 
@@ -85,7 +106,7 @@ class Classifier:
             For one image, a list of ``{"label", "score"}`` dicts (best first); for a list, one such list
             per image.
         """
-        single = not isinstance(images, (list, tuple))
+        single = is_single_image(images)
         probs = self.predict_proba(images, batch_size=batch_size)
         k = max(1, min(int(top_k), len(self.labels)))
         scores, idx = probs.topk(k, dim=-1)

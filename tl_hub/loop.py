@@ -67,6 +67,15 @@ def make_accelerator(mixed_precision: str = "no", gradient_accumulation_steps: i
         ) from None
 
 
+def process_state():
+    """Accelerate's process state, honouring ``ACCELERATE_USE_CPU`` as ``Accelerator`` does (a bare
+    ``PartialState()`` created first would otherwise pin a CPU multi-process launch to one process)."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
 def check_batch_size(batch_size: int, num_processes: int, name: str = "batch_size") -> None:
     if batch_size % num_processes:
         raise ConfigError(
@@ -119,6 +128,7 @@ def train_periods(
     *,
     config,
     on_epoch_start: Optional[Callable[[int], None]] = None,
+    on_period_end: Optional[Callable[[Period, nn.Module, Any], None]] = None,
     progress: bool = True,
 ) -> list[dict]:
     """Run ``periods`` in order; return the per-epoch history.
@@ -130,6 +140,7 @@ def train_periods(
         train_loader / eval_loader: plain ``DataLoader`` objects (prepared here, per period).
         config: a `TrainingConfig` (scheduler, warmup, weight decay, clipping, label smoothing).
         on_epoch_start: called with the global epoch index before each epoch (e.g. to reseed augmentation).
+        on_period_end: called as ``(period, model, optimizer)`` after each period's last epoch.
 
     Returns:
         `list[dict]`: one record per epoch with ``epoch``, ``period``, ``train_loss``, ``loss``, ``accuracy``,
@@ -203,6 +214,8 @@ def train_periods(
                 )
             epoch += 1
         accelerator.wait_for_everyone()
+        if on_period_end is not None:
+            on_period_end(period, model, optimizer)
         accelerator.unwrap_model(wrapped, keep_fp32_wrapper=False)  # undo the mixed-precision forward patch
         accelerator.free_memory()  # drop wrappers; the next period re-prepares with its own trainable set
     model.eval()

@@ -28,10 +28,10 @@ import torch
 from . import __version__
 from .backbone import BATCHNORM_TYPES, Backbone, load_backbone
 from .config import FeatureExtractionConfig, FineTuneConfig, ScratchConfig, TrainingConfig
-from .data import ImageClassificationDataset, ImageCollator, PreparedData, prepare_data, prepare_eval_data
+from .data import ImageClassificationDataset, ImageCollator, PreparedData, prepare_data
 from .errors import ConfigError, TlHubError
 from .inference import INFO_FILE, Classifier
-from .loop import Period, check_batch_size, evaluate_loader, make_accelerator, train_periods
+from .loop import Period, check_batch_size, make_accelerator, process_state, train_periods
 from .outputs import atomic_output_dir, write_json
 from .param_groups import (
     discriminative_param_groups,
@@ -154,7 +154,8 @@ class Recipe:
             **_collate_workers(self.config),
         )
 
-    def fit(self, train: Any, validation: Any = None, *, accelerator=None, progress: bool = True) -> FitResult:
+    def fit(self, train: Any, validation: Any = None, *, accelerator=None, progress: bool = True,
+            on_period_end=None) -> FitResult:
         """Train on ``train`` and evaluate on ``validation`` after every epoch.
 
         Args:
@@ -164,6 +165,7 @@ class Recipe:
                 stratified ``validation_size`` share of ``train``.
             accelerator (*optional*): an ``accelerate.Accelerator`` to use (default: one made from the config).
             progress (`bool`): show progress bars (main process only).
+            on_period_end (*optional*): called as ``(period, model, optimizer)`` when a period ends.
 
         Returns:
             `FitResult`
@@ -191,9 +193,10 @@ class Recipe:
         train_set, train_loader, eval_loader = self._loaders(backbone, data)
         history = train_periods(
             accelerator, backbone.model, periods, train_loader, eval_loader, config=cfg,
-            on_epoch_start=train_set.set_epoch, progress=progress,
+            on_epoch_start=train_set.set_epoch, on_period_end=on_period_end, progress=progress,
         )
-        self.classifier = Classifier(backbone.model, backbone.processor, data.labels)
+        self.classifier = Classifier(backbone.model, backbone.processor, data.labels,
+                                     info={"image_column": data.image_column, "label_column": data.label_column})
         metrics = {k: history[-1][k] for k in ("accuracy", "f1", "loss")}
         test_metrics = self.evaluate(data.test) if data.test is not None else None
         self.result = FitResult(metrics=metrics, history=history, test_metrics=test_metrics,
@@ -208,18 +211,8 @@ class Recipe:
     def evaluate(self, data: Any, *, split: Optional[str] = None) -> dict:
         """Accuracy, macro-F1 and loss of the trained model on ``data`` (its ``test`` split by default)."""
         self._require_fitted()
-        assert self.data is not None
-        ds, img_col, lbl_col = prepare_eval_data(
-            data, self.classifier.labels, image_column=self.data.image_column, label_column=self.data.label_column,
-            split=split,
-        )
-        accelerator = self.accelerator or make_accelerator(self.config.mixed_precision)
-        loader = self._eval_loader(ImageClassificationDataset(ds, img_col, lbl_col),
-                                   ImageCollator(self.classifier.processor))
-        model, loader = accelerator.prepare(self.classifier.model, loader)
-        metrics = evaluate_loader(accelerator, model, loader)
-        accelerator.free_memory()
-        return metrics
+        return self.classifier.evaluate(data, split=split, batch_size=self.config.eval_batch_size,
+                                        accelerator=self.accelerator)
 
     def predict(self, images: Any, top_k: int = 1):
         """Top-``k`` ``{"label", "score"}`` per image; see `Classifier.predict`."""
@@ -254,11 +247,9 @@ class Recipe:
         ``learning_curve.png``.  The folder is written to a temporary sibling and renamed into place; an
         existing non-empty folder is replaced only with ``overwrite=True``.
         """
-        from accelerate import PartialState
-
         self._require_fitted()
         assert self.result is not None
-        state = PartialState()
+        state = process_state()
         if state.is_main_process:
             with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
                 self.classifier.model.save_pretrained(tmp, safe_serialization=True)

@@ -1,0 +1,65 @@
+"""Two real processes (gloo on CPU) give the one-process metrics, across the head -> fine-tune change."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import datasets
+import pytest
+
+from conftest import colour_dataset
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "dist_fit.py")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(cmd, env):
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist")
+    # 96 training images = 6 global batches of 16; 30 validation images in one batch of 32 (even per process)
+    data = datasets.DatasetDict({"train": colour_dataset(96, seed=1), "validation": colour_dataset(30, seed=2)})
+    data.save_to_disk(str(root / "data"))
+    return tiny_model_dir("vit"), str(root / "data"), root
+
+
+def test_two_processes_match_one_process(setup):
+    model_dir, data_dir, root = setup
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = root / "single"
+    run([sys.executable, SCRIPT, model_dir, data_dir, str(root / "out1"), str(single)], env)
+
+    double = root / "double"
+    env2 = {**env, "ACCELERATE_USE_CPU": "true"}
+    accelerate = shutil.which("accelerate") or os.path.join(os.path.dirname(sys.executable), "accelerate")
+    run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no",
+         SCRIPT, model_dir, data_dir, str(root / "out2"), str(double)], env2)
+
+    one = json.load(open(f"{single}.rank0"))
+    ranks = [json.load(open(f"{double}.rank{r}")) for r in (0, 1)]
+    assert one["world_size"] == 1
+    assert [r["world_size"] for r in ranks] == [2, 2], "accelerate did not start two processes"
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert [h["period"] for h in one["history"]] == ["head", "fine-tune", "fine-tune"]
+    for rank in ranks:
+        assert len(rank["history"]) == len(one["history"])
+        for h1, h2 in zip(one["history"], rank["history"]):
+            for key in ("train_loss", "loss", "accuracy", "f1"):
+                assert h2[key] == pytest.approx(h1[key], abs=1e-4), (key, h1["epoch"])
+    # only the main process wrote the model folder, and completely
+    assert sorted(os.listdir(root / "out2")) == sorted(os.listdir(root / "out1"))
+    assert not [p for p in os.listdir(root) if p.startswith(".out")]
