@@ -79,7 +79,15 @@ def load_source(source: Any, *, revision: Optional[str] = None, cache_dir: Optio
                 f"The folder '{path}' contains no images ({', '.join(sorted(IMAGE_EXTENSIONS))}). Lay it out as "
                 "<folder>/<class name>/<image>, or pass a saved dataset or a Hub dataset id."
             )
-        return datasets.load_dataset("imagefolder", data_dir=path, cache_dir=cache_dir)
+        data = datasets.load_dataset("imagefolder", data_dir=path, cache_dir=cache_dir)
+        first = next(iter(data.values()))
+        if "label" not in first.column_names:  # imagefolder infers labels only from >= 2 class folders
+            classes = [d for d in sorted(os.listdir(path)) if os.path.isdir(os.path.join(path, d))]
+            raise DataError(
+                f"The folder '{path}' has images of {len(classes)} class folder(s) {classes[:5]}; a classifier "
+                "needs at least two. Lay it out as <folder>/<class name>/<image> with one folder per class."
+            )
+        return data
     if os.path.exists(path):
         raise DataError(f"'{path}' is a file; pass a folder of images, a saved dataset folder or a Hub dataset id.")
     try:
@@ -143,8 +151,8 @@ def encode_labels(ds, label_column: str, names: Optional[Sequence[str]] = None):
     from datasets import ClassLabel
 
     feat = ds.features[label_column]
-    values = ds[label_column]
-    missing = sum(v is None for v in values)
+    values = list(ds[label_column])
+    missing = sum(v is None or (isinstance(feat, ClassLabel) and v == -1) for v in values)
     if missing:
         raise DataError(
             f"{missing} of {len(values)} examples have no value in label column '{label_column}'; "
@@ -170,8 +178,10 @@ def encode_labels(ds, label_column: str, names: Optional[Sequence[str]] = None):
             "evaluate on data with the same label set."
         )
     new = [index[str(v)] for v in values]
-    ds = ds.remove_columns(label_column).add_column(label_column, new)
-    ds = ds.cast_column(label_column, ClassLabel(names=names))
+    features = ds.features.copy()
+    features[label_column] = ClassLabel(names=names)
+    ds = ds.map(lambda _, idx: {label_column: [new[i] for i in idx]}, batched=True, with_indices=True,
+                input_columns=[label_column], features=features, load_from_cache_file=False)
     return ds, names
 
 
@@ -326,13 +336,14 @@ def prepare_data(
     lbl_col = find_label_column(train_ds, label_column, img_col)
     train_ds = train_ds.select_columns([img_col, lbl_col])
     train_ds, labels = encode_labels(train_ds, lbl_col)
+    train_ds, skipped = drop_undecodable(train_ds, img_col)
     present = set(train_ds[lbl_col])
     if len(labels) < 2 or len(present) < 2:
         raise DataError(
-            f"The training data has {len(present)} class(es) ({[labels[i] for i in sorted(present)]}); a classifier "
-            "needs at least two. Check the label column or add images of other classes."
+            f"The training data has {len(present)} class(es) with readable images "
+            f"({[labels[i] for i in sorted(present)]}); a classifier needs at least two. Check the label column "
+            "or add images of other classes."
         )
-    train_ds, skipped = drop_undecodable(train_ds, img_col)
     if val_ds is None:
         tr_idx, val_idx = stratified_split(train_ds[lbl_col], validation_size, seed)
         if not val_idx:
