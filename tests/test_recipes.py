@@ -242,3 +242,39 @@ def test_unfreeze_more_blocks_than_model_has(tiny_model_dir):
     recipe = FineTuneRecipe(tiny_model_dir("vit"), head_epochs=1, epochs=2, unfreeze=5, **FAST)
     with pytest.raises(ConfigError, match="only 2 encoder blocks"):
         recipe.fit(colour_dataset(30), progress=False)
+
+
+@pytest.mark.parametrize("recipe_cls,kwargs,expect_graph", [
+    (FeatureExtractionRecipe, dict(epochs=1), False),
+    (ScratchRecipe, dict(epochs=1), True),
+], ids=["feature-extraction", "scratch"])
+def test_frozen_encoder_builds_no_autograd_graph(tiny_model_dir, recipe_cls, kwargs, expect_graph):
+    """With the encoder frozen, the head's input carries no autograd history: the encoder forward records
+    nothing for backward (no saved activations)."""
+    seen = []
+    recipe = recipe_cls(tiny_model_dir("vit"), **kwargs, **FAST)
+    original = recipe.load_backbone
+
+    def load_and_hook(labels):
+        backbone = original(labels)
+        backbone.model.classifier.register_forward_pre_hook(
+            lambda module, args: seen.append((module.training, args[0].requires_grad, args[0].grad_fn is not None)))
+        return backbone
+
+    recipe.load_backbone = load_and_hook
+    recipe.fit(colour_dataset(30), progress=False)
+    training_calls = [s for s in seen if s[0]]
+    assert training_calls
+    assert all(requires_grad == expect_graph and has_graph == expect_graph
+               for _, requires_grad, has_graph in training_calls)
+
+
+def test_gradient_accumulation_steps_the_optimizer_less_often(tiny_model_dir):
+    steps = {}
+    for accum in (1, 3):
+        recipe = FeatureExtractionRecipe(tiny_model_dir("vit"), epochs=1, gradient_accumulation_steps=accum,
+                                         warmup_ratio=0.0, scheduler="linear", **FAST)
+        recipe.fit(colour_dataset(96), progress=False,  # 78 training images -> 5 batches of 16
+                   on_period_end=lambda p, m, o: steps.__setitem__(accum, o.state[o.param_groups[0]["params"][0]]
+                                                                    ["step"].item()))
+    assert steps == {1: 5, 3: 2}

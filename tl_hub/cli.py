@@ -74,15 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Train a recipe on a dataset and save the model folder (weights, config "
                                        "with labels, image processor, metrics, history, learning curve).")
     train.add_argument("--recipe", required=True, choices=sorted(RECIPES), help="What to train (see README).")
-    train.add_argument("--model", required=True, help="Hub model id or local folder of an image classifier.")
-    train.add_argument("--dataset", required=True,
-                       help="Image folder (<class>/<image>), save_to_disk folder or Hub dataset id.")
-    train.add_argument("--validation-dataset", default=None, help="Separate validation data (optional).")
-    train.add_argument("--output-dir", required=True, help="Where to save the trained model.")
-    train.add_argument("--overwrite", action="store_true", help="Replace an existing non-empty output folder.")
-    add_model_arguments(train)
-    train.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
-    add_config_arguments(train, FineTuneConfig)
+    add_train_arguments(train, FineTuneConfig)
 
     ev = sub.add_parser("evaluate", help="Evaluate a trained model folder on a dataset.")
     ev.add_argument("model_dir", help="A folder written by `tl-hub train`.")
@@ -98,6 +90,19 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--top-k", type=int, default=1, help="Labels per image.")
     pr.add_argument("--json", action="store_true", help="Print one JSON object per image.")
     return parser
+
+
+def add_train_arguments(parser: argparse.ArgumentParser, config_class: type[TrainingConfig]) -> None:
+    """Flags of a training run: model, data, output, loading options and the settings of ``config_class``."""
+    parser.add_argument("--model", required=True, help="Hub model id or local folder of an image classifier.")
+    parser.add_argument("--dataset", required=True,
+                        help="Image folder (<class>/<image>), save_to_disk folder or Hub dataset id.")
+    parser.add_argument("--validation-dataset", default=None, help="Separate validation data (optional).")
+    parser.add_argument("--output-dir", required=True, help="Where to save the trained model.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace an existing non-empty output folder.")
+    parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
+    add_model_arguments(parser)
+    add_config_arguments(parser, config_class)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -175,16 +180,8 @@ def script_main(recipe: str, description: str, argv: Optional[Sequence[str]] = N
     from .recipes import get_recipe
 
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--model", required=True, help="Hub model id or local folder of an image classifier.")
-    parser.add_argument("--dataset", required=True,
-                        help="Image folder (<class>/<image>), save_to_disk folder or Hub dataset id.")
-    parser.add_argument("--validation-dataset", default=None, help="Separate validation data (optional).")
-    parser.add_argument("--output-dir", required=True, help="Where to save the trained model.")
-    parser.add_argument("--overwrite", action="store_true", help="Replace an existing non-empty output folder.")
-    parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     parser.add_argument("-q", "--quiet", action="store_true", help="Only print warnings and results.")
-    add_model_arguments(parser)
-    add_config_arguments(parser, get_recipe(recipe).config_class)
+    add_train_arguments(parser, get_recipe(recipe).config_class)
     args = parser.parse_args(argv)
     args.recipe = recipe
     setup_logging(args.quiet)

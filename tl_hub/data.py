@@ -104,16 +104,20 @@ def load_source(source: Any, *, revision: Optional[str] = None, cache_dir: Optio
 # Columns and labels
 
 
+def _require_column(ds, name: str, kind: str) -> str:
+    if name not in ds.column_names:
+        raise DataError(
+            f"{kind.capitalize()} column '{name}' does not exist; the columns are {ds.column_names}. "
+            f"Pass one of them as {kind}_column (--{kind}-column)."
+        )
+    return name
+
+
 def find_image_column(ds, image_column: Optional[str] = None) -> str:
     from datasets import Image as ImageFeature
 
     if image_column is not None:
-        if image_column not in ds.column_names:
-            raise DataError(
-                f"Image column '{image_column}' does not exist; the columns are {ds.column_names}. "
-                "Pass one of them as image_column (--image-column)."
-            )
-        return image_column
+        return _require_column(ds, image_column, "image")
     for name, feat in ds.features.items():
         if isinstance(feat, ImageFeature):
             return name
@@ -127,12 +131,7 @@ def find_label_column(ds, label_column: Optional[str] = None, image_column: Opti
     from datasets import ClassLabel
 
     if label_column is not None:
-        if label_column not in ds.column_names:
-            raise DataError(
-                f"Label column '{label_column}' does not exist; the columns are {ds.column_names}. "
-                "Pass one of them as label_column (--label-column)."
-            )
-        return label_column
+        return _require_column(ds, label_column, "label")
     for name, feat in ds.features.items():
         if isinstance(feat, ClassLabel) and name != image_column:
             return name
