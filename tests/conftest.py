@@ -4,8 +4,10 @@ Everything is made offline in the test; nothing is downloaded.
 """
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["TL_HUB_CACHE"] = tempfile.mkdtemp(prefix="tl_hub_cache_")  # never the user's cache
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -17,6 +17,7 @@ from .errors import ConfigError
 SCHEDULERS = ("cosine", "linear", "constant")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 BN_POLICIES = ("frozen", "train")
+FEATURE_CACHES = ("disk", "memory", "off")
 
 
 def _positive(name: str, value, allow_zero: bool = False) -> None:
@@ -85,6 +86,21 @@ class TrainingConfig:
         default=0.6, metadata={"help": "Smallest area fraction kept by the random resized crop (0 < s <= 1)."}
     )
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+    feature_cache: str = field(
+        default="disk",
+        metadata={"help": "While the encoder is frozen, compute its features once and train the head on them: "
+                  "'disk' (kept in memory and under feature_cache_dir for later runs), 'memory', or 'off' "
+                  "(run the encoder every epoch, on freshly augmented images)."},
+    )
+    feature_cache_dir: Optional[str] = field(
+        default=None, metadata={"help": "Feature cache folder (default $TL_HUB_CACHE/features or "
+                                "~/.cache/tl_hub/features)."}
+    )
+    feature_views: int = field(
+        default=1,
+        metadata={"help": "Views cached per training image while the encoder is frozen: view 0 is the plain "
+                  "image, the others augmented (k views cost k encoder passes)."},
+    )
 
     def __post_init__(self) -> None:
         for name in ("epochs", "lr", "batch_size", "eval_batch_size", "gradient_accumulation_steps"):
@@ -102,6 +118,13 @@ class TrainingConfig:
             raise ConfigError(f"`label_smoothing` should be < 1, got {self.label_smoothing}.")
         _choice("scheduler", self.scheduler, SCHEDULERS)
         _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        _choice("feature_cache", self.feature_cache, FEATURE_CACHES)
+        _positive("feature_views", self.feature_views)
+        if self.feature_views > 1 and not self.augment:
+            raise ConfigError(
+                f"`feature_views` is {self.feature_views}, but views beyond the first are augmented and `augment` "
+                "is off; turn augment on or set feature_views=1."
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

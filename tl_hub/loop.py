@@ -38,12 +38,15 @@ class Period:
         param_groups: optimizer groups (from `tl_hub.param_groups`); exactly these parameters train.
         eval_modules: module paths kept in eval mode while training (frozen encoder parts, frozen BatchNorm):
             their BatchNorm running statistics and dropout do not change.
+        features: only the head trains and the encoder is frozen, so the head may train on cached encoder
+            features (see `tl_hub.features`) instead of images.
     """
 
     name: str
     epochs: int
     param_groups: list[dict]
     eval_modules: tuple[str, ...] = ()
+    features: bool = False
     info: dict = field(default_factory=dict)
 
 
@@ -127,6 +130,7 @@ def train_periods(
     eval_loader,
     *,
     config,
+    feature_loaders: Optional[tuple[nn.Module, Any, Any]] = None,
     on_epoch_start: Optional[Callable[[int], None]] = None,
     on_period_end: Optional[Callable[[Period, nn.Module, Any], None]] = None,
     progress: bool = True,
@@ -138,6 +142,8 @@ def train_periods(
         model: the unwrapped model; its forward takes the batch without ``labels`` and returns logits.
         periods: what to train, see `Period`.
         train_loader / eval_loader: plain ``DataLoader`` objects (prepared here, per period).
+        feature_loaders: ``(head_module, train_loader, eval_loader)`` over cached encoder features, used for the
+            periods marked ``features`` (the head module shares its parameters with ``model``).
         config: a `TrainingConfig` (scheduler, warmup, weight decay, clipping, label smoothing).
         on_epoch_start: called with the global epoch index before each epoch (e.g. to reseed augmentation).
         on_period_end: called as ``(period, model, optimizer)`` after each period's last epoch.
@@ -159,18 +165,22 @@ def train_periods(
                 period.name, period.epochs, f"{counts['trainable']:,}", f"{counts['frozen']:,}",
                 sorted({f"{g['name'].split('/')[0]}={g['lr']:.2e}" for g in period.param_groups}),
             )
+        module, period_train, period_eval = (
+            feature_loaders if period.features and feature_loaders is not None else (model, train_loader, eval_loader)
+        )
         optimizer = torch.optim.AdamW(period.param_groups, lr=config.lr)
-        steps_per_epoch = math.ceil(len(train_loader) / accelerator.gradient_accumulation_steps)
+        steps_per_epoch = math.ceil(len(period_train) / accelerator.gradient_accumulation_steps)
         total = steps_per_epoch * period.epochs
         scheduler = _scheduler(config.scheduler, optimizer, int(config.warmup_ratio * total), total)
         wrapped, optimizer, train_dl, eval_dl, scheduler = accelerator.prepare(
-            model, optimizer, train_loader, eval_loader, scheduler
+            module, optimizer, period_train, period_eval, scheduler
         )
         trainable = [p for p in model.parameters() if p.requires_grad]
         for _ in range(period.epochs):
             if on_epoch_start is not None:
                 on_epoch_start(epoch)
             train_dl.set_epoch(epoch)
+            set_train_mode(module, ())
             set_train_mode(model, period.eval_modules)
             start = time.perf_counter()
             loss_sum = torch.zeros((), dtype=torch.float64)

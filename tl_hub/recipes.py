@@ -30,6 +30,7 @@ from .backbone import BATCHNORM_TYPES, Backbone, load_backbone
 from .config import FeatureExtractionConfig, FineTuneConfig, ScratchConfig, TrainingConfig
 from .data import ImageClassificationDataset, ImageCollator, PreparedData, prepare_data
 from .errors import ConfigError, TlHubError
+from .features import CachedFeatureDataset, FeatureStore, HeadModule, collate_features
 from .inference import INFO_FILE, Classifier
 from .loop import Period, check_batch_size, make_accelerator, process_state, train_periods
 from .outputs import atomic_output_dir, write_json
@@ -119,6 +120,7 @@ class Recipe:
         self.data: Optional[PreparedData] = None
         self.result: Optional[FitResult] = None
         self.accelerator = None
+        self.feature_store: Optional[FeatureStore] = None
 
     # -- the one hook --------------------------------------------------------------------------------------------
     def periods(self, backbone: Backbone) -> list[Period]:
@@ -153,6 +155,34 @@ class Recipe:
             dataset, batch_size=self.config.eval_batch_size, shuffle=False, collate_fn=collate,
             **_collate_workers(self.config),
         )
+
+    def _feature_loaders(self, backbone: Backbone, data: PreparedData, accelerator):
+        """Loaders over cached encoder features for the periods that train only the head (None if the model's
+        head cannot be fed from one cached tensor)."""
+        cfg = self.config
+        self.feature_store = store = FeatureStore(
+            backbone, accelerator, cache=cfg.feature_cache, cache_dir=cfg.feature_cache_dir,
+            batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers,
+        )
+        if not store.available:
+            logger.warning("The head of %s has several modules %s; its features are not cached and the frozen "
+                           "encoder runs every epoch.", self.model_name, list(backbone.parts.head))
+            return None
+        augment = {"hflip": cfg.hflip, "crop_scale": cfg.crop_scale, "seed": cfg.seed}
+        train = store.get(data.train, data.image_column, data.label_column, views=cfg.feature_views,
+                          augment=augment, what="training")
+        val = store.get(data.validation, data.image_column, data.label_column, what="validation")
+        if accelerator.is_main_process and cfg.augment and cfg.feature_views == 1:
+            logger.info("The head trains on cached features of the plain images; augmentation applies once the "
+                        "encoder trains (feature_views=k caches k views; feature_cache='off' augments every epoch).")
+        head = HeadModule(backbone.model.get_submodule(store.head_path))
+        train_loader = torch.utils.data.DataLoader(
+            CachedFeatureDataset(train, seed=cfg.seed), batch_size=cfg.batch_size, shuffle=True,
+            collate_fn=collate_features, generator=torch.Generator().manual_seed(cfg.seed),
+        )
+        eval_loader = torch.utils.data.DataLoader(CachedFeatureDataset(val), batch_size=cfg.eval_batch_size,
+                                                  shuffle=False, collate_fn=collate_features)
+        return head, train_loader, eval_loader
 
     def fit(self, train: Any, validation: Any = None, *, accelerator=None, progress: bool = True,
             on_period_end=None) -> FitResult:
@@ -191,9 +221,21 @@ class Recipe:
             logger.info("Data: %s", data.summary())
         periods = self.periods(backbone)
         train_set, train_loader, eval_loader = self._loaders(backbone, data)
+        epoch_datasets = [train_set]
+        feature_loaders = None
+        if any(p.features for p in periods) and cfg.feature_cache != "off":
+            feature_loaders = self._feature_loaders(backbone, data, accelerator)
+            if feature_loaders is not None:
+                epoch_datasets.append(feature_loaders[1].dataset)
+
+        def on_epoch_start(epoch: int) -> None:
+            for ds in epoch_datasets:
+                ds.set_epoch(epoch)
+
         history = train_periods(
             accelerator, backbone.model, periods, train_loader, eval_loader, config=cfg,
-            on_epoch_start=train_set.set_epoch, on_period_end=on_period_end, progress=progress,
+            feature_loaders=feature_loaders, on_epoch_start=on_epoch_start, on_period_end=on_period_end,
+            progress=progress,
         )
         self.classifier = Classifier(backbone.model, backbone.processor, data.labels,
                                      info={"image_column": data.image_column, "label_column": data.label_column})
@@ -271,7 +313,7 @@ def _head_period(backbone: Backbone, epochs: int, lr: float, weight_decay: float
     parts = backbone.parts
     return Period(
         "head", epochs, head_param_groups(backbone.model, parts, lr, weight_decay),
-        eval_modules=(parts.encoder,), info={"trains": ["head"]},
+        eval_modules=(parts.encoder,), features=True, info={"trains": ["head"]},
     )
 
 

@@ -1,0 +1,145 @@
+"""Cached encoder features: computed once per example, reused across epochs and runs, invalidated when the
+model, the preprocessing or the data change, and equivalent to running the encoder every epoch."""
+
+import os
+
+import pytest
+import torch
+
+from tl_hub import FeatureExtractionRecipe, FineTuneRecipe, ConfigError
+from tl_hub.backbone import load_backbone
+from tl_hub.features import FeatureStore, HeadModule, _Captured
+
+from conftest import ARCHITECTURES, COLOURS, colour_dataset, save_tiny_model
+
+FAST = dict(batch_size=16, eval_batch_size=32, augment=False, seed=0)
+
+
+class EncoderCounter:
+    """Counts images that go through the encoder, per period name."""
+
+    def __init__(self, recipe):
+        self.counts = {}
+        self.period = "head"
+        original = recipe.load_backbone
+
+        def load(labels):
+            backbone = original(labels)
+            encoder = backbone.model.get_submodule(backbone.parts.encoder)
+            encoder.register_forward_hook(lambda m, args, kwargs, out: self._count(kwargs, args), with_kwargs=True)
+            return backbone
+
+        recipe.load_backbone = load
+
+    def _count(self, kwargs, args):
+        x = kwargs.get("pixel_values", args[0] if args else None)
+        self.counts[self.period] = self.counts.get(self.period, 0) + x.shape[0]
+
+    def on_period_end(self, period, model, optimizer):
+        self.period = "fine-tune"
+
+
+def fit_counting(recipe, data, validation=None):
+    counter = EncoderCounter(recipe)
+    result = recipe.fit(data, validation, progress=False, on_period_end=counter.on_period_end)
+    return result, counter.counts
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_captured_head_input_reproduces_the_logits(tiny_model_dir, arch):
+    backbone = load_backbone(tiny_model_dir(arch), COLOURS)
+    model = backbone.model.eval()
+    head_path = backbone.parts.head[0]
+    x = torch.randn(4, 3, 32, 32)
+    captured = {}
+    handle = model.get_submodule(head_path).register_forward_pre_hook(
+        lambda m, args: captured.setdefault("x", args[0]))
+    with torch.no_grad():
+        logits = model(pixel_values=x).logits
+        handle.remove()
+        again = HeadModule(model.get_submodule(head_path))(captured["x"])
+    assert torch.allclose(logits, again, atol=1e-6)
+
+
+def test_feature_extraction_runs_the_encoder_once_per_example(tiny_model_dir, tmp_path):
+    recipe = FeatureExtractionRecipe(tiny_model_dir("vit"), epochs=5, feature_cache="memory", **FAST)
+    result, counts = fit_counting(recipe, colour_dataset(60), colour_dataset(21, seed=5))
+    assert counts == {"head": 60 + 21}  # not 5 x (60 + 21)
+    assert len(result.history) == 5
+    assert recipe.feature_store.computed_examples == 81
+
+
+def test_fine_tune_period1_is_cached_and_period2_runs_the_encoder(tiny_model_dir):
+    recipe = FineTuneRecipe(tiny_model_dir("vit"), head_epochs=2, epochs=4, feature_cache="memory", **FAST)
+    _, counts = fit_counting(recipe, colour_dataset(48), colour_dataset(15, seed=5))
+    assert counts["head"] == 48 + 15
+    assert counts["fine-tune"] == 2 * (48 + 15)
+
+
+def test_disk_cache_is_reused_across_runs(tiny_model_dir, tmp_path):
+    kwargs = dict(epochs=2, feature_cache="disk", feature_cache_dir=str(tmp_path / "cache"), **FAST)
+    data, val = colour_dataset(45), colour_dataset(15, seed=5)
+    first, c1 = fit_counting(FeatureExtractionRecipe(tiny_model_dir("vit"), **kwargs), data, val)
+    assert c1 == {"head": 60}
+    assert len(os.listdir(tmp_path / "cache")) == 2  # training and validation features
+    second, c2 = fit_counting(FeatureExtractionRecipe(tiny_model_dir("vit"), **kwargs), data, val)
+    assert c2 == {}  # every feature came from disk
+    assert [h["accuracy"] for h in second.history] == [h["accuracy"] for h in first.history]
+    assert [h["loss"] for h in second.history] == pytest.approx([h["loss"] for h in first.history], abs=1e-7)
+
+
+def test_cache_is_invalidated_when_model_preprocessing_or_data_change(tmp_path):
+    from transformers import ViTImageProcessor
+
+    base = save_tiny_model("vit", str(tmp_path / "m1"), seed=0)
+    kwargs = dict(epochs=1, feature_cache="disk", feature_cache_dir=str(tmp_path / "cache"), **FAST)
+    data, val = colour_dataset(30), colour_dataset(15, seed=5)
+
+    def encoder_images(model_dir, d=data):
+        return fit_counting(FeatureExtractionRecipe(model_dir, **kwargs), d, val)[1].get("head", 0)
+
+    assert encoder_images(base) == 45
+    assert encoder_images(base) == 0  # cached
+    other_weights = save_tiny_model("vit", str(tmp_path / "m2"), seed=1)
+    assert encoder_images(other_weights) == 45  # model changed
+    # same weights, different preprocessing
+    import shutil
+    shutil.copytree(base, tmp_path / "m3")
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.1, 0.2, 0.3]).save_pretrained(tmp_path / "m3")
+    assert encoder_images(str(tmp_path / "m3")) == 45
+    # same model and preprocessing, different training data: only the training split is recomputed
+    assert encoder_images(base, colour_dataset(30, seed=9)) == 30
+    assert len(os.listdir(tmp_path / "cache")) == 2 + 2 + 2 + 1
+
+
+def test_cached_and_uncached_training_agree(tiny_model_dir):
+    data, val = colour_dataset(48), colour_dataset(15, seed=5)
+    runs = {}
+    for cache in ("memory", "off"):
+        recipe = FeatureExtractionRecipe(tiny_model_dir("resnet"), epochs=3, lr=5e-2, feature_cache=cache, **FAST)
+        runs[cache] = recipe.fit(data, val, progress=False).history
+    for a, b in zip(runs["memory"], runs["off"]):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
+        assert a["accuracy"] == b["accuracy"]
+
+
+def test_augmented_views(tiny_model_dir):
+    recipe = FeatureExtractionRecipe(tiny_model_dir("vit"), epochs=3, feature_cache="memory", feature_views=3,
+                                     **{**FAST, "augment": True})
+    _, counts = fit_counting(recipe, colour_dataset(30), colour_dataset(15, seed=5))
+    assert counts == {"head": 3 * 30 + 15}
+    with pytest.raises(ConfigError, match="feature_views"):
+        FeatureExtractionRecipe("x", feature_views=2, augment=False)
+    with pytest.raises(ConfigError, match="feature_cache"):
+        FeatureExtractionRecipe("x", feature_cache="ram")
+
+
+def test_unreadable_cache_file_is_recomputed(tiny_model_dir, tmp_path):
+    kwargs = dict(epochs=1, feature_cache="disk", feature_cache_dir=str(tmp_path / "cache"), **FAST)
+    data, val = colour_dataset(30), colour_dataset(15, seed=5)
+    fit_counting(FeatureExtractionRecipe(tiny_model_dir("vit"), **kwargs), data, val)
+    for f in os.listdir(tmp_path / "cache"):
+        (tmp_path / "cache" / f).write_bytes(b"garbage")
+    _, counts = fit_counting(FeatureExtractionRecipe(tiny_model_dir("vit"), **kwargs), data, val)
+    assert counts == {"head": 45}

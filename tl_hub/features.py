@@ -1,0 +1,237 @@
+"""Encoder features computed once and cached, so a frozen encoder costs one forward pass per image.
+
+Training a new head on a frozen encoder does not need the encoder again each epoch: its output for an image
+never changes.  `FeatureStore` runs the encoder once over a split (under ``torch.inference_mode``, sharded
+across processes and gathered), captures the exact input of the model's head with a forward pre-hook (the
+head itself is skipped), and keeps the result in memory and, by default, on disk.  The head then trains on
+these tensors through `HeadModule`, which shares the model's head parameters.
+
+The cache key covers everything the features depend on: the encoder's weights (hashed), the image processor
+settings, the data (``datasets`` fingerprint of the split and its image column), the capture point, and the
+augmented views; change any of them and the features are recomputed.
+
+With augmentation, ``feature_views=k`` caches ``k`` views per training image (view 0 the plain image, the
+others augmented, drawn per ``(seed, epoch, index)``) at ``k`` encoder passes; ``feature_cache="off"`` runs
+the encoder on freshly augmented images every epoch instead (one pass per image per epoch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .backbone import Backbone
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = "1"
+
+
+def default_cache_dir() -> str:
+    """``$TL_HUB_CACHE/features``, default ``~/.cache/tl_hub/features``."""
+    root = os.environ.get("TL_HUB_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tl_hub")
+    return os.path.join(root, "features")
+
+
+class HeadModule(nn.Module):
+    """The model's head as a module of its own, fed with cached features (parameters are shared)."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+
+class _Captured(Exception):
+    def __init__(self, value: torch.Tensor):
+        self.value = value
+
+
+def single_head(backbone: Backbone) -> Optional[str]:
+    """The head module path when the head is one module fed by one tensor (then features can be cached)."""
+    return backbone.parts.head[0] if len(backbone.parts.head) == 1 else None
+
+
+def encoder_fingerprint(model: nn.Module, encoder_path: str) -> str:
+    """Hash of every encoder parameter and buffer (names, dtypes, shapes, values)."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(model.get_submodule(encoder_path).state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"{name}:{t.dtype}:{tuple(tensor.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def processor_fingerprint(processor) -> str:
+    config = processor.to_dict() if hasattr(processor, "to_dict") else vars(processor)
+    return hashlib.blake2b(json.dumps(config, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
+
+
+def data_fingerprint(ds, image_column: str) -> str:
+    fp = getattr(ds, "_fingerprint", None)
+    if fp is None:  # not a datasets.Dataset: hash the images' bytes
+        h = hashlib.blake2b(digest_size=16)
+        for row in ds:
+            h.update(repr(row[image_column]).encode())
+        fp = h.hexdigest()
+    return f"{fp}:{image_column}:{len(ds)}"
+
+
+@dataclass
+class CachedFeatures:
+    """``features`` of shape ``(views, N, ...)`` and ``labels`` of shape ``(N,)``."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+
+    @property
+    def views(self) -> int:
+        return self.features.shape[0]
+
+
+class CachedFeatureDataset(torch.utils.data.Dataset):
+    """Batches of cached features; with several views, each example's view is drawn per ``(seed, epoch, index)``
+    (the same whatever the number of processes)."""
+
+    def __init__(self, cached: CachedFeatures, seed: int = 0):
+        self.cached = cached
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.cached.labels.shape[0]
+
+    def __getitem__(self, index: int):
+        view = 0 if self.cached.views == 1 else random.Random(hash((self.seed, self.epoch, int(index)))).randrange(
+            self.cached.views)
+        return self.cached.features[view, index], self.cached.labels[index]
+
+
+def collate_features(batch):
+    feats, labels = zip(*batch)
+    return {"features": torch.stack(feats), "labels": torch.stack(labels)}
+
+
+class FeatureStore:
+    """Compute-once encoder features for the splits of one run.
+
+    Args:
+        backbone: the loaded model (its encoder is frozen while features are used).
+        accelerator: shards the extraction across processes and gathers the result.
+        cache: ``"disk"`` (memory plus a safetensors file under ``cache_dir``), ``"memory"``.
+        cache_dir: where disk caches live (default `default_cache_dir`).
+        batch_size: global extraction batch size.
+        num_workers: DataLoader workers for decoding and preprocessing.
+    """
+
+    def __init__(self, backbone: Backbone, accelerator, *, cache: str = "disk", cache_dir: Optional[str] = None,
+                 batch_size: int = 64, num_workers: int = 0):
+        self.backbone = backbone
+        self.accelerator = accelerator
+        self.cache = cache
+        self.cache_dir = cache_dir or default_cache_dir()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.head_path = single_head(backbone)
+        self._encoder_fp: Optional[str] = None
+        self.computed_examples = 0  # encoder forward passes actually run (per view), for reporting and tests
+
+    @property
+    def available(self) -> bool:
+        return self.head_path is not None
+
+    def key(self, ds, image_column: str, views: int, augment: dict) -> str:
+        if self._encoder_fp is None:
+            self._encoder_fp = encoder_fingerprint(self.backbone.model, self.backbone.parts.encoder)
+        parts = [FORMAT_VERSION, self._encoder_fp, processor_fingerprint(self.backbone.processor),
+                 data_fingerprint(ds, image_column), self.head_path, str(views),
+                 json.dumps(augment if views > 1 else {}, sort_keys=True)]
+        return hashlib.blake2b("|".join(parts).encode(), digest_size=20).hexdigest()
+
+    def get(self, ds, image_column: str, label_column: str, *, views: int = 1, augment: Optional[dict] = None,
+            what: str = "training") -> CachedFeatures:
+        """Features of ``ds``: from the disk cache when the key matches, else computed (and stored)."""
+        from safetensors.torch import load_file, save_file
+
+        augment = augment or {}
+        key = self.key(ds, image_column, views, augment)
+        path = os.path.join(self.cache_dir, f"{key}.safetensors")
+        if self.cache == "disk" and os.path.exists(path):
+            try:
+                tensors = load_file(path)
+                logger.info("Loaded cached %s features (%s) from %s", what, tuple(tensors["features"].shape), path)
+                return CachedFeatures(tensors["features"], tensors["labels"])
+            except Exception as e:  # a damaged cache file is recomputed, not fatal
+                logger.warning("Ignoring unreadable feature cache %s (%s); recomputing.", path, e)
+        cached = self._compute(ds, image_column, label_column, views, augment, what)
+        if self.cache == "disk":
+            if self.accelerator.is_main_process:
+                try:
+                    os.makedirs(self.cache_dir, exist_ok=True)
+                    tmp = f"{path}.tmp-{os.getpid()}"
+                    save_file({"features": cached.features.contiguous(), "labels": cached.labels}, tmp,
+                              metadata={"format": FORMAT_VERSION, "what": what})
+                    os.replace(tmp, path)
+                except OSError as e:
+                    logger.warning("Could not write the feature cache to %s (%s); continuing in memory.", path, e)
+            self.accelerator.wait_for_everyone()
+        return cached
+
+    @torch.inference_mode()
+    def _compute(self, ds, image_column, label_column, views, augment, what) -> CachedFeatures:
+        from .data import ImageClassificationDataset, ImageCollator
+
+        accelerator = self.accelerator
+        model = self.backbone.model.to(accelerator.device)
+        model.eval()
+        head = model.get_submodule(self.head_path)
+
+        def capture(module, args):
+            raise _Captured(args[0])
+
+        handle = head.register_forward_pre_hook(capture)
+        all_views = []
+        labels = None
+        try:
+            for view in range(views):
+                dataset = ImageClassificationDataset(ds, image_column, label_column, augment=view > 0, **augment)
+                dataset.set_epoch(view)  # view v > 0 uses the augmentation stream of "epoch" v
+                loader = torch.utils.data.DataLoader(
+                    dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
+                    collate_fn=ImageCollator(self.backbone.processor),
+                )
+                loader = accelerator.prepare_data_loader(loader)
+                feats, labs = [], []
+                for batch in loader:
+                    try:
+                        with accelerator.autocast():
+                            model(pixel_values=batch["pixel_values"])
+                        raise RuntimeError(f"The head {self.head_path!r} was not called by the model's forward.")
+                    except _Captured as c:
+                        f = c.value.float()
+                    f, y = accelerator.gather_for_metrics((f.contiguous(), batch["labels"]))
+                    feats.append(f.cpu())
+                    labs.append(y.cpu())
+                    self.computed_examples += batch["labels"].shape[0]
+                all_views.append(torch.cat(feats))
+                labels = torch.cat(labs)
+        finally:
+            handle.remove()
+        features = torch.stack(all_views)
+        if accelerator.is_main_process:
+            logger.info("Computed %s features for %d images x %d view(s): %s", what, features.shape[1], views,
+                        tuple(features.shape[2:]))
+        return CachedFeatures(features, labels)
