@@ -15,6 +15,7 @@ data is rejected.
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import logging
 import math
@@ -247,7 +248,9 @@ def drop_undecodable(ds, image_column: str, what: str = "training"):
 
     raw = ds.cast_column(image_column, ImageFeature(decode=False)) if isinstance(
         ds.features[image_column], ImageFeature) else ds
-    ok = [i for i, v in enumerate(raw[image_column]) if _decodable(v)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL decodes without the GIL
+        flags = list(pool.map(_decodable, raw[image_column], chunksize=64))
+    ok = [i for i, good in enumerate(flags) if good]
     skipped = len(ds) - len(ok)
     if skipped == len(ds) and len(ds) > 0:
         raise DataError(f"None of the {len(ds)} {what} images could be decoded; check the files.")
@@ -445,16 +448,25 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ds)
 
-    def __getitem__(self, index: int):
-        row = self.ds[int(index)]
-        image = to_rgb(row[self.image_column])
+    def _item(self, index: int, image: Any, label: Any):
+        image = to_rgb(image)
         if self.augment:
             rng = random.Random(hash((self.seed, self.epoch, int(index))))
             image = random_resized_crop(image, rng, scale=(self.crop_scale, 1.0))
             if self.hflip and rng.random() < 0.5:
                 image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        label = row[self.label_column] if self.label_column is not None else -1
-        return image, int(label)
+        return image, int(label) if label is not None else -1
+
+    def __getitem__(self, index: int):
+        row = self.ds[int(index)]
+        return self._item(index, row[self.image_column], row[self.label_column] if self.label_column else None)
+
+    def __getitems__(self, indices: Sequence[int]):
+        """Fetch a whole batch in one read (the DataLoader calls this instead of one ``__getitem__`` per item)."""
+        indices = [int(i) for i in indices]
+        rows = self.ds[indices]
+        labels = rows[self.label_column] if self.label_column else [None] * len(indices)
+        return [self._item(i, img, y) for i, img, y in zip(indices, rows[self.image_column], labels)]
 
 
 class ImageCollator:

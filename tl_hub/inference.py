@@ -81,7 +81,7 @@ class Classifier:
         Labels are matched to the model's by name; columns default to those used in training, else detected.
         """
         from .data import ImageClassificationDataset, ImageCollator, prepare_eval_data
-        from .loop import evaluate_loader, make_accelerator
+        from .loop import evaluate_loader, make_accelerator, release_prepared
 
         ds, img_col, lbl_col = prepare_eval_data(
             data, self.labels, image_column=image_column or self.info.get("image_column"),
@@ -92,7 +92,7 @@ class Classifier:
                                              shuffle=False, collate_fn=ImageCollator(self.processor))
         model, loader = accelerator.prepare(self.model, loader)
         metrics = evaluate_loader(accelerator, model, loader)
-        accelerator.free_memory()
+        release_prepared(accelerator)
         return metrics
 
     def predict(self, images: Union[Any, Sequence[Any]], top_k: int = 1, batch_size: int = 32):
