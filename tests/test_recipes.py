@@ -278,3 +278,26 @@ def test_gradient_accumulation_steps_the_optimizer_less_often(tiny_model_dir):
                    on_period_end=lambda p, m, o: steps.__setitem__(accum, o.state[o.param_groups[0]["params"][0]]
                                                                     ["step"].item()))
     assert steps == {1: 5, 3: 2}
+
+
+def test_top_k_unfreeze_stops_autograd_at_the_lowest_unfrozen_block(tiny_model_dir):
+    """In period 2 with unfreeze=1, block 0 runs without building a graph; block 1 builds one."""
+    seen = {"block.0": [], "block.1": []}
+    recipe = FineTuneRecipe(tiny_model_dir("vit"), head_epochs=1, epochs=2, unfreeze=1, feature_cache="memory",
+                            **FAST)
+    original = recipe.load_backbone
+
+    def load_and_hook(labels):
+        backbone = original(labels)
+        for i in (0, 1):
+            block = backbone.model.get_submodule(backbone.parts.group(f"block.{i}").modules[0])
+            block.register_forward_hook(
+                lambda m, args, out, i=i: seen[f"block.{i}"].append(
+                    (torch.is_grad_enabled(), (out[0] if isinstance(out, tuple) else out).requires_grad)))
+        return backbone
+
+    recipe.load_backbone = load_and_hook
+    recipe.fit(colour_dataset(30), progress=False)
+    training = {k: [rg for grad_on, rg in v if grad_on] for k, v in seen.items()}
+    assert training["block.0"] and not any(training["block.0"])
+    assert training["block.1"] and all(training["block.1"])

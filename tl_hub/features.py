@@ -114,13 +114,24 @@ class CachedFeatureDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.cached.labels.shape[0]
 
+    def _view(self, index: int) -> int:
+        if self.cached.views == 1:
+            return 0
+        return random.Random(hash((self.seed, self.epoch, int(index)))).randrange(self.cached.views)
+
     def __getitem__(self, index: int):
-        view = 0 if self.cached.views == 1 else random.Random(hash((self.seed, self.epoch, int(index)))).randrange(
-            self.cached.views)
-        return self.cached.features[view, index], self.cached.labels[index]
+        return self.cached.features[self._view(index), index], self.cached.labels[index]
+
+    def __getitems__(self, indices):
+        """A whole batch by tensor indexing (the DataLoader calls this instead of one ``__getitem__`` per item)."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        views = torch.as_tensor([self._view(i) for i in indices], dtype=torch.long)
+        return {"features": self.cached.features[views, idx], "labels": self.cached.labels[idx]}
 
 
 def collate_features(batch):
+    if isinstance(batch, dict):  # already batched by CachedFeatureDataset.__getitems__
+        return batch
     feats, labels = zip(*batch)
     return {"features": torch.stack(feats), "labels": torch.stack(labels)}
 
@@ -167,9 +178,10 @@ class FeatureStore:
         from safetensors.torch import load_file, save_file
 
         augment = augment or {}
-        key = self.key(ds, image_column, views, augment)
-        path = os.path.join(self.cache_dir, f"{key}.safetensors")
-        if self.cache == "disk" and os.path.exists(path):
+        if self.cache != "disk":
+            return self._compute(ds, image_column, label_column, views, augment, what)
+        path = os.path.join(self.cache_dir, f"{self.key(ds, image_column, views, augment)}.safetensors")
+        if os.path.exists(path):
             try:
                 tensors = load_file(path)
                 logger.info("Loaded cached %s features (%s) from %s", what, tuple(tensors["features"].shape), path)
@@ -177,17 +189,16 @@ class FeatureStore:
             except Exception as e:  # a damaged cache file is recomputed, not fatal
                 logger.warning("Ignoring unreadable feature cache %s (%s); recomputing.", path, e)
         cached = self._compute(ds, image_column, label_column, views, augment, what)
-        if self.cache == "disk":
-            if self.accelerator.is_main_process:
-                try:
-                    os.makedirs(self.cache_dir, exist_ok=True)
-                    tmp = f"{path}.tmp-{os.getpid()}"
-                    save_file({"features": cached.features.contiguous(), "labels": cached.labels}, tmp,
-                              metadata={"format": FORMAT_VERSION, "what": what})
-                    os.replace(tmp, path)
-                except OSError as e:
-                    logger.warning("Could not write the feature cache to %s (%s); continuing in memory.", path, e)
-            self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            try:
+                os.makedirs(self.cache_dir, exist_ok=True)
+                tmp = f"{path}.tmp-{os.getpid()}"
+                save_file({"features": cached.features.contiguous(), "labels": cached.labels}, tmp,
+                          metadata={"format": FORMAT_VERSION, "what": what})
+                os.replace(tmp, path)
+            except OSError as e:
+                logger.warning("Could not write the feature cache to %s (%s); continuing in memory.", path, e)
+        self.accelerator.wait_for_everyone()
         return cached
 
     @torch.inference_mode()
