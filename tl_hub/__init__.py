@@ -11,9 +11,11 @@ train it with Accelerate on one or many devices::
 
 __version__ = "0.1.0"
 
+from .advisor import Advice, Thresholds, advise  # noqa: E402
 from .backbone import Backbone, LayerGroup, ModelParts, load_backbone, split_model  # noqa: E402
 from .config import FeatureExtractionConfig, FineTuneConfig, ScratchConfig, TrainingConfig  # noqa: E402
 from .errors import ConfigError, DataError, ModelError, OutputError, TlHubError  # noqa: E402
+from .compare import Comparison, compare, curve_summary  # noqa: E402
 from .inference import Classifier, load  # noqa: E402
 from .recipes import (  # noqa: E402
     RECIPES,
@@ -34,4 +36,5 @@ __all__ = [
     "Classifier", "load",
     "Recipe", "FeatureExtractionRecipe", "FineTuneRecipe", "ScratchRecipe", "FitResult",
     "RECIPES", "get_recipe", "register_recipe",
+    "advise", "Advice", "Thresholds", "compare", "Comparison", "curve_summary",
 ]

@@ -21,7 +21,7 @@ import sys
 from typing import Optional, Sequence
 
 from .config import FineTuneConfig, TrainingConfig
-from .errors import TlHubError
+from .errors import ConfigError, TlHubError
 
 logger = logging.getLogger("tl_hub")
 
@@ -84,6 +84,31 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--label-column", default=None)
     ev.add_argument("--batch-size", type=int, default=64)
 
+    adv = sub.add_parser("advise", help="Measure a dataset against a model and recommend a recipe.",
+                         description="Measure examples per class and how well the pretrained features separate "
+                                     "the classes (vs random features), then pick one of four cases.")
+    adv.add_argument("--model", required=True, help="Hub model id or local folder of an image classifier.")
+    adv.add_argument("--dataset", required=True, help="Image folder, save_to_disk folder or Hub dataset id.")
+    adv.add_argument("--large-per-class", type=int, default=None, help="Median examples per class for 'large'.")
+    adv.add_argument("--similarity-gap", type=float, default=None,
+                     help="Pretrained minus random k-NN accuracy from which the task counts as similar.")
+    adv.add_argument("--json", action="store_true", help="Print the result as JSON.")
+    add_model_arguments(adv)
+
+    cmp = sub.add_parser("compare", help="Train transfer recipes and scratch with the same budget; compare curves.")
+    cmp.add_argument("--model", required=True, help="Hub model id or local folder of an image classifier.")
+    cmp.add_argument("--dataset", required=True, help="Image folder, save_to_disk folder or Hub dataset id.")
+    cmp.add_argument("--validation-dataset", default=None)
+    cmp.add_argument("--epochs", type=int, default=10, help="Epochs of every recipe.")
+    cmp.add_argument("--recipes", nargs="+", default=["feature-extraction", "fine-tune", "scratch"],
+                     choices=sorted(RECIPES))
+    cmp.add_argument("--batch-size", type=int, default=32)
+    cmp.add_argument("--output-dir", default="runs/compare", help="Where results.json and the PNG go.")
+
+    demo = sub.add_parser("demo", help="Offline demo: letters -> handwritten digits, advise + compare + save.")
+    demo.add_argument("--output-dir", default="runs/demo")
+    demo.add_argument("--quick", action="store_true", help="A few epochs only (for tests).")
+
     pr = sub.add_parser("predict", help="Predict labels of image files with a trained model folder.")
     pr.add_argument("model_dir", help="A folder written by `tl-hub train`.")
     pr.add_argument("images", nargs="+", help="Image files.")
@@ -114,7 +139,6 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def recipe_from_args(args: argparse.Namespace):
     """Build the recipe named by ``--recipe`` from parsed flags, rejecting flags it does not use."""
-    from .errors import ConfigError
     from .recipes import get_recipe
 
     cls = get_recipe(args.recipe)
@@ -192,7 +216,40 @@ def script_main(recipe: str, description: str, argv: Optional[Sequence[str]] = N
         return 2
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}
+def cmd_advise(args: argparse.Namespace) -> int:
+    from .advisor import Thresholds, advise
+
+    overrides = {k: v for k, v in (("large_per_class", args.large_per_class),
+                                    ("similarity_gap", args.similarity_gap)) if v is not None}
+    advice = advise(args.model, args.dataset, thresholds=Thresholds(**overrides), revision=args.revision,
+                    trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
+    print(json.dumps(advice.to_dict(), indent=2) if args.json else advice.report())
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare
+
+    if args.epochs < 2:
+        raise ConfigError(f"`--epochs` should be at least 2 to measure a slope, got {args.epochs}.")
+    result = compare(args.model, args.dataset, args.validation_dataset, recipes=args.recipes, epochs=args.epochs,
+                     output_dir=args.output_dir, common={"batch_size": args.batch_size})
+    print(result.table())
+    print(f"results: {os.path.join(os.path.abspath(args.output_dir), 'results.json')}")
+    print(f"curves:  {os.path.join(os.path.abspath(args.output_dir), 'learning_curves.png')}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    logging.getLogger("tl_hub").setLevel(logging.WARNING)  # the demo prints its own summary
+    run_demo(args.output_dir, quick=args.quick)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "advise": cmd_advise,
+            "compare": cmd_compare, "demo": cmd_demo}
 
 
 def setup_logging(quiet: bool = False) -> None:

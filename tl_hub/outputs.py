@@ -65,9 +65,19 @@ def atomic_output_dir(path: str, overwrite: bool = False) -> Iterator[str]:
         os.rmdir(old)
         os.rename(path, old)
     os.rename(tmp, path)
-    os.chmod(path, 0o755)
+    _default_permissions(path)
     if old:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _default_permissions(root: str) -> None:
+    """Give the finished folder the permissions a plain ``mkdir``/``open`` would (temp files are private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for folder, _, files in os.walk(root):
+        os.chmod(folder, 0o777 & ~umask)
+        for f in files:
+            os.chmod(os.path.join(folder, f), 0o666 & ~umask)
 
 
 def write_json(path: str, obj: Any) -> None:

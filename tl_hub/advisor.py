@@ -1,0 +1,228 @@
+"""Should I transfer, and how?  Measure the data, then pick one of four cases.
+
+Two measurements, both from the data itself:
+
+- **size**: examples per class (median over the classes that have any);
+- **similarity** between the pretraining task and this data: how well *frozen pretrained features* separate
+  the classes (leave-one-out k-nearest-neighbour accuracy, cosine distance) compared with the same measurement
+  on the features of a *randomly initialised copy* of the architecture.  A pretrained encoder that helps gives
+  clearly better neighbours than random features; one that learned nothing relevant does not.
+
+The four cases (size x similarity) and what tl-hub recommends:
+
+| case            | recipe                                                        |
+|-----------------|---------------------------------------------------------------|
+| small + similar | `FeatureExtractionRecipe`: train a new head on frozen features |
+| small + different | don't transfer: `ScratchRecipe`, the cheapest baseline, or collect more data |
+| large + similar | `FineTuneRecipe`: head first, then unfreeze with smaller LRs    |
+| large + different | `FineTuneRecipe(head_epochs=0, backbone_lr_ratio=1)`: train everything, initialised from the pretrained weights |
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from .errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+CASES = {
+    ("small", "similar"): ("feature-extraction", {"epochs": 10, "lr": 1e-2}),
+    ("small", "different"): ("scratch", {"epochs": 10, "lr": 3e-3}),
+    ("large", "similar"): ("fine-tune", {"head_epochs": 2, "epochs": 8, "lr": 1e-2, "backbone_lr_ratio": 0.1}),
+    ("large", "different"): ("fine-tune", {"head_epochs": 0, "epochs": 8, "lr": 3e-3, "backbone_lr_ratio": 1.0}),
+}
+
+REASONS = {
+    ("small", "similar"): "few examples per class and pretrained features that already separate the classes: "
+                          "train only a new head on the frozen encoder (fine-tuning would overfit).",
+    ("small", "different"): "few examples per class and pretrained features no better than random ones: "
+                            "transfer would not help. Start with the cheapest baseline (a small model trained "
+                            "from scratch), or collect more data.",
+    ("large", "similar"): "many examples per class and pretrained features that separate the classes: train the "
+                          "head first, then fine-tune the encoder with smaller learning rates.",
+    ("large", "different"): "many examples per class but pretrained features no better than random ones: train "
+                            "everything, starting from the pretrained weights (they still speed up training).",
+}
+
+
+@dataclass
+class Thresholds:
+    """Where the four cases begin.
+
+    Attributes:
+        large_per_class: median examples per class from which the data counts as large.
+        similarity_gap: by how much the pretrained features' neighbour accuracy must exceed the random features'
+            for the task to count as similar.
+        k: neighbours in the k-NN probe.
+        max_examples: at most this many examples (stratified) are embedded for the probe.
+    """
+
+    large_per_class: int = 100
+    similarity_gap: float = 0.10
+    k: int = 5
+    max_examples: int = 2000
+
+    def __post_init__(self):
+        if self.large_per_class < 2:
+            raise ConfigError(f"`large_per_class` should be >= 2, got {self.large_per_class}.")
+        if not -1 < self.similarity_gap < 1:
+            raise ConfigError(f"`similarity_gap` should be in (-1, 1), got {self.similarity_gap}.")
+        if self.k < 1 or self.max_examples < 2:
+            raise ConfigError("`k` should be >= 1 and `max_examples` >= 2.")
+
+
+@dataclass
+class Advice:
+    """The advisor's measurements, its case and its recommendation."""
+
+    model: str
+    case: str
+    size: str
+    similarity: str
+    recipe: str
+    settings: dict
+    reason: str
+    examples: int
+    classes: int
+    per_class: dict
+    median_per_class: float
+    pretrained_knn_accuracy: Optional[float]
+    random_knn_accuracy: Optional[float]
+    similarity_gap: Optional[float]
+    thresholds: dict
+    warnings: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def make_recipe(self, **overrides):
+        """The recommended recipe, ready to ``fit``."""
+        from .recipes import get_recipe
+
+        return get_recipe(self.recipe)(self.model, **{**self.settings, **overrides})
+
+    def report(self) -> str:
+        t = self.thresholds
+        fmt = (lambda x: "n/a" if x is None else f"{x:.3f}")
+        lines = [
+            f"data: {self.examples} examples, {self.classes} classes, median {self.median_per_class:g} per class "
+            f"(min {min(self.per_class.values()) if self.per_class else 0}) -> {self.size} "
+            f"(large from {t['large_per_class']} per class)",
+            f"similarity: {t['k']}-NN accuracy with pretrained features {fmt(self.pretrained_knn_accuracy)} vs "
+            f"random features {fmt(self.random_knn_accuracy)}, gap {fmt(self.similarity_gap)} -> {self.similarity} "
+            f"(similar from a gap of {t['similarity_gap']})",
+            f"case: {self.case}",
+            f"recommendation: {self.recipe} {self.settings}",
+            f"why: {self.reason}",
+        ]
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def knn_accuracy(features: torch.Tensor, labels: torch.Tensor, k: int = 5) -> float:
+    """Leave-one-out k-nearest-neighbour accuracy with cosine similarity (ties broken by the nearest)."""
+    x = torch.nn.functional.normalize(features.flatten(1).float(), dim=1)
+    sim = x @ x.T
+    sim.fill_diagonal_(-float("inf"))
+    k = max(1, min(k, len(x) - 1))
+    top_sim, top = sim.topk(k, dim=1)
+    votes = torch.zeros(len(x), int(labels.max()) + 1)
+    votes.scatter_add_(1, labels[top], (1.0 + top_sim) + 1e-3 * torch.arange(k, 0, -1).float())
+    return float((votes.argmax(1) == labels).float().mean())
+
+
+def _subsample(labels: list[int], max_examples: int, seed: int) -> list[int]:
+    if len(labels) <= max_examples:
+        return list(range(len(labels)))
+    from .data import stratified_split
+
+    _, keep = stratified_split(labels, max_examples / len(labels), seed)
+    return keep
+
+
+def advise(model: str, dataset: Any, *, thresholds: Optional[Thresholds] = None, image_column: Optional[str] = None,
+           label_column: Optional[str] = None, seed: int = 0, batch_size: int = 64, revision: Optional[str] = None,
+           trust_remote_code: bool = False, allow_pickle: bool = False, accelerator=None) -> Advice:
+    """Measure ``dataset`` against ``model`` and recommend a recipe.
+
+    Args:
+        model (`str`): the pretrained model (Hub id or folder).
+        dataset: a dataset, folder or Hub id (its training split is measured).
+        thresholds (`Thresholds`, *optional*): where the cases begin.
+
+    Returns:
+        `Advice` (``.report()`` for the printed explanation, ``.make_recipe()`` for the recipe).
+
+    Raises:
+        DataError: no labelled images, or fewer than two classes with examples.
+    """
+    from accelerate.utils import set_seed
+
+    from .backbone import load_backbone
+    from .data import _pick_splits, drop_undecodable, encode_labels, find_image_column, find_label_column, load_source
+    from .features import FeatureStore
+    from .loop import make_accelerator
+
+    thresholds = thresholds or Thresholds()
+    train, _, _ = _pick_splits(load_source(dataset))
+    if len(train) == 0:
+        raise DataError("The dataset is empty; give labelled images.")
+    img_col = find_image_column(train, image_column)
+    lbl_col = find_label_column(train, label_column, img_col)
+    train, names = encode_labels(train.select_columns([img_col, lbl_col]), lbl_col)
+    train, _ = drop_undecodable(train, img_col)
+    counts = Counter(train[lbl_col])
+    per_class = {names[i]: counts.get(i, 0) for i in range(len(names))}
+    present = {n: c for n, c in per_class.items() if c > 0}
+    warnings = []
+    empty = [n for n, c in per_class.items() if c == 0]
+    if empty:
+        warnings.append(f"{len(empty)} class(es) have no examples ({empty[:5]}): a model cannot learn them; add "
+                        "images or remove them from the label set. They are left out of the measurements.")
+    if len(present) < 2:
+        raise DataError(f"Only {len(present)} class has examples ({list(present)}); a classifier needs at least two.")
+    values = sorted(present.values())
+    median = float(values[len(values) // 2]) if len(values) % 2 else (values[len(values) // 2 - 1] +
+                                                                        values[len(values) // 2]) / 2
+    size = "large" if median >= thresholds.large_per_class else "small"
+
+    pre_acc = rand_acc = gap = None
+    if max(values) < 2:
+        warnings.append("Every class has a single example, so no neighbour of the same class exists and similarity "
+                        "cannot be measured; assuming similar (the cheapest transfer). Collect at least 2-5 "
+                        "examples per class for a measured answer.")
+        similarity = "similar"
+    else:
+        keep = _subsample(train[lbl_col], thresholds.max_examples, seed)
+        subset = train.select(keep)
+        labels = torch.tensor(subset[lbl_col])
+        accelerator = accelerator or make_accelerator(seed=seed)
+        accs = []
+        for pretrained in (True, False):
+            set_seed(seed)
+            backbone = load_backbone(model, names, pretrained=pretrained, revision=revision,
+                                     trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+            store = FeatureStore(backbone, accelerator, cache="memory", batch_size=batch_size)
+            if not store.available:
+                raise DataError(f"Cannot measure similarity with {model}: its head has several modules.")
+            feats = store.get(subset, img_col, lbl_col, what="probe").features[0]
+            accs.append(knn_accuracy(feats, labels, thresholds.k))
+        pre_acc, rand_acc = accs
+        gap = pre_acc - rand_acc
+        similarity = "similar" if gap >= thresholds.similarity_gap else "different"
+        if min(values) < 2:
+            warnings.append("Some classes have a single example; their neighbours can never match, which lowers both "
+                            "probe accuracies equally.")
+    recipe, settings = CASES[(size, similarity)]
+    return Advice(
+        model=model, case=f"{size}+{similarity}", size=size, similarity=similarity, recipe=recipe,
+        settings=dict(settings), reason=REASONS[(size, similarity)], examples=len(train), classes=len(present),
+        per_class=per_class, median_per_class=median, pretrained_knn_accuracy=pre_acc, random_knn_accuracy=rand_acc,
+        similarity_gap=gap, thresholds=asdict(thresholds), warnings=warnings,
+    )
