@@ -135,3 +135,17 @@ def test_shipped_base_model_is_small_and_loadable():
     assert size < 5e6
     clf = load(base_model_path())
     assert len(clf.labels) == 52 and clf.info["recipe"] == "scratch"
+
+
+def test_quadrants_script_runs_at_reduced_size(tmp_path):
+    out = tmp_path / "q.json"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "recipes", "quadrants.py"), "--output", str(out),
+                           "--small", "3", "--large", "6", "--small-epochs", "2", "--large-epochs", "2"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.load(open(out))
+    assert [r["intended"] for r in rows] == ["small+similar", "large+similar", "small+different", "large+different"]
+    for r in rows:
+        assert set(r["accuracy"]) == {"feature-extraction", "fine-tune", "train-all-from-pretrained", "scratch"}
+        assert r["advisor_choice"] in r["accuracy"]
+    assert "quadrants" in proc.stdout

@@ -121,3 +121,29 @@ def digits_dataset(classes: Sequence[int] = tuple(range(10)), per_class: Optiona
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
     ds = datasets.Dataset.from_dict({"image": images, "label": [names.index(l) for l in labels]}, features=features)
     return ds, np.asarray(used)
+
+
+HUE_CLASSES = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "magenta")
+
+
+def hue_dataset(per_class: int, seed: int = 0, classes: Sequence[str] = HUE_CLASSES, size: int = IMAGE_SIZE):
+    """A task the letter-reading base never saw: the class is the *hue* of a random blotchy texture (random
+    shapes, brightness and saturation), so shape features do not help."""
+    import colorsys
+
+    import datasets
+
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for _ in range(per_class):
+        for label, _name in enumerate(classes):
+            hue = (label + rng.uniform(-0.3, 0.3)) / len(classes) % 1.0
+            blobs = Image.fromarray((rng.random((6, 6)) * 255).astype(np.uint8)).resize(
+                (size, size), Image.Resampling.BICUBIC)
+            value = np.asarray(blobs, dtype=np.float32) / 255 * rng.uniform(0.5, 1.0) + rng.uniform(0, 0.3)
+            r, g, b = colorsys.hsv_to_rgb(hue, rng.uniform(0.35, 0.9), 1.0)
+            arr = np.clip(value[..., None] * np.array([r, g, b]) * 255 + rng.normal(0, 8, (size, size, 3)), 0, 255)
+            images.append(Image.fromarray(arr.astype(np.uint8)))
+            labels.append(label)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(classes))})
+    return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
