@@ -40,7 +40,8 @@ CASES = {
 
 REASONS = {
     ("small", "similar"): "few examples per class and pretrained features that already separate the classes: "
-                          "train only a new head on the frozen encoder (fine-tuning would overfit).",
+                          "train only a new head on the frozen encoder, the cheapest and most robust choice with "
+                          "little data (fine-tuning may gain a few points or overfit; `tl-hub compare` measures it).",
     ("small", "different"): "few examples per class and pretrained features no better than random ones: "
                             "transfer would not help. Start with the cheapest baseline (a small model trained "
                             "from scratch), or collect more data.",
