@@ -121,6 +121,7 @@ class Recipe:
         self.result: Optional[FitResult] = None
         self.accelerator = None
         self.feature_store: Optional[FeatureStore] = None
+        self.trained: dict = {}
 
     # -- the one hook --------------------------------------------------------------------------------------------
     def periods(self, backbone: Backbone) -> list[Period]:
@@ -232,11 +233,14 @@ class Recipe:
             for ds in epoch_datasets:
                 ds.set_epoch(epoch)
 
+        initial_buffers = {k: v.detach().clone() for k, v in backbone.model.state_dict().items()
+                           if k not in dict(backbone.model.named_parameters())}
         history = train_periods(
             accelerator, backbone.model, periods, train_loader, eval_loader, config=cfg,
             feature_loaders=feature_loaders, on_epoch_start=on_epoch_start, on_period_end=on_period_end,
             progress=progress,
         )
+        self.trained = trained_state(backbone.model, backbone.parts, periods, initial_buffers)
         self.classifier = Classifier(backbone.model, backbone.processor, data.labels,
                                      info={"image_column": data.image_column, "label_column": data.label_column})
         metrics = {k: history[-1][k] for k in ("accuracy", "f1", "loss")}
@@ -279,6 +283,7 @@ class Recipe:
             "encoder_groups": [g.name for g in self.backbone.parts.groups],
             "head_modules": list(self.backbone.parts.head),
             "periods": self.result.extra.get("periods", []),
+            "trained": self.trained,
         }
 
     def save(self, output_dir: str, *, overwrite: bool = False) -> str:
@@ -307,6 +312,24 @@ class Recipe:
             logger.info("Saved the model to %s", os.path.abspath(output_dir))
         state.wait_for_everyone()
         return output_dir
+
+
+def trained_state(model: torch.nn.Module, parts, periods: Sequence[Period], initial_buffers: dict) -> dict:
+    """What training changed: the parameters any period trained and the buffers (e.g. BatchNorm statistics) whose
+    values moved.  ``kind`` is ``"head"`` (only the head), ``"partial"`` (the head and some encoder groups) or
+    ``"full"`` (every parameter)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    trained = {names[id(p)] for period in periods if period.epochs > 0
+               for g in period.param_groups for p in g["params"]}
+    buffers = [k for k, v in model.state_dict().items()
+               if k in initial_buffers and not torch.equal(v, initial_buffers[k])]
+    if len(trained) == len(names):
+        kind = "full"
+    elif trained <= set(parts.head_params(model)):
+        kind = "head"
+    else:
+        kind = "partial"
+    return {"kind": kind, "state_keys": sorted(trained) + sorted(buffers)}
 
 
 def _head_period(backbone: Backbone, epochs: int, lr: float, weight_decay: float) -> Period:

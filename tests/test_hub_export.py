@@ -1,0 +1,102 @@
+"""Only what training changed is exported; `load` reassembles it into the same classifier."""
+
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tl_hub import FeatureExtractionRecipe, FineTuneRecipe, ModelError, ScratchRecipe
+from tl_hub.hub import HEAD_FILE, export_for_hub, load, model_card
+from tl_hub.outputs import read_json
+
+from conftest import colour_dataset
+
+FAST = dict(batch_size=16, augment=False, seed=0, feature_cache="memory")
+
+
+@pytest.mark.parametrize("make,kind,expect_file", [
+    (lambda m: FeatureExtractionRecipe(m, epochs=1, **FAST), "head", HEAD_FILE),
+    (lambda m: FineTuneRecipe(m, head_epochs=1, epochs=2, unfreeze=1, bn_policy="train", **FAST), "partial",
+     HEAD_FILE),
+    (lambda m: FineTuneRecipe(m, head_epochs=1, epochs=2, **FAST), "full", "model.safetensors"),
+    (lambda m: ScratchRecipe(m, epochs=1, **FAST), "full", "model.safetensors"),
+], ids=["feature-extraction", "fine-tune-top1-bn-train", "fine-tune-all", "scratch"])
+def test_export_and_load_round_trip(tiny_model_dir, tmp_path, make, kind, expect_file):
+    recipe = make(tiny_model_dir("resnet"))
+    recipe.fit(colour_dataset(30), progress=False)
+    recipe.save(str(tmp_path / "out"))
+    info = export_for_hub(str(tmp_path / "out"), str(tmp_path / "export"))
+    assert recipe.trained["kind"] == kind
+    files = os.listdir(tmp_path / "export")
+    assert expect_file in files and "tl_hub.json" in files and "preprocessor_config.json" in files
+    if expect_file == HEAD_FILE:
+        tensors = load_file(str(tmp_path / "export" / HEAD_FILE))
+        assert sorted(tensors) == sorted(recipe.trained["state_keys"])
+        assert "model.safetensors" not in files
+        head = set(recipe.backbone.parts.head_params(recipe.classifier.model))
+        if kind == "head":
+            assert set(tensors) == head
+        else:  # the unfrozen top stage, its BatchNorm statistics (bn_policy="train") and the head; nothing else
+            assert head < set(tensors)
+            assert all(k.startswith(("classifier", "resnet.encoder.stages.3")) for k in tensors)
+            assert any(k.endswith("running_mean") for k in tensors)
+    images = colour_dataset(9, seed=4)["image"]
+    loaded = load(str(tmp_path / "export"))
+    assert torch.equal(recipe.classifier.predict_proba(images), loaded.predict_proba(images))
+    assert loaded.labels == recipe.classifier.labels
+
+
+def test_head_export_is_tiny_for_a_vit_base_sized_model(tmp_path):
+    """The figure the README quotes: a feature-extraction head of a ViT-Base-sized model vs the full model."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    base = tmp_path / "vit-base"
+    ViTForImageClassification(ViTConfig(image_size=32, patch_size=16, num_labels=3)).save_pretrained(base)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(base)
+    recipe = FeatureExtractionRecipe(str(base), epochs=1, **FAST)
+    recipe.fit(colour_dataset(12), progress=False)
+    recipe.save(str(tmp_path / "out"))
+    export_for_hub(str(tmp_path / "out"), str(tmp_path / "export"))
+    full = os.path.getsize(tmp_path / "out" / "model.safetensors")
+    pushed = sum(os.path.getsize(tmp_path / "export" / f) for f in os.listdir(tmp_path / "export"))
+    print(f"\nViT-Base-sized: full model {full / 1e6:.1f} MB, pushed head export {pushed / 1e3:.1f} kB "
+          f"({pushed / full:.3%})")
+    assert full > 300e6 and pushed < 0.01 * full
+
+
+def test_load_checks_shapes_against_the_base(tiny_model_dir, tmp_path):
+    recipe = FeatureExtractionRecipe(tiny_model_dir("vit"), epochs=1, **FAST)
+    recipe.fit(colour_dataset(30), progress=False)
+    recipe.save(str(tmp_path / "out"))
+    export_for_hub(str(tmp_path / "out"), str(tmp_path / "export"))
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    from tl_hub.outputs import write_json
+
+    wider = tmp_path / "wider-vit"
+    ViTForImageClassification(ViTConfig(hidden_size=48, num_hidden_layers=1, num_attention_heads=2,
+                                        intermediate_size=64, image_size=32, patch_size=8)).save_pretrained(wider)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(wider)
+    info = read_json(str(tmp_path / "export" / "tl_hub.json"))
+    for base, message in ((str(wider), "has shape"), (tiny_model_dir("resnet"), "does not have")):
+        info["base_model"] = base  # not the base the head was trained on
+        write_json(str(tmp_path / "export" / "tl_hub.json"), info)
+        with pytest.raises(ModelError, match=message):
+            load(str(tmp_path / "export"))
+
+
+def test_model_card_carries_metrics(tiny_model_dir, tmp_path):
+    from huggingface_hub import ModelCard
+
+    recipe = FeatureExtractionRecipe(tiny_model_dir("vit"), epochs=1, **FAST)
+    recipe.fit(colour_dataset(30), progress=False)
+    recipe.save(str(tmp_path / "out"))
+    info = export_for_hub(str(tmp_path / "out"), str(tmp_path / "export"))
+    info["metrics"] = read_json(str(tmp_path / "out" / "metrics.json"))
+    model_card(info, "someone/colours").save(str(tmp_path / "README.md"))
+    card = ModelCard.load(str(tmp_path / "README.md"))
+    index = card.data.to_dict()["model-index"]
+    values = {m["type"]: m["value"] for r in index[0]["results"] for m in r["metrics"]}
+    assert values["accuracy"] == pytest.approx(round(recipe.result.metrics["accuracy"], 4))
+    assert "tl_hub.load(\"someone/colours\")" in card.text
