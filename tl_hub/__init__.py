@@ -16,7 +16,8 @@ from .backbone import Backbone, LayerGroup, ModelParts, load_backbone, split_mod
 from .config import FeatureExtractionConfig, FineTuneConfig, ScratchConfig, TrainingConfig  # noqa: E402
 from .errors import ConfigError, DataError, ModelError, OutputError, TlHubError  # noqa: E402
 from .compare import Comparison, compare, curve_summary  # noqa: E402
-from .inference import Classifier, load  # noqa: E402
+from .hub import load, push_to_hub  # noqa: E402
+from .inference import Classifier  # noqa: E402
 from .recipes import (  # noqa: E402
     RECIPES,
     FeatureExtractionRecipe,
@@ -33,7 +34,7 @@ __all__ = [
     "Backbone", "LayerGroup", "ModelParts", "load_backbone", "split_model",
     "TrainingConfig", "FeatureExtractionConfig", "FineTuneConfig", "ScratchConfig",
     "TlHubError", "ConfigError", "DataError", "ModelError", "OutputError",
-    "Classifier", "load",
+    "Classifier", "load", "push_to_hub",
     "Recipe", "FeatureExtractionRecipe", "FineTuneRecipe", "ScratchRecipe", "FitResult",
     "RECIPES", "get_recipe", "register_recipe",
     "advise", "Advice", "Thresholds", "compare", "Comparison", "curve_summary",

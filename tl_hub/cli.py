@@ -109,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output-dir", default="runs/demo")
     demo.add_argument("--quick", action="store_true", help="A few epochs only (for tests).")
 
+    push = sub.add_parser("push", help="Push a trained model folder to the Hugging Face Hub (only what training "
+                                       "changed, in one commit, with a model card).")
+    push.add_argument("model_dir", help="A folder written by `tl-hub train`.")
+    push.add_argument("repo_id", help="Target repository, e.g. your-name/vit-beans.")
+    push.add_argument("--private", action="store_true", help="Create the repository as private.")
+    push.add_argument("--overwrite-card", action="store_true", help="Replace an existing README.md in the repo.")
+    push.add_argument("--dataset-name", default=None, help="Dataset name for the model card.")
+
     pr = sub.add_parser("predict", help="Predict labels of image files with a trained model folder.")
     pr.add_argument("model_dir", help="A folder written by `tl-hub train`.")
     pr.add_argument("images", nargs="+", help="Image files.")
@@ -172,7 +180,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .inference import load
+    from .hub import load
 
     clf = load(args.model_dir)
     metrics = clf.evaluate(args.dataset, split=args.split, image_column=args.image_column,
@@ -183,7 +191,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .errors import DataError
-    from .inference import load
+    from .hub import load
 
     for path in args.images:
         if not os.path.isfile(path):
@@ -240,6 +248,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_push(args: argparse.Namespace) -> int:
+    from .hub import push_to_hub
+
+    url = push_to_hub(args.model_dir, args.repo_id, private=args.private or None,
+                      overwrite_card=args.overwrite_card, dataset_name=args.dataset_name)
+    print(f"pushed {args.model_dir} to {args.repo_id}: {url}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -249,7 +266,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "advise": cmd_advise,
-            "compare": cmd_compare, "demo": cmd_demo}
+            "compare": cmd_compare, "demo": cmd_demo, "push": cmd_push}
 
 
 def setup_logging(quiet: bool = False) -> None:

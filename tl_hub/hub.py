@@ -74,10 +74,18 @@ def _resolve(repo_or_dir: str, revision: Optional[str], token=None, cache_dir: O
     if os.path.isdir(repo_or_dir):
         return repo_or_dir
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        HfHubHTTPError, HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError,
+    )
 
+    if os.path.exists(repo_or_dir) or repo_or_dir.startswith((".", "/", "~")) or repo_or_dir.count("/") > 1:
+        raise ModelError(f"'{repo_or_dir}' is not a folder written by tl-hub (Recipe.save / tl-hub train), nor a "
+                         "Hub repo id like 'user/model'.")
     try:
         return snapshot_download(repo_or_dir, revision=revision, token=token, cache_dir=cache_dir)
+    except HFValidationError:
+        raise ModelError(f"'{repo_or_dir}' is not a folder written by tl-hub (Recipe.save / tl-hub train), nor a "
+                         "valid Hub repo id like 'user/model'.") from None
     except RepositoryNotFoundError:
         raise ModelError(f"'{repo_or_dir}' is neither a local folder nor a model repository on the Hub (or it is "
                          "private: log in or set HF_TOKEN).") from None

@@ -115,8 +115,3 @@ class Classifier:
             for srow, jrow in zip(scores, idx)
         ]
         return results[0] if single else results
-
-
-def load(path: str) -> Classifier:
-    """Load a trained classifier from a folder written by ``Recipe.save`` / ``tl-hub train``."""
-    return Classifier.from_dir(path)

@@ -265,6 +265,19 @@ class Recipe:
         self._require_fitted()
         return self.classifier.predict(images, top_k=top_k, batch_size=self.config.eval_batch_size)
 
+    def push_to_hub(self, repo_id: str, *, private: Optional[bool] = None, token=None,
+                    overwrite_card: bool = False) -> str:
+        """Save (to a temporary folder) and push what training changed to ``repo_id``; see `tl_hub.hub.push_to_hub`."""
+        import tempfile
+
+        from .hub import push_to_hub
+
+        self._require_fitted()
+        with tempfile.TemporaryDirectory(prefix="tl_hub_save_") as tmp:
+            folder = os.path.join(tmp, "model")
+            self.save(folder)
+            return push_to_hub(folder, repo_id, private=private, token=token, overwrite_card=overwrite_card)
+
     def info(self) -> dict:
         """What is recorded about this run in ``tl_hub.json``."""
         assert self.backbone is not None and self.data is not None and self.result is not None

@@ -1,0 +1,168 @@
+"""Push trained models with `tl-hub push` (the real huggingface_hub client over HTTP to a local Hub on
+127.0.0.1) and load them back with `tl_hub.load` in a fresh cache."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from hub_server import LocalHub
+from tl_hub import FeatureExtractionRecipe, FineTuneRecipe, ScratchRecipe
+
+from conftest import colour_dataset
+
+TOKEN = "hf_tlhubTestSecretToken0123456789"
+FAST = dict(batch_size=16, augment=False, seed=0, feature_cache="memory")
+GUARD = '''
+import socket
+_connect = socket.socket.connect
+def _guard(self, address, *args):
+    if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in ("127.0.0.1", "::1"):
+        raise OSError(f"test guard: refusing to connect to {address!r}")
+    return _connect(self, address, *args)
+socket.socket.connect = _guard
+'''
+
+
+def client_env(hub, home, xet=False):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("HF_", "HUGGINGFACE_")) and "proxy" not in k.lower()}
+    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(home), HF_HUB_CACHE=str(Path(home) / "hub"), HF_HUB_OFFLINE="0",
+               HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1", HF_TOKEN=TOKEN,
+               NO_PROXY="127.0.0.1,localhost", TL_HUB_CACHE=os.environ["TL_HUB_CACHE"])
+    if not xet:
+        env["HF_HUB_DISABLE_XET"] = "1"
+    return env
+
+
+def run_python(code, env, cwd):
+    proc = subprocess.run([sys.executable, "-c", GUARD + code], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+    return proc
+
+
+def tl_hub_cli(args, env, cwd):
+    return run_python(f"import sys; from tl_hub.cli import main; sys.exit(main({list(map(str, args))!r}))", env, cwd)
+
+
+def predictions_in_fresh_cache(hub, repo, images_dir, tmp_path):
+    code = f'''
+import json, os, tl_hub
+from PIL import Image
+clf = tl_hub.load({repo!r})
+images = [Image.open(os.path.join({str(images_dir)!r}, f)) for f in sorted(os.listdir({str(images_dir)!r}))]
+print("RESULT:" + json.dumps(clf.predict_proba(images).tolist()))
+'''
+    proc = run_python(code, client_env(hub, tempfile.mkdtemp(dir=tmp_path)), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT:")][-1]
+    return torch.tensor(json.loads(line[len("RESULT:"):])), proc
+
+
+@pytest.fixture
+def hub(tmp_path):
+    with LocalHub(str(tmp_path / "hub-store"), token=TOKEN) as server:
+        yield server
+
+
+def tree_digest(folder):
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in Path(folder).rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("make", [
+    lambda m: FeatureExtractionRecipe(m, epochs=1, **FAST),
+    lambda m: FineTuneRecipe(m, head_epochs=1, epochs=2, unfreeze=1, **FAST),
+    lambda m: ScratchRecipe(m, epochs=1, **FAST),
+], ids=["feature-extraction", "fine-tune-top1", "scratch"])
+def test_push_then_load_in_a_fresh_cache(hub, tiny_model_dir, tmp_path, make):
+    recipe = make(tiny_model_dir("vit"))
+    recipe.fit(colour_dataset(30), progress=False)
+    out = tmp_path / "out"
+    recipe.save(str(out))
+    images_dir = tmp_path / "images"
+    images_dir.mkdir()
+    images = colour_dataset(6, seed=9)["image"]
+    for i, im in enumerate(images):
+        im.save(images_dir / f"{i}.png")
+    env = client_env(hub, tmp_path / "pusher")
+    proc = tl_hub_cli(["push", out, "me/colours"], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    commits = hub.commits("me/colours")
+    assert len(commits) == 2  # the repo's initial commit + ONE upload commit
+    files = set(commits[-1].files)
+    if recipe.trained["kind"] == "full":
+        assert "model.safetensors" in files and "tl_hub_head.safetensors" not in files
+    else:
+        assert "tl_hub_head.safetensors" in files and "model.safetensors" not in files
+    assert {"README.md", "tl_hub.json", "config.json", "preprocessor_config.json"} <= files
+    from PIL import Image
+    local = recipe.classifier.predict_proba([Image.open(images_dir / f) for f in sorted(os.listdir(images_dir))])
+    remote, load_proc = predictions_in_fresh_cache(hub, "me/colours", images_dir, tmp_path)
+    assert torch.allclose(local, remote, atol=1e-6)
+    # every request went to the local hub, and the writes carried the token
+    writes = [r for r in hub.requests if r["method"] in ("POST", "PUT")]
+    assert writes and all(r["headers"].get("authorization") == f"Bearer {TOKEN}" for r in writes
+                          if "/lfs-upload/" not in r["path"] and "objects/" not in r["path"])
+
+
+def test_token_never_written_or_printed(hub, tiny_model_dir, tmp_path):
+    recipe = FeatureExtractionRecipe(tiny_model_dir("vit"), epochs=1, **FAST)
+    recipe.fit(colour_dataset(30), progress=False)
+    out = tmp_path / "out"
+    recipe.save(str(out))
+    proc = tl_hub_cli(["push", out, "me/secret-scan"], client_env(hub, tmp_path / "pusher"), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert TOKEN not in proc.stdout and TOKEN not in proc.stderr
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), path
+    for name in hub.commits("me/secret-scan")[-1].files:
+        assert TOKEN.encode() not in hub.read_file("me/secret-scan", name), name
+
+
+def test_failed_commit_is_a_clear_error_and_a_retry_makes_one_commit(hub, tiny_model_dir, tmp_path):
+    recipe = FeatureExtractionRecipe(tiny_model_dir("vit"), epochs=1, **FAST)
+    recipe.fit(colour_dataset(30), progress=False)
+    out = tmp_path / "out"
+    recipe.save(str(out))
+    before = tree_digest(out)
+    env = client_env(hub, tmp_path / "pusher")
+    hub.fail_next_commits(1, status=500)
+    proc = tl_hub_cli(["push", out, "me/flaky"], env, tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and "me/flaky" in errors[0] and "push again" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert tree_digest(out) == before  # the local output is intact
+    n = len(hub.commits("me/flaky"))
+    proc = tl_hub_cli(["push", out, "me/flaky"], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(hub.commits("me/flaky")) == n + 1
+
+
+def test_card_parses_and_existing_readme_is_kept(hub, tiny_model_dir, tmp_path):
+    from huggingface_hub import ModelCard
+
+    recipe = FeatureExtractionRecipe(tiny_model_dir("vit"), epochs=1, **FAST)
+    recipe.fit(colour_dataset(30), progress=False)
+    out = tmp_path / "out"
+    recipe.save(str(out))
+    env = client_env(hub, tmp_path / "pusher")
+    assert tl_hub_cli(["push", out, "me/card"], env, tmp_path).returncode == 0
+    card = ModelCard(hub.read_file("me/card", "README.md").decode())
+    results = card.data.to_dict()["model-index"][0]["results"]
+    metrics = {m["type"] for r in results for m in r["metrics"]}
+    assert {"accuracy", "f1"} <= metrics
+    assert "tl_hub.load" in card.text
+    # a README written by the user is not replaced silently
+    hub.commit_files("me/card", {"README.md": b"# my own notes\n"}, message="user edit")
+    proc = tl_hub_cli(["push", out, "me/card"], env, tmp_path)
+    assert proc.returncode == 0 and "keeping it" in proc.stderr
+    assert hub.read_file("me/card", "README.md") == b"# my own notes\n"
