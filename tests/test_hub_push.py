@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from hub_server import LocalHub
-from tl_hub import FeatureExtractionRecipe, FineTuneRecipe, ScratchRecipe
+from tl_hub import FeatureExtractionRecipe, FineTuneRecipe, LoRARecipe, ScratchRecipe
 
 from conftest import colour_dataset
 
@@ -80,7 +80,8 @@ def tree_digest(folder):
     lambda m: FeatureExtractionRecipe(m, epochs=1, **FAST),
     lambda m: FineTuneRecipe(m, head_epochs=1, epochs=2, unfreeze=1, **FAST),
     lambda m: ScratchRecipe(m, epochs=1, **FAST),
-], ids=["feature-extraction", "fine-tune-top1", "scratch"])
+    lambda m: LoRARecipe(m, epochs=2, lr=5e-3, **FAST),
+], ids=["feature-extraction", "fine-tune-top1", "scratch", "lora"])
 def test_push_then_load_in_a_fresh_cache(hub, tiny_model_dir, tmp_path, make):
     recipe = make(tiny_model_dir("vit"))
     recipe.fit(colour_dataset(30), progress=False)
@@ -97,7 +98,9 @@ def test_push_then_load_in_a_fresh_cache(hub, tiny_model_dir, tmp_path, make):
     commits = hub.commits("me/colours")
     assert len(commits) == 2  # the repo's initial commit + ONE upload commit
     files = set(commits[-1].files)
-    if recipe.trained["kind"] == "full":
+    if recipe.trained["kind"] == "lora":
+        assert {"adapter_config.json", "adapter_model.safetensors"} <= files and "model.safetensors" not in files
+    elif recipe.trained["kind"] == "full":
         assert "model.safetensors" in files and "tl_hub_head.safetensors" not in files
     else:
         assert "tl_hub_head.safetensors" in files and "model.safetensors" not in files
@@ -166,3 +169,24 @@ def test_card_parses_and_existing_readme_is_kept(hub, tiny_model_dir, tmp_path):
     proc = tl_hub_cli(["push", out, "me/card"], env, tmp_path)
     assert proc.returncode == 0 and "keeping it" in proc.stderr
     assert hub.read_file("me/card", "README.md") == b"# my own notes\n"
+
+
+def test_lora_adapter_loads_with_plain_peft(tiny_model_dir, tmp_path):
+    """The documented PEFT route: the base model with a head of the new size, then PeftModel.from_pretrained."""
+    from peft import PeftModel
+    from transformers import AutoModelForImageClassification
+
+    recipe = LoRARecipe(tiny_model_dir("vit"), epochs=2, lr=5e-3, **FAST)
+    recipe.fit(colour_dataset(30), progress=False)
+    recipe.save(str(tmp_path / "out"))
+    labels = recipe.classifier.labels
+    base = AutoModelForImageClassification.from_pretrained(
+        tiny_model_dir("vit"), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
+        ignore_mismatched_sizes=True)
+    model = PeftModel.from_pretrained(base, str(tmp_path / "out")).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(pixel_values=x).logits, recipe.classifier.model(pixel_values=x).logits, atol=1e-6)
+    # what does not work: the adapter folder read as a plain transformers model (head size / no weights)
+    with pytest.raises(Exception):
+        AutoModelForImageClassification.from_pretrained(str(tmp_path / "out"), use_safetensors=True)

@@ -20,7 +20,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from .config import FineTuneConfig, TrainingConfig
+from .config import TrainingConfig
 from .errors import ConfigError, TlHubError
 
 logger = logging.getLogger("tl_hub")
@@ -34,10 +34,15 @@ def _optional_float(text: str) -> Optional[float]:
     return None if text.lower() in ("none", "null", "off") else float(text)
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, config_class: type[TrainingConfig]) -> None:
-    """Add one flag per config field; unset flags are absent from the namespace (config defaults apply)."""
+def add_config_arguments(parser: argparse.ArgumentParser, *config_classes: type[TrainingConfig]) -> None:
+    """Add one flag per config field (of all given classes); unset flags are absent from the namespace (config
+    defaults apply)."""
     group = parser.add_argument_group("training settings (defaults depend on the recipe)")
-    for f in dataclasses.fields(config_class):
+    fields = {}
+    for cls in config_classes:
+        for f in dataclasses.fields(cls):
+            fields.setdefault(f.name, f)
+    for f in fields.values():
         kwargs: dict = {"default": argparse.SUPPRESS, "help": f.metadata.get("help", "")}
         if str(f.type) != "bool":
             kwargs["metavar"] = f.name.upper()
@@ -74,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Train a recipe on a dataset and save the model folder (weights, config "
                                        "with labels, image processor, metrics, history, learning curve).")
     train.add_argument("--recipe", required=True, choices=sorted(RECIPES), help="What to train (see README).")
-    add_train_arguments(train, FineTuneConfig)
+    add_train_arguments(train, *(cls.config_class for cls in RECIPES.values()))
 
     ev = sub.add_parser("evaluate", help="Evaluate a trained model folder on a dataset.")
     ev.add_argument("model_dir", help="A folder written by `tl-hub train`.")
@@ -125,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_train_arguments(parser: argparse.ArgumentParser, config_class: type[TrainingConfig]) -> None:
+def add_train_arguments(parser: argparse.ArgumentParser, *config_classes: type[TrainingConfig]) -> None:
     """Flags of a training run: model, data, output, loading options and the settings of ``config_class``."""
     parser.add_argument("--model", required=True, help="Hub model id or local folder of an image classifier.")
     parser.add_argument("--dataset", required=True,
@@ -135,7 +140,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, config_class: type[Trai
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing non-empty output folder.")
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     add_model_arguments(parser)
-    add_config_arguments(parser, config_class)
+    add_config_arguments(parser, *config_classes)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

@@ -208,3 +208,19 @@ class FineTuneConfig(TrainingConfig):
         if isinstance(self.unfreeze, int) and self.unfreeze <= 0:
             raise ConfigError(f"`unfreeze` should be 'all' or a positive number of blocks, got {self.unfreeze}.")
         _choice("bn_policy", self.bn_policy, BN_POLICIES)
+
+
+@dataclass
+class LoRAConfig(TrainingConfig):
+    """LoRA (Hu et al. 2021, via PEFT) on the encoder's linear projections, plus a new head; one period."""
+
+    lora_r: int = field(default=8, metadata={"help": "Rank of the LoRA update matrices."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive("lora_r", self.lora_r)
+        _positive("lora_alpha", self.lora_alpha)
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"`lora_dropout` should be in [0, 1), got {self.lora_dropout}.")

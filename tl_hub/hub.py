@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 HEAD_FILE = "tl_hub_head.safetensors"
 INFO_FILE = "tl_hub.json"
 SHARED_FILES = ("preprocessor_config.json", "metrics.json", "history.json", "learning_curve.png")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def _info(model_dir: str) -> dict:
@@ -51,7 +52,11 @@ def export_for_hub(model_dir: str, export_dir: str) -> dict:
     for name in SHARED_FILES + ("config.json",):
         if os.path.exists(os.path.join(model_dir, name)):
             shutil.copy2(os.path.join(model_dir, name), os.path.join(export_dir, name))
-    if trained["kind"] == "full" or not info.get("pretrained", True):
+    if trained["kind"] == "lora":
+        for name in ADAPTER_FILES:
+            shutil.copy2(os.path.join(model_dir, name), os.path.join(export_dir, name))
+        info["export"] = {"format": "peft"}
+    elif trained["kind"] == "full" or not info.get("pretrained", True):
         shutil.copy2(os.path.join(model_dir, "model.safetensors"), os.path.join(export_dir, "model.safetensors"))
         info["export"] = {"format": "transformers"}
     else:
@@ -102,7 +107,9 @@ def load(repo_or_dir: str, *, revision: Optional[str] = None, token=None, cache_
     from .inference import Classifier
 
     folder = _resolve(repo_or_dir, revision, token, cache_dir)
-    if not os.path.exists(os.path.join(folder, HEAD_FILE)):
+    is_head = os.path.exists(os.path.join(folder, HEAD_FILE))
+    is_adapter = os.path.exists(os.path.join(folder, "adapter_config.json"))
+    if not (is_head or is_adapter):
         return Classifier.from_dir(folder)
     from safetensors.torch import load_file
 
@@ -112,6 +119,14 @@ def load(repo_or_dir: str, *, revision: Optional[str] = None, token=None, cache_
     labels = info["labels"]
     backbone = load_backbone(info["base_model"], labels, revision=info.get("base_model_revision"),
                              cache_dir=cache_dir)
+    processor = load_image_processor(folder) if os.path.exists(os.path.join(folder, "preprocessor_config.json")) \
+        else backbone.processor
+    if is_adapter:
+        from peft import PeftModel
+
+        # the base gets a new head of the right size first; the adapter carries the trained head (modules_to_save)
+        model = PeftModel.from_pretrained(backbone.model, folder)
+        return Classifier(model, processor, labels, info=info)
     model = backbone.model
     tensors = load_file(os.path.join(folder, HEAD_FILE))
     state = model.state_dict()
@@ -125,8 +140,6 @@ def load(repo_or_dir: str, *, revision: Optional[str] = None, token=None, cache_
     model.load_state_dict(tensors, strict=False)
     if [model.config.id2label[i] for i in range(len(labels))] != labels:
         raise ModelError(f"The labels of '{repo_or_dir}' do not match its head.")
-    processor = load_image_processor(folder) if os.path.exists(os.path.join(folder, "preprocessor_config.json")) \
-        else backbone.processor
     return Classifier(model, processor, labels, info=info)
 
 
@@ -156,7 +169,20 @@ import tl_hub
 classifier = tl_hub.load("{{ repo_id }}")
 classifier.predict("image.jpg", top_k=3)
 ```
-{% if full_model %}
+{% if peft %}
+The repository is a standard PEFT adapter that carries the new head, so PEFT loads it on the base model given
+the new head size:
+
+```python
+from peft import PeftModel
+from transformers import AutoModelForImageClassification
+labels = {{ labels }}
+base = AutoModelForImageClassification.from_pretrained(
+    "{{ base_model }}", id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
+    ignore_mismatched_sizes=True)
+model = PeftModel.from_pretrained(base, "{{ repo_id }}")
+```
+{% elif full_model %}
 The repository is a standard transformers model, so this works too:
 
 ```python
@@ -178,6 +204,8 @@ RECIPE_TEXT = {
     "fine-tune": "a new head was trained on the frozen encoder, then encoder groups were unfrozen with smaller "
                  "learning rates.",
     "scratch": "the architecture was trained from random initialisation.",
+    "lora": "low-rank (LoRA) updates of the encoder's linear layers and a new head were trained; the pretrained "
+            "weights stayed frozen.",
 }
 
 
@@ -211,7 +239,8 @@ def model_card(info: dict, repo_id: str, dataset_name: Optional[str] = None):
         settings={k: v for k, v in info.get("settings", {}).items() if v is not None},
         accuracy=f"{val.get('accuracy', float('nan')):.4f}", f1=f"{val.get('f1', float('nan')):.4f}",
         test_accuracy=f"{test['accuracy']:.4f}" if "accuracy" in test else None,
-        full_model=export.get("format") == "transformers",
+        full_model=export.get("format") == "transformers", peft=export.get("format") == "peft",
+        labels=info.get("labels", []),
         export_text=f"{export.get('tensors', 0)} tensors, {export.get('parameters', 0):,} parameters",
     )
 

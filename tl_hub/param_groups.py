@@ -114,6 +114,12 @@ def layer_decay_param_groups(
     return out
 
 
+def named_param_groups(model: nn.Module, name: str, param_names: Iterable[str], lr: float,
+                       weight_decay: float = 0.0) -> list[dict]:
+    """The named parameters at ``lr`` (split by weight decay), e.g. the LoRA matrices and the head."""
+    return _split_decay(model, name, param_names, lr, 1.0, weight_decay)
+
+
 def full_param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0) -> list[dict]:
     """Every parameter at ``lr`` (training from scratch, or everything at one LR)."""
     return _split_decay(model, "all", [n for n, _ in model.named_parameters()], lr, 1.0, weight_decay)

@@ -27,7 +27,7 @@ import torch
 
 from . import __version__
 from .backbone import BATCHNORM_TYPES, Backbone, load_backbone
-from .config import FeatureExtractionConfig, FineTuneConfig, ScratchConfig, TrainingConfig
+from .config import FeatureExtractionConfig, FineTuneConfig, LoRAConfig, ScratchConfig, TrainingConfig
 from .data import ImageClassificationDataset, ImageCollator, PreparedData, prepare_data
 from .errors import ConfigError, TlHubError
 from .features import CachedFeatureDataset, FeatureStore, HeadModule, collate_features
@@ -40,6 +40,7 @@ from .param_groups import (
     groups_to_unfreeze,
     head_param_groups,
     layer_decay_param_groups,
+    named_param_groups,
 )
 from .plots import plot_learning_curves
 
@@ -312,7 +313,12 @@ class Recipe:
         state = process_state()
         if state.is_main_process:
             with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
-                self.classifier.model.save_pretrained(tmp, safe_serialization=True)
+                model = self.classifier.model
+                if is_peft_model(model):  # a standard PEFT adapter, plus the config with the labels
+                    model.save_pretrained(tmp)
+                    model.get_base_model().config.save_pretrained(tmp)
+                else:
+                    model.save_pretrained(tmp, safe_serialization=True)
                 self.classifier.processor.save_pretrained(tmp)
                 write_json(os.path.join(tmp, INFO_FILE), self.info())
                 metrics = {"validation": self.result.metrics}
@@ -336,13 +342,25 @@ def trained_state(model: torch.nn.Module, parts, periods: Sequence[Period], init
                for g in period.param_groups for p in g["params"]}
     buffers = [k for k, v in model.state_dict().items()
                if k in initial_buffers and not torch.equal(v, initial_buffers[k])]
-    if len(trained) == len(names):
+    if is_peft_model(model):
+        kind = "lora"
+    elif len(trained) == len(names):
         kind = "full"
     elif trained <= set(parts.head_params(model)):
         kind = "head"
     else:
         kind = "partial"
     return {"kind": kind, "state_keys": sorted(trained) + sorted(buffers)}
+
+
+def is_peft_model(model: torch.nn.Module) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
+def lora_targets(model: torch.nn.Module, parts) -> list[str]:
+    """Every ``nn.Linear`` inside the encoder blocks: attention and MLP projections, found without names."""
+    return [name for g in parts.blocks for path in g.modules
+            for name, m in model.get_submodule(path).named_modules(prefix=path) if isinstance(m, torch.nn.Linear)]
 
 
 def _head_period(backbone: Backbone, epochs: int, lr: float, weight_decay: float) -> Period:
@@ -415,3 +433,36 @@ class ScratchRecipe(Recipe):
         cfg = self.config
         return [Period("full", cfg.epochs, full_param_groups(backbone.model, cfg.lr, cfg.weight_decay),
                        info={"trains": ["all"]})]
+
+
+@register_recipe("lora")
+class LoRARecipe(Recipe):
+    """LoRA on the encoder's linear projections (attention and MLP, found generically) and a new head, through PEFT.
+
+    The encoder's weights stay frozen; low-rank updates of rank ``lora_r`` are trained in every linear layer of
+    the encoder blocks, and the head is a PEFT ``modules_to_save`` module, so the saved adapter is a standard PEFT
+    adapter that carries the new head.  BatchNorm layers of the encoder stay in eval mode.
+    """
+
+    config_class = LoRAConfig
+
+    def periods(self, backbone: Backbone) -> list[Period]:
+        from peft import LoraConfig, get_peft_model
+
+        cfg = self.config
+        model, parts = backbone.model, backbone.parts
+        targets = lora_targets(model, parts)
+        if not targets:
+            raise ConfigError(f"{type(model).__name__} has no linear layers in its encoder blocks for LoRA; use "
+                              "fine-tune with unfreeze=k instead.")
+        encoder = model.get_submodule(parts.encoder)
+        bn = [f"base_model.model.{parts.encoder}.{n}" for n, m in encoder.named_modules()
+              if isinstance(m, BATCHNORM_TYPES)]
+        peft_model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                                      lora_dropout=cfg.lora_dropout, target_modules=targets,
+                                                      modules_to_save=list(parts.head)))
+        backbone.model = peft_model
+        trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+        groups = named_param_groups(peft_model, "lora+head", trainable, cfg.lr, cfg.weight_decay)
+        return [Period("lora", cfg.epochs, groups, eval_modules=tuple(bn),
+                       info={"trains": ["lora", "head"], "lora_targets": len(targets)})]
