@@ -190,3 +190,44 @@ def test_lora_adapter_loads_with_plain_peft(tiny_model_dir, tmp_path):
     # what does not work: the adapter folder read as a plain transformers model (head size / no weights)
     with pytest.raises(Exception):
         AutoModelForImageClassification.from_pretrained(str(tmp_path / "out"), use_safetensors=True)
+
+
+def test_base_model_is_pinned_and_full_models_work_with_pipeline(hub, tiny_model_dir, tmp_path):
+    """Train on a base fetched from the (local) Hub; the pushed head records the base's commit, and loading it after
+    the base repo moved on still gives the same predictions. A fully trained model loads with `pipeline`."""
+    from conftest import write_image_folder
+
+    base_files = {name: open(os.path.join(tiny_model_dir("vit"), name), "rb").read()
+                  for name in os.listdir(tiny_model_dir("vit"))}
+    hub.create_repo("org/base")
+    first = hub.commit_files("org/base", base_files, message="base v1")
+    data = write_image_folder(tmp_path / "images", n=30)
+    env = client_env(hub, tmp_path / "trainer")
+    for recipe, out, repo in (("feature-extraction", "fe", "me/fe-head"), ("scratch", "full", "me/full")):
+        proc = tl_hub_cli(["train", "--recipe", recipe, "--model", "org/base", "--dataset", data, "--output-dir",
+                           tmp_path / out, "--epochs", "1", "--no-augment", "--no-progress"], env, tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert tl_hub_cli(["push", tmp_path / out, repo], env, tmp_path).returncode == 0
+    info = json.loads(hub.read_file("me/fe-head", "tl_hub.json"))
+    assert info["base_model"] == "org/base" and info["base_model_revision"] == first
+    images_dir = tmp_path / "images" / "red"
+    before, _ = predictions_in_fresh_cache(hub, "me/fe-head", images_dir, tmp_path)
+    # the base repo moves on: different weights on main
+    other = tmp_path / "other-vit"
+    from conftest import save_tiny_model
+    save_tiny_model("vit", str(other), seed=5)
+    hub.commit_files("org/base", {"model.safetensors": (other / "model.safetensors").read_bytes()}, message="v2")
+    after, _ = predictions_in_fresh_cache(hub, "me/fe-head", images_dir, tmp_path)
+    assert torch.equal(before, after)
+    # a fully trained model is a standard transformers repo
+    code = f'''
+import json, os
+from transformers import pipeline
+pipe = pipeline("image-classification", model="me/full")
+files = sorted(os.listdir({str(images_dir)!r}))[:2]
+print("RESULT:" + json.dumps([pipe(os.path.join({str(images_dir)!r}, f))[0]["label"] for f in files]))
+'''
+    proc = run_python(code, client_env(hub, tempfile.mkdtemp(dir=tmp_path)), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    labels = json.loads([l for l in proc.stdout.splitlines() if l.startswith("RESULT:")][-1][7:])
+    assert all(l in ("blue", "green", "red") for l in labels)

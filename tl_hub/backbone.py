@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -310,6 +311,22 @@ def load_config(name: str, *, revision: Optional[str] = None, trust_remote_code:
     return config
 
 
+def resolved_commit(name: str, revision: Optional[str] = None, cache_dir: Optional[str] = None) -> Optional[str]:
+    """The commit a Hub checkpoint was loaded from (its snapshot folder in the cache); ``None`` for local folders."""
+    if os.path.isdir(name):
+        return None
+    try:
+        from transformers.utils import cached_file
+
+        path = cached_file(name, "config.json", revision=revision, cache_dir=cache_dir)
+    except Exception:  # not resolvable: nothing to pin
+        return None
+    parts = os.path.normpath(path).split(os.sep) if path else []
+    if "snapshots" in parts and parts.index("snapshots") + 1 < len(parts):
+        return parts[parts.index("snapshots") + 1]
+    return None
+
+
 def load_backbone(
     name: str,
     labels: Sequence[str],
@@ -348,7 +365,7 @@ def load_backbone(
     label2id = {l: i for i, l in id2label.items()}
     config = load_config(name, revision=revision, trust_remote_code=trust_remote_code, cache_dir=cache_dir)
     processor = load_image_processor(name, revision=revision, trust_remote_code=trust_remote_code, cache_dir=cache_dir)
-    commit = getattr(config, "_commit_hash", None)
+    commit = getattr(config, "_commit_hash", None) or resolved_commit(name, revision, cache_dir)
     if pretrained:
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the "newly initialized head" notice is expected: we log our own

@@ -123,6 +123,7 @@ class Recipe:
         self.accelerator = None
         self.feature_store: Optional[FeatureStore] = None
         self.trained: dict = {}
+        self.dataset_name: Optional[str] = None
 
     # -- the one hook --------------------------------------------------------------------------------------------
     def periods(self, backbone: Backbone) -> list[Period]:
@@ -219,6 +220,7 @@ class Recipe:
             set_seed(cfg.seed)
             backbone = self.load_backbone(data.labels)
         self.data, self.backbone = data, backbone
+        self.dataset_name = _dataset_name(train)
         if accelerator.is_main_process:
             logger.info("Data: %s", data.summary())
         periods = self.periods(backbone)
@@ -292,6 +294,7 @@ class Recipe:
             "labels": self.data.labels,
             "image_column": self.data.image_column,
             "label_column": self.data.label_column,
+            "dataset": self.dataset_name,
             "data": self.data.summary(),
             "skipped_images": self.data.skipped,
             "encoder_groups": [g.name for g in self.backbone.parts.groups],
@@ -351,6 +354,15 @@ def trained_state(model: torch.nn.Module, parts, periods: Sequence[Period], init
     else:
         kind = "partial"
     return {"kind": kind, "state_keys": sorted(trained) + sorted(buffers)}
+
+
+def _dataset_name(source: Any) -> Optional[str]:
+    """A name for the model card: the Hub id or folder name given, else the dataset's own name if it has one."""
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        return os.path.basename(os.path.normpath(path)) if os.path.exists(path) else path
+    info = getattr(source, "info", None)
+    return getattr(info, "dataset_name", None) or None
 
 
 def is_peft_model(model: torch.nn.Module) -> bool:
