@@ -110,14 +110,22 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--batch-size", type=int, default=32)
     cmp.add_argument("--output-dir", default="runs/compare", help="Where results.json and the PNG go.")
 
+    serve = sub.add_parser("serve", help="Serve a trained model (folder or Hub repo) with the Gradio app.")
+    serve.add_argument("model", help="A folder written by `tl-hub train`, or a Hub repo id.")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=7860)
+
     demo = sub.add_parser("demo", help="Offline demo: letters -> handwritten digits, advise + compare + save.")
     demo.add_argument("--output-dir", default="runs/demo")
     demo.add_argument("--quick", action="store_true", help="A few epochs only (for tests).")
 
     push = sub.add_parser("push", help="Push a trained model folder to the Hugging Face Hub (only what training "
-                                       "changed, in one commit, with a model card).")
-    push.add_argument("model_dir", help="A folder written by `tl-hub train`.")
-    push.add_argument("repo_id", help="Target repository, e.g. your-name/vit-beans.")
+                                       "changed, in one commit, with a model card), or a Space for a model.",
+                          description="tl-hub push OUTPUT_DIR REPO_ID  |  tl-hub push --space SPACE_ID --model REPO")
+    push.add_argument("model_dir", nargs="?", help="A folder written by `tl-hub train`.")
+    push.add_argument("repo_id", nargs="?", help="Target repository, e.g. your-name/vit-beans.")
+    push.add_argument("--space", default=None, help="Create or update this Gradio Space (e.g. your-name/beans-demo).")
+    push.add_argument("--model", default=None, help="With --space: the model repo the Space serves.")
     push.add_argument("--private", action="store_true", help="Create the repository as private.")
     push.add_argument("--overwrite-card", action="store_true", help="Replace an existing README.md in the repo.")
     push.add_argument("--dataset-name", default=None, help="Dataset name for the model card.")
@@ -254,11 +262,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from .hub import push_to_hub
+    from .hub import push_space, push_to_hub
 
+    if args.space:
+        if not args.model or args.model_dir or args.repo_id:
+            raise ConfigError("Use `tl-hub push --space SPACE_ID --model MODEL_REPO` (no positional arguments).")
+        url = push_space(args.space, args.model, private=args.private or None)
+        print(f"pushed the Space {args.space} serving {args.model}: {url}")
+        return 0
+    if not (args.model_dir and args.repo_id):
+        raise ConfigError("Use `tl-hub push OUTPUT_DIR REPO_ID`, or `tl-hub push --space SPACE_ID --model REPO`.")
     url = push_to_hub(args.model_dir, args.repo_id, private=args.private or None,
                       overwrite_card=args.overwrite_card, dataset_name=args.dataset_name)
     print(f"pushed {args.model_dir} to {args.repo_id}: {url}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .space import build_app, example_images, launch
+
+    launch(build_app(args.model, examples=example_images()), host=args.host, port=args.port)
     return 0
 
 
@@ -271,7 +294,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "advise": cmd_advise,
-            "compare": cmd_compare, "demo": cmd_demo, "push": cmd_push}
+            "compare": cmd_compare, "demo": cmd_demo, "push": cmd_push, "serve": cmd_serve}
 
 
 def setup_logging(quiet: bool = False) -> None:

@@ -282,3 +282,33 @@ def push_to_hub(model_dir: str, repo_id: str, *, private: Optional[bool] = None,
         raise TlHubError(f"Pushing '{model_dir}' to '{repo_id}' failed (HTTP {status}); your local folder is unchanged; "
                          f"{hint}.") from None
     return str(getattr(commit, "commit_url", commit))
+
+
+def push_space(space_id: str, model_repo: str, *, private: Optional[bool] = None, token=None) -> str:
+    """Create or update a Gradio Space that serves ``model_repo`` with tl-hub's app, in one commit."""
+    import re
+
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from .space import SPACE_DIR
+
+    if not os.path.exists(os.path.join(SPACE_DIR, "app.py")):
+        raise TlHubError(f"The Space files are missing ({SPACE_DIR}); install tl-hub from its source tree.")
+    api = HfApi(token=token)
+    try:
+        api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="tl_hub_space_") as tmp:
+            shutil.copytree(SPACE_DIR, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+            app = open(os.path.join(tmp, "app.py"), encoding="utf-8").read()
+            app = re.sub(r"^DEFAULT_MODEL_ID = .*$", f"DEFAULT_MODEL_ID = {model_repo!r}", app, count=1,
+                         flags=re.MULTILINE)
+            with open(os.path.join(tmp, "app.py"), "w", encoding="utf-8") as f:
+                f.write(app)
+            commit = api.upload_folder(repo_id=space_id, repo_type="space", folder_path=tmp,
+                                       commit_message=f"tl-hub Space for {model_repo}")
+    except HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        raise TlHubError(f"Pushing the Space '{space_id}' failed (HTTP {status}); run the same command again "
+                         "(check your token's write access for 401/403).") from None
+    return str(getattr(commit, "commit_url", commit))

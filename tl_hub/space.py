@@ -1,0 +1,187 @@
+"""The Gradio app for any trained classifier (``tl-hub serve``, and ``spaces/app.py`` on a Space).
+
+The model is loaded only through `tl_hub.load` (a trained folder or a Hub repo).  The page offers an image upload
+(webcam and clipboard as Gradio offers), the top-k labels (``gr.Label``), example images, a panel describing the
+model, batch prediction of several files, and two API endpoints with stable names for ``gradio_client``:
+``/predict`` (one image) and ``/predict_batch`` (several).
+
+Bad input never crashes the server: no image, a file that is not an image, an image over ``max_pixels`` and
+decompression bombs are answered with a readable ``gr.Error``.  Uploads are capped by ``max_file_size``, and the
+queue runs ``concurrency`` predictions at a time.  The page uses system fonts, so it requests nothing from any
+other host.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Sequence
+
+from PIL import Image
+
+MAX_PIXELS = 40_000_000
+MAX_FILE_SIZE = "20mb"
+CONCURRENCY = 4
+
+
+def _open_image(path: Any, max_pixels: int, name: Optional[str] = None) -> Image.Image:
+    """Open an uploaded file as an image, checking its size from the header before decoding anything."""
+    import gradio as gr
+
+    if path is None or (isinstance(path, str) and not path):
+        raise gr.Error("No image: upload an image (or pick an example) first.")
+    if isinstance(path, Image.Image):
+        image = path
+    else:
+        name = name or os.path.basename(str(path))
+        try:
+            with Image.open(path) as probe:
+                width, height = probe.size
+        except Image.DecompressionBombError:
+            raise gr.Error(f"'{name}' is refused: its dimensions are absurdly large (a decompression bomb).") from None
+        except Exception:
+            raise gr.Error(f"'{name}' is not an image this app can read (PNG, JPEG, WebP, BMP, GIF, TIFF ...).") \
+                from None
+        if width * height > max_pixels:
+            raise gr.Error(f"'{name}' is {width}x{height} pixels, over the limit of {max_pixels:,} pixels; "
+                           "send a smaller image.")
+        try:
+            image = Image.open(path)
+            image.load()
+        except Exception:
+            raise gr.Error(f"'{name}' is damaged or truncated and cannot be decoded.") from None
+    return image
+
+
+def _checked_image(max_pixels: int, **kwargs):
+    """``gr.Image`` whose preprocessing checks the upload first, so a bad file gets a readable ``gr.Error``
+    (Gradio's own preprocessing failure is a generic message) and a huge image is refused before decoding.
+
+    The check wraps the instance's ``preprocess`` (a subclass would be treated as a custom component)."""
+    import gradio as gr
+
+    image = gr.Image(**kwargs)
+    original = image.preprocess
+
+    def preprocess(payload):
+        if payload is not None and getattr(payload, "path", None):
+            _open_image(payload.path, max_pixels, name=getattr(payload, "orig_name", None))
+        try:
+            return original(payload)
+        except gr.Error:
+            raise
+        except Exception:
+            raise gr.Error("The upload could not be read as an image.") from None
+
+    image.preprocess = preprocess
+    return image
+
+
+class SpaceApp:
+    """Prediction functions around a classifier, independent of the UI (and tested directly)."""
+
+    def __init__(self, classifier, *, top_k: int = 5, max_pixels: int = MAX_PIXELS):
+        self.classifier = classifier
+        self.top_k = max(1, min(top_k, len(classifier.labels)))
+        self.max_pixels = max_pixels
+
+    def predict(self, image: Any) -> dict:
+        """``{label: score}`` for the top-k labels of one image (path or PIL image)."""
+        img = _open_image(image, self.max_pixels)
+        return {p["label"]: p["score"] for p in self.classifier.predict(img, top_k=self.top_k)}
+
+    def predict_batch(self, files: Optional[Sequence[Any]]) -> list[list]:
+        """One row per file: ``[file name, top label, score]``."""
+        import gradio as gr
+
+        if not files:
+            raise gr.Error("No images: upload one or more image files.")
+        paths = [getattr(f, "name", f) for f in files]
+        images = [_open_image(p, self.max_pixels) for p in paths]
+        rows = []
+        for path, preds in zip(paths, self.classifier.predict(images, top_k=1)):
+            rows.append([os.path.basename(str(path)), preds[0]["label"], round(preds[0]["score"], 4)])
+        return rows
+
+    def describe(self, source: str) -> str:
+        info = self.classifier.info or {}
+        metrics = (info.get("metrics") or {}).get("validation") or {}
+        lines = [f"**Model**: `{source}`", f"**Classes** ({len(self.classifier.labels)}): "
+                 + ", ".join(self.classifier.labels[:20]) + (" ..." if len(self.classifier.labels) > 20 else "")]
+        if info.get("base_model"):
+            lines.append(f"**Base model**: `{info['base_model']}`"
+                         + (f" @ `{info['base_model_revision'][:10]}`" if info.get("base_model_revision") else ""))
+        if info.get("recipe"):
+            lines.append(f"**Recipe**: {info['recipe']}")
+        if info.get("data"):
+            lines.append(f"**Data**: {info['data']}")
+        if metrics:
+            lines.append("**Validation**: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()
+                                                         if isinstance(v, (int, float))))
+        return "\n\n".join(lines)
+
+
+SPACE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "spaces")
+
+
+def example_images() -> list[str]:
+    """The small example images shipped with the Space (digits made from the demo data)."""
+    folder = os.path.join(SPACE_DIR, "examples")
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder)) if os.path.isdir(folder) else []
+
+
+def _metrics_from_folder(source: str) -> dict:
+    from .outputs import read_json
+
+    path = os.path.join(source, "metrics.json")
+    return read_json(path) if os.path.isdir(source) and os.path.exists(path) else {}
+
+
+def build_app(source: str, *, examples: Optional[Sequence[str]] = None, top_k: int = 5,
+              max_pixels: int = MAX_PIXELS, title: Optional[str] = None):
+    """The Gradio ``Blocks`` app for the classifier at ``source`` (folder or Hub repo id)."""
+    import gradio as gr
+
+    from .hub import load
+
+    classifier = load(source)
+    if "metrics" not in classifier.info:
+        classifier.info["metrics"] = _metrics_from_folder(source)
+    app = SpaceApp(classifier, top_k=top_k, max_pixels=max_pixels)
+    with gr.Blocks(title=title or "tl-hub classifier", analytics_enabled=False) as demo:
+        gr.Markdown(f"# {title or 'Image classifier'}\nUpload an image; the model returns its top {app.top_k} "
+                    "labels. Trained with tl-hub by transfer learning.")
+        with gr.Row():
+            with gr.Column():
+                image = _checked_image(max_pixels, type="filepath", label="Image",
+                                       sources=["upload", "webcam", "clipboard"], elem_id="input-image")
+                submit = gr.Button("Classify", variant="primary", elem_id="submit")
+            with gr.Column():
+                label = gr.Label(num_top_classes=app.top_k, label="Prediction", elem_id="prediction")
+        if examples:
+            gr.Examples(examples=[[e] for e in examples], inputs=image, label="Examples")
+        with gr.Accordion("Several images at once", open=False):
+            files = gr.File(file_count="multiple", file_types=["image"], label="Images")
+            batch_button = gr.Button("Classify all", elem_id="submit-batch")
+            table = gr.Dataframe(headers=["file", "label", "score"], label="Predictions", interactive=False)
+        with gr.Accordion("About this model", open=False):
+            gr.Markdown(app.describe(source), elem_id="model-info")
+        submit.click(app.predict, inputs=image, outputs=label, api_name="predict")
+        batch_button.click(app.predict_batch, inputs=files, outputs=table, api_name="predict_batch")
+    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=256)
+    demo.tl_hub_app = app
+    return demo
+
+
+def local_theme():
+    """Gradio's default look with system fonts: the page loads no web fonts from other hosts."""
+    import gradio as gr
+
+    return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                             font_mono=["ui-monospace", "Consolas", "monospace"])
+
+
+def launch(demo, *, host: str = "127.0.0.1", port: Optional[int] = None, block: bool = True, **kwargs):
+    """Launch ``demo`` with the limits and offline settings tl-hub uses."""
+    return demo.launch(server_name=host, server_port=port, max_file_size=MAX_FILE_SIZE, show_error=True,
+                       theme=local_theme(), prevent_thread_lock=not block, ssr_mode=False, footer_links=[],
+                       **kwargs)
