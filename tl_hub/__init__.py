@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 from .advisor import Advice, Thresholds, advise  # noqa: E402
 from .backbone import Backbone, LayerGroup, ModelParts, load_backbone, split_model  # noqa: E402
 from .config import FeatureExtractionConfig, FineTuneConfig, LoRAConfig, ScratchConfig, TrainingConfig  # noqa: E402
-from .errors import ConfigError, DataError, ModelError, OutputError, TlHubError  # noqa: E402
+from .errors import ConfigError, DataError, ModelError, OutputError, TlHubError, TrainingError  # noqa: E402
 from .compare import Comparison, compare, curve_summary  # noqa: E402
 from .hub import load, push_to_hub  # noqa: E402
 from .inference import Classifier  # noqa: E402
@@ -34,7 +34,7 @@ __all__ = [
     "__version__",
     "Backbone", "LayerGroup", "ModelParts", "load_backbone", "split_model",
     "TrainingConfig", "FeatureExtractionConfig", "FineTuneConfig", "ScratchConfig", "LoRAConfig",
-    "TlHubError", "ConfigError", "DataError", "ModelError", "OutputError",
+    "TlHubError", "ConfigError", "DataError", "ModelError", "OutputError", "TrainingError",
     "Classifier", "load", "push_to_hub",
     "Recipe", "FeatureExtractionRecipe", "FineTuneRecipe", "ScratchRecipe", "LoRARecipe", "FitResult",
     "RECIPES", "get_recipe", "register_recipe",

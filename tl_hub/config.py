@@ -86,6 +86,9 @@ class TrainingConfig:
         default=0.6, metadata={"help": "Smallest area fraction kept by the random resized crop (0 < s <= 1)."}
     )
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Recompute encoder activations in backward to save memory (slower)."}
+    )
     feature_cache: str = field(
         default="disk",
         metadata={"help": "While the encoder is frozen, compute its features once and train the head on them: "

@@ -24,3 +24,7 @@ class ModelError(TlHubError, OSError):
 
 class OutputError(TlHubError, OSError):
     """An output location that cannot be written safely."""
+
+
+class TrainingError(TlHubError, RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN or infinite)."""

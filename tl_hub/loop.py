@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .errors import ConfigError
+from .errors import ConfigError, TrainingError
 from .metrics import classification_metrics
 from .param_groups import count_parameters, freeze_all_but
 
@@ -211,8 +211,17 @@ def train_periods(
                     logits = forward_logits(wrapped, batch).float()
                     loss = F.cross_entropy(logits, batch["labels"], label_smoothing=config.label_smoothing)
                     accelerator.backward(loss)
-                    if accelerator.sync_gradients and config.max_grad_norm:
-                        accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
+                    if accelerator.sync_gradients:
+                        # the norm of the synchronised gradients is the same on every process, so all of them stop
+                        # together if it is not finite; the optimizer step that would spoil the weights never runs
+                        norm = accelerator.clip_grad_norm_(trainable, config.max_grad_norm or float("inf"))
+                        if norm is not None and not torch.isfinite(torch.as_tensor(norm)):
+                            raise TrainingError(
+                                f"The loss became {loss.item():.4g} (gradient norm {float(norm):.4g}) in epoch "
+                                f"{epoch + 1} ({period.name}); the weights were left as they were after the last good "
+                                f"step. Lower the learning rate (now {config.lr:g}), check the data for broken "
+                                "images, or use bf16 instead of fp16."
+                            )
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)

@@ -223,6 +223,11 @@ class Recipe:
         self.dataset_name = _dataset_name(train)
         if accelerator.is_main_process:
             logger.info("Data: %s", data.summary())
+        if cfg.gradient_checkpointing:
+            if not getattr(backbone.model, "supports_gradient_checkpointing", False):
+                raise ConfigError(f"{type(backbone.model).__name__} does not support gradient checkpointing; "
+                                  "turn gradient_checkpointing off.")
+            backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         periods = self.periods(backbone)
         train_set, train_loader, eval_loader = self._loaders(backbone, data)
         epoch_datasets = [train_set]
