@@ -91,6 +91,11 @@ def test_app_over_http_with_gradio_client(server, files):
     for bad, message in (("notes", "not an image"), ("big", "over the limit"), ("bomb", "decompression bomb")):
         with pytest.raises(Exception, match=message):
             client.predict(handle_file(files[bad]), api_name="/predict")
+    too_big = os.path.join(os.path.dirname(files["red"]), "huge-upload.png")
+    with open(too_big, "wb") as f:
+        f.write(os.urandom(21 * 1024 * 1024))  # over max_file_size (20 MB)
+    with pytest.raises(Exception, match="exceeds the maximum file size"):
+        client.predict(handle_file(too_big), api_name="/predict")
     assert client.predict(handle_file(files["red"]), api_name="/predict")["label"] == "red"  # still serving
 
 

@@ -1,0 +1,626 @@
+"""A catalogue of bad inputs across data, model, CLI and Hub, and tl-hub's answer to each.
+
+Every case expects ONE of:
+
+- one clear error: a `TlHubError` subclass whose message names the problem (the file, column, value, folder) and,
+  where there is one, the fix; through the CLI, exit status 2, exactly one ``error:`` line and no traceback;
+- a documented graceful handling: converted to RGB, skipped with a warning that counts, mapped by name.
+
+Where files are written, nothing is lost or half-written: an existing output is untouched and no temporary
+``.<name>.tmp-*`` folder is left behind.  Tiny models and Python calls keep it fast; the CLI runs in-process
+(``tl_hub.cli.main``) except for a handful of real ``tl-hub`` subprocesses.
+"""
+
+import glob
+import io
+import logging
+import os
+import shutil
+import traceback
+from types import SimpleNamespace
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+import tl_hub
+from tl_hub import (
+    ConfigError, DataError, FeatureExtractionRecipe, FineTuneRecipe, ModelError, OutputError, TlHubError,
+    TrainingError,
+)
+from tl_hub.data import ImageClassificationDataset, prepare_data, to_rgb
+
+from conftest import COLOURS, colour_dataset, colour_images, write_image_folder
+from test_cli import assert_one_line_error, tl_hub as tl_hub_cli
+
+FAST = dict(epochs=1, batch_size=16, eval_batch_size=32, augment=False, feature_cache="memory", seed=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def fit(model_dir, data, validation=None, recipe=FeatureExtractionRecipe, **settings):
+    r = recipe(model_dir, **{**FAST, **settings})
+    r.fit(data, validation, progress=False)
+    return r
+
+
+def run_main(capsys, *args):
+    """``tl-hub ARGS`` in this process: ``(returncode, stdout, stderr)`` as a console would show them; an exception
+    that escapes ``main`` is shown as the traceback a user would see."""
+    from tl_hub.cli import main
+
+    capsys.readouterr()
+    try:
+        rc, tb = main([str(a) for a in args]), ""
+    except SystemExit as e:  # argparse
+        rc, tb = e.code, ""
+    except BaseException:  # noqa: BLE001 - what a user would see as a traceback
+        rc, tb = 1, traceback.format_exc()
+    captured = capsys.readouterr()
+    return SimpleNamespace(returncode=rc, stdout=captured.out, stderr=captured.err + tb)
+
+
+def temp_leftovers(parent):
+    """Temporary or displaced folders that a write left next to its output (``.<name>.tmp-*``, ``.<name>.old-*``)."""
+    return sorted(glob.glob(os.path.join(str(parent), ".*.tmp-*")) + glob.glob(os.path.join(str(parent), ".*.old-*")))
+
+
+def tree(folder):
+    """``{relative path: bytes}`` of every file under ``folder``."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for f in files:
+            p = os.path.join(root, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, folder)] = fh.read()
+    return out
+
+
+def image_dataset(images, labels, names=COLOURS):
+    """A ``Dataset`` with an ``Image`` column (PIL images or file paths) and a ``ClassLabel`` column."""
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(names))})
+    return datasets.Dataset.from_dict({"image": images, "label": [list(names).index(l) for l in labels]},
+                                      features=features)
+
+
+def jpeg_bytes(img, **kw):
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90, **kw)
+    return buf.getvalue()
+
+
+def png_bytes(img):
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tmp_path_factory):
+    """One trained feature-extraction ViT (3 colours), saved once: ``(recipe, output folder)``."""
+    recipe = fit(tiny_model_dir("vit"), colour_dataset(60, seed=1), colour_dataset(15, seed=2), epochs=2, lr=0.02)
+    out = str(tmp_path_factory.mktemp("trained") / "model")
+    recipe.save(out)
+    return recipe, out
+
+
+@pytest.fixture(scope="module")
+def clf(trained):
+    return tl_hub.load(trained[1])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data: broken image files are skipped with one warning that counts them
+
+
+def _good_image():
+    return colour_images(1, seed=5, size=48)[0][0]
+
+
+BAD_FILES = {
+    "corrupt-file": ("broken.png", lambda: b"\x89PNG\r\n\x1a\n" + bytes(np.random.default_rng(0).integers(
+        0, 256, 500, dtype=np.uint8))),
+    "truncated-png": ("truncated.png", lambda: png_bytes(_good_image())[:300]),
+    "truncated-jpeg": ("truncated.jpg", lambda: (lambda b: b[: len(b) // 2])(jpeg_bytes(_good_image()))),
+    "text-with-image-extension": ("notes.jpg", lambda: b"this is a text file, not a JPEG\n"),
+    "empty-file": ("empty.png", lambda: b""),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_FILES), ids=list(BAD_FILES))
+def test_broken_image_file_is_skipped_with_a_count(tiny_model_dir, tmp_path, caplog, kind):
+    name, make = BAD_FILES[kind]
+    data = write_image_folder(tmp_path / "images", n=30)
+    with open(os.path.join(data, "green", name), "wb") as f:
+        f.write(make())
+    with caplog.at_level(logging.WARNING, logger="tl_hub"):
+        recipe = fit(tiny_model_dir("vit"), data)
+    skipped = [r.getMessage() for r in caplog.records if "Skipped" in r.getMessage()]
+    assert skipped == ["Skipped 1 of 31 training images that could not be decoded (corrupt or not an image)."]
+    assert recipe.data.skipped == 1 and recipe.info()["skipped_images"] == 1
+    assert len(recipe.data.train) + len(recipe.data.validation) == 30  # every good image kept
+    # the damaged file is also a clear error when predicted on directly
+    with pytest.raises(DataError) as info:
+        recipe.predict(os.path.join(data, "green", name))
+    assert name in str(info.value) and "Cannot read image" in str(info.value)
+
+
+def test_no_readable_image_at_all_is_a_data_error(tiny_model_dir, tmp_path):
+    for c in ("cat", "dog"):
+        (tmp_path / "bad" / c).mkdir(parents=True)
+        for i in range(3):
+            (tmp_path / "bad" / c / f"{i}.png").write_bytes(b"not an image")
+    with pytest.raises(DataError) as info:
+        fit(tiny_model_dir("vit"), str(tmp_path / "bad"))
+    assert "None of the 6 training images could be decoded" in str(info.value) and "check the files" in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data: unusual image modes and sizes are converted to upright 8-bit RGB, and train and predict
+
+
+def _cmyk(path):
+    Image.new("RGB", (24, 16), (230, 20, 20)).convert("CMYK").save(path, format="JPEG", quality=95)
+    return (24, 16), lambda rgb: rgb[..., 0].mean() > 180 and rgb[..., 1:].mean() < 80  # still red
+
+
+def _rgba(path):
+    a = np.zeros((16, 24, 4), dtype=np.uint8)
+    a[..., 0], a[..., 3] = 200, 255  # opaque red ...
+    a[:, :12, 3] = 0  # ... with a fully transparent left half
+    Image.fromarray(a, "RGBA").save(path)
+    return (24, 16), lambda rgb: (rgb[:, :12] == 255).all() and (rgb[:, 12:, 0] == 200).all()
+
+
+def _palette(path):
+    p = Image.new("P", (24, 16), 1)
+    p.putpalette([0, 0, 0, 0, 0, 255] + [0] * 762)  # index 0 black, index 1 blue
+    p.paste(0, (0, 0, 12, 16))
+    p.save(path, transparency=0)  # index 0 is transparent
+    return (24, 16), lambda rgb: (rgb[:, :12] == 255).all() and (rgb[:, 12:] == [0, 0, 255]).all()
+
+
+def _gray16(path):
+    a = np.tile(np.linspace(1000, 60000, 24).astype(np.uint16), (16, 1))
+    Image.fromarray(a).save(path)  # a 16-bit grayscale PNG (I;16)
+    return (24, 16), lambda rgb: rgb.min() == 0 and rgb.max() == 255  # full 8-bit range, not clipped to white
+
+
+def _one_pixel(path):
+    Image.new("RGB", (1, 1), (0, 200, 0)).save(path)
+    return (1, 1), lambda rgb: (rgb == [0, 200, 0]).all()
+
+
+def _large(path):
+    small = np.asarray(colour_images(1, seed=3, size=40)[0][0])
+    Image.fromarray(small).resize((4000, 3000), Image.Resampling.NEAREST).save(path, quality=85)
+    return (4000, 3000), lambda rgb: True
+
+
+MODES = {"cmyk-jpeg": ("x.jpg", _cmyk), "rgba-png": ("x.png", _rgba), "palette-with-transparency": ("x.png", _palette),
+         "16-bit-grayscale": ("x.png", _gray16), "1x1-pixel": ("x.png", _one_pixel),
+         "4000x3000-jpeg": ("x.jpg", _large)}
+
+
+@pytest.mark.parametrize("mode", list(MODES), ids=list(MODES))
+def test_unusual_image_is_converted_to_rgb_and_predicted(clf, tmp_path, mode):
+    name, make = MODES[mode]
+    path = str(tmp_path / name)
+    size, looks_right = make(path)
+    rgb = to_rgb(path)
+    assert rgb.mode == "RGB" and rgb.size == size
+    assert looks_right(np.asarray(rgb).astype(int))
+    preds = clf.predict(path, top_k=3)
+    assert sorted(p["label"] for p in preds) == sorted(COLOURS)
+    assert sum(p["score"] for p in preds) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_unusual_images_in_the_training_data_train(tiny_model_dir, tmp_path, caplog):
+    """CMYK, RGBA, palette, 16-bit, 1x1 and 4000x3000 images among the training images: none is skipped, and they
+    go through augmentation (random resized crop, flip) and the encoder like any other."""
+    data = write_image_folder(tmp_path / "images", n=30)
+    for i, (name, make) in enumerate(MODES.values()):
+        make(os.path.join(data, COLOURS[i % 3], f"special{i}{os.path.splitext(name)[1]}"))
+    with caplog.at_level(logging.WARNING, logger="tl_hub"):
+        recipe = fit(tiny_model_dir("vit"), data, augment=True, feature_cache="off")
+    assert not [r for r in caplog.records if "Skipped" in r.getMessage()]
+    assert recipe.data.skipped == 0 and len(recipe.data.train) + len(recipe.data.validation) == 36
+    assert np.isfinite(recipe.result.metrics["loss"])
+
+
+def test_exif_rotated_jpeg_is_predicted_upright(clf, tmp_path):
+    a = np.zeros((32, 48, 3), dtype=np.uint8)  # stored 48 wide x 32 high
+    a[:, :24] = [230, 10, 10]  # left half red
+    a[:, 24:] = [10, 10, 230]  # right half blue
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display rotated 90 degrees clockwise: 32 wide x 48 high, red on top
+    path = str(tmp_path / "rotated.jpg")
+    Image.fromarray(a).save(path, format="JPEG", exif=exif.tobytes(), quality=95)
+    raw = Image.open(path)
+    assert raw.size == (48, 32)
+    upright = np.asarray(ImageOps.exif_transpose(raw).convert("RGB"))
+    assert upright.shape == (48, 32, 3) and upright[:8].mean(axis=(0, 1)).argmax() == 0
+
+    from_file = clf.predict_proba(path)
+    assert torch.equal(from_file, clf.predict_proba(upright))  # numpy arrays carry no EXIF: exactly the upright pixels
+    assert not torch.allclose(from_file, clf.predict_proba(np.asarray(raw.convert("RGB"))), atol=1e-7)
+    # training preprocessing reads the same upright image
+    ds = datasets.Dataset.from_dict({"image": [path], "label": [0]}).cast_column("image", datasets.Image())
+    image, _ = ImageClassificationDataset(ds, "image", "label")[0]
+    assert image.size == (32, 48) and np.array_equal(np.asarray(image), upright)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data: labels, classes, splits and columns
+
+
+@pytest.mark.parametrize("build", [
+    lambda: datasets.Dataset.from_dict({"image": colour_images(12)[0], "label": ["red", None, "green", None] * 3}
+                                       ).cast_column("image", datasets.Image()),
+    lambda: image_dataset(*colour_images(12)).map(lambda r, i: {"label": -1 if i in (1, 3, 5, 7, 9, 11) else r["label"]},
+                                                  with_indices=True),
+], ids=["string-label-None", "ClassLabel-minus-one"])
+def test_missing_labels_are_a_data_error(tiny_model_dir, build):
+    with pytest.raises(DataError) as info:
+        fit(tiny_model_dir("vit"), build())
+    msg = str(info.value)
+    assert "6 of 12 examples have no value in label column 'label'" in msg and "remove or label them" in msg
+
+
+def test_labels_outside_the_training_set_at_evaluation_are_a_data_error(trained, tmp_path, capsys):
+    data = write_image_folder(tmp_path / "eval", n=12, classes=["red", "green", "yellow"])
+    proc = run_main(capsys, "evaluate", trained[1], "--dataset", data)
+    assert_one_line_error(proc, "['yellow']", "not among the 3 training labels", "same label set")
+
+
+def test_evaluation_data_with_more_classes_than_the_model(clf):
+    names = COLOURS + ["purple"]
+    images, labels = colour_images(12, classes=names)
+    with pytest.raises(DataError) as info:
+        clf.evaluate(image_dataset(images, labels, names))
+    assert "['purple']" in str(info.value) and "3 training labels" in str(info.value)
+    assert "evaluate on data with the same label set" in str(info.value)
+
+
+def test_evaluation_labels_are_matched_by_name_not_by_id(clf):
+    """Graceful: a ClassLabel with the same classes in another order, or with extra classes that have no examples,
+    is mapped onto the model's labels by name."""
+    images, labels = colour_images(30, seed=7)
+    reference = clf.evaluate(image_dataset(images, labels))
+    reordered = clf.evaluate(image_dataset(images, labels, names=["blue", "red", "green"]))
+    superset = clf.evaluate(image_dataset(images, labels, names=["purple"] + COLOURS))
+    assert reordered == pytest.approx(reference) and superset == pytest.approx(reference)
+
+
+def test_class_label_with_a_class_without_examples_still_trains(tiny_model_dir):
+    """The ClassLabel's classes are the model's labels, in their order, even one with no example: training works,
+    label ids stay those of the dataset, and the unseen class is a (never learned) output."""
+    names = COLOURS + ["purple"]
+    images, labels = colour_images(45)  # red, green, blue only
+    recipe = fit(tiny_model_dir("vit"), image_dataset(images, labels, names))
+    assert recipe.data.labels == names
+    assert recipe.backbone.model.config.id2label == dict(enumerate(names))
+    assert np.isfinite(recipe.result.metrics["loss"])
+    preds = recipe.predict(images[0], top_k=4)
+    assert sorted(p["label"] for p in preds) == sorted(names)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: datasets.Dataset.from_dict({"image": colour_images(10)[0], "label": ["red"] * 10}
+                                       ).cast_column("image", datasets.Image()),
+    lambda: image_dataset(colour_images(10)[0], ["red"] * 10),  # ClassLabel with 3 names, one used
+], ids=["one-label-value", "ClassLabel-one-class-present"])
+def test_one_class_is_a_data_error(tiny_model_dir, build):
+    with pytest.raises(DataError) as info:
+        fit(tiny_model_dir("vit"), build())
+    msg = str(info.value)
+    assert "1 class(es)" in msg and "['red']" in msg and "needs at least two" in msg and "add images" in msg
+
+
+def _empty_split(split):
+    full, empty = colour_dataset(30), colour_dataset(3).select([])
+    splits = {"train": full, "validation": colour_dataset(9, seed=1), "test": colour_dataset(9, seed=2)}
+    splits[split] = empty
+    return datasets.DatasetDict(splits)
+
+
+@pytest.mark.parametrize("split,expected", [
+    ("train", "The training split is empty; give a dataset with labelled images."),
+    ("validation", "The validation split is empty"),
+    ("test", "The test split is empty"),
+], ids=["empty-train-split", "empty-validation-split", "empty-test-split"])
+def test_empty_split_is_a_data_error(tiny_model_dir, tmp_path, split, expected):
+    out = tmp_path / "out"
+    recipe = FeatureExtractionRecipe(tiny_model_dir("vit"), **FAST)
+    with pytest.raises(DataError) as info:
+        recipe.fit(_empty_split(split), progress=False)
+    assert expected in str(info.value)
+    with pytest.raises(TlHubError, match="not been trained yet"):  # nothing half-trained to save
+        recipe.save(str(out))
+    assert not out.exists()
+
+
+def test_empty_evaluation_data_is_a_data_error(clf):
+    with pytest.raises(DataError, match="The evaluation data is empty"):
+        clf.evaluate(colour_dataset(3).select([]))
+
+
+@pytest.mark.parametrize("setting,column", [
+    ({"image_column": "photo"}, "'photo' does not exist"),
+    ({"label_column": "species"}, "'species' does not exist"),
+], ids=["wrong-image-column", "wrong-label-column"])
+def test_wrong_column_name_is_a_data_error(tiny_model_dir, setting, column):
+    with pytest.raises(DataError) as info:
+        fit(tiny_model_dir("vit"), colour_dataset(12), **setting)
+    msg = str(info.value)
+    kind = next(iter(setting)).split("_")[0]
+    assert column in msg and "['image', 'label']" in msg and f"--{kind}-column" in msg
+
+
+def test_no_detectable_columns_is_a_data_error(tiny_model_dir):
+    ds = datasets.Dataset.from_dict({"pixels_b64": ["x", "y"], "y": [0, 1]})
+    with pytest.raises(DataError) as info:
+        fit(tiny_model_dir("vit"), ds)
+    assert "Found no image column among ['pixels_b64', 'y']" in str(info.value) and "image_column" in str(info.value)
+
+
+@pytest.mark.parametrize("source,expected", [
+    ("file", "is a file; pass a folder of images"),
+    ("folder-without-images", "contains no images"),
+    ("unknown-dataset-id", "Could not load dataset 'no-such-org/no-such-dataset'"),
+], ids=["dataset-is-a-file", "folder-without-images", "unknown-dataset-id-offline"])
+def test_bad_dataset_source_is_a_data_error(tiny_model_dir, tmp_path, source, expected):
+    if source == "file":
+        path = tmp_path / "data.csv"
+        path.write_text("a,b\n1,2\n")
+    elif source == "folder-without-images":
+        path = tmp_path / "empty"
+        (path / "cats").mkdir(parents=True)
+        (path / "cats" / "notes.txt").write_text("no images")
+    else:
+        path = "no-such-org/no-such-dataset"
+    with pytest.raises(DataError) as info:
+        fit(tiny_model_dir("vit"), str(path))
+    assert expected in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Models
+
+
+def _bert(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(str(tmp_path / "bert"))
+    return str(tmp_path / "bert")
+
+
+@pytest.mark.parametrize("model,expected", [
+    ("no-such-org/no-such-model", ["Could not load model 'no-such-org/no-such-model'", "Check the name"]),
+    ("/no/such/model/folder", ["Could not load model '/no/such/model/folder'", "path of a saved model"]),
+    ("bert", ["is a 'bert' model", "no image-classification architecture", "Use an image classification checkpoint"]),
+], ids=["unknown-model-id", "missing-model-folder", "non-image-model-bert"])
+def test_unusable_model_is_a_model_error(tmp_path, model, expected):
+    if model == "bert":
+        model = _bert(tmp_path)
+    with pytest.raises(ModelError) as info:
+        fit(model, colour_dataset(12))
+    for fragment in expected:
+        assert fragment in str(info.value)
+
+
+def test_pickle_only_checkpoint_needs_allow_pickle(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    path = str(tmp_path / "pickled")
+    shutil.copytree(tiny_model_dir("vit"), path)
+    torch.save(load_file(os.path.join(path, "model.safetensors")), os.path.join(path, "pytorch_model.bin"))
+    os.remove(os.path.join(path, "model.safetensors"))
+    with pytest.raises(ModelError) as info:
+        fit(path, colour_dataset(12))
+    assert "no safetensors weights" in str(info.value) and "allow_pickle=True (--allow-pickle)" in str(info.value)
+    assert fit(path, colour_dataset(12), allow_pickle=True).result is not None  # opting in works
+
+
+def test_corrupt_pretrained_weights_are_a_model_error(tiny_model_dir, tmp_path):
+    """A truncated model.safetensors (an interrupted download or copy)."""
+    path = str(tmp_path / "truncated")
+    shutil.copytree(tiny_model_dir("vit"), path)
+    weights = os.path.join(path, "model.safetensors")
+    with open(weights, "rb") as f:
+        data = f.read()
+    with open(weights, "wb") as f:
+        f.write(data[: len(data) // 2])
+    with pytest.raises(ModelError) as info:
+        fit(path, colour_dataset(12))
+    assert path in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Settings
+
+
+@pytest.mark.parametrize("recipe,settings,fragment", [
+    ("feature-extraction", ["--lr", "0"], "`lr` should be positive, got 0.0"),
+    ("fine-tune", ["--unfreeze", "top"], "`unfreeze` should be 'all' or a positive number of blocks, got 'top'"),
+    ("feature-extraction", ["--scheduler", "nope"], "`scheduler` should be one of cosine, linear, constant; got 'nope'"),
+    ("feature-extraction", ["--batch-size", "0"], "`batch_size` should be positive"),
+    ("feature-extraction", ["--crop-scale", "1.5"], "`crop_scale` should be in (0, 1]"),
+    ("fine-tune", ["--epochs", "2", "--head-epochs", "2"], "to train only the head use FeatureExtractionRecipe"),
+    ("feature-extraction", ["--head-epochs", "1"], "--head-epochs is not a setting of the feature-extraction recipe"),
+], ids=["lr-0", "unfreeze-top", "scheduler-nope", "batch-size-0", "crop-scale-1.5", "head-epochs-eq-epochs",
+        "head-epochs-with-feature-extraction"])
+def test_bad_setting_through_the_cli(tiny_model_dir, tmp_path, image_folder, capsys, recipe, settings, fragment):
+    out = tmp_path / "out"
+    proc = run_main(capsys, "train", "--recipe", recipe, "--model", tiny_model_dir("vit"), "--dataset", image_folder,
+                    "--output-dir", out, "--no-progress", *settings)
+    assert_one_line_error(proc, fragment)
+    assert not out.exists() and temp_leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("make,fragment", [
+    (lambda m: FeatureExtractionRecipe(m, lr=0), "`lr` should be positive"),
+    (lambda m: FineTuneRecipe(m, unfreeze="top"), "`unfreeze` should be 'all'"),
+    (lambda m: FeatureExtractionRecipe(m, scheduler="nope"), "`scheduler` should be one of"),
+    (lambda m: FeatureExtractionRecipe(m, head_epochs=1), "FeatureExtractionConfig has no setting head_epochs"),
+    (lambda m: FeatureExtractionRecipe(m, feature_views=2, augment=False), "turn augment on or set feature_views=1"),
+], ids=["lr-0", "unfreeze-top", "scheduler-nope", "head-epochs-with-feature-extraction", "views-without-augment"])
+def test_bad_setting_in_python_is_a_config_error(tiny_model_dir, make, fragment):
+    with pytest.raises(ConfigError) as info:
+        make(tiny_model_dir("vit"))
+    assert fragment in str(info.value)
+
+
+def test_real_cli_rejects_a_bad_setting_before_loading_anything(tiny_model_dir, tmp_path, image_folder):
+    out = tmp_path / "out"
+    proc = tl_hub_cli("train", "--recipe", "fine-tune", "--model", tiny_model_dir("vit"), "--dataset", image_folder,
+                      "--output-dir", out, "--unfreeze", "top")
+    assert_one_line_error(proc, "`unfreeze`", "'top'")
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Training that cannot go on
+
+
+def test_nan_loss_is_a_training_error(tiny_model_dir):
+    recipe = FeatureExtractionRecipe(tiny_model_dir("vit"), **{**FAST, "epochs": 2}, lr=1e30, max_grad_norm=None)
+    with pytest.raises(TrainingError) as info:
+        recipe.fit(colour_dataset(48), progress=False)
+    assert "The loss became nan" in str(info.value) and "Lower the learning rate (now 1e+30)" in str(info.value)
+    # "the weights were left as they were after the last good step" (README: "before the bad step touches the
+    # weights"): no parameter is inf or NaN
+    broken = [n for n, p in recipe.backbone.model.named_parameters() if not torch.isfinite(p).all()]
+    assert broken == [], f"non-finite weights after the TrainingError: {broken}"
+
+
+def test_nan_loss_through_the_cli_writes_nothing(tiny_model_dir, tmp_path, image_folder, capsys):
+    out = tmp_path / "out"
+    proc = run_main(capsys, "train", "--recipe", "feature-extraction", "--model", tiny_model_dir("vit"), "--dataset",
+                    image_folder, "--output-dir", out, "--no-progress", "--no-augment", "--epochs", "2",
+                    "--lr", "1e30", "--max-grad-norm", "none")
+    assert_one_line_error(proc, "The loss became nan", "Lower the learning rate")
+    assert not out.exists() and temp_leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Output locations
+
+
+def test_output_path_that_is_a_file_is_refused_and_kept(trained, tmp_path):
+    recipe, _ = trained
+    target = tmp_path / "out"
+    target.write_text("my notes")
+    with pytest.raises(OutputError) as info:
+        recipe.save(str(target))
+    assert str(target) in str(info.value) and "is a file; pass a folder path" in str(info.value)
+    assert target.read_text() == "my notes" and temp_leftovers(tmp_path) == []
+
+
+def test_real_cli_output_path_that_is_a_file(tiny_model_dir, tmp_path, image_folder):
+    target = tmp_path / "out"
+    target.write_text("my notes")
+    proc = tl_hub_cli("train", "--recipe", "feature-extraction", "--model", tiny_model_dir("vit"), "--dataset",
+                      image_folder, "--output-dir", target, "--epochs", "1", "--no-progress")
+    assert_one_line_error(proc, str(target), "is a file")
+    assert target.read_text() == "my notes" and temp_leftovers(tmp_path) == []
+
+
+def test_non_empty_output_folder_is_refused_and_kept(trained, tmp_path):
+    recipe, _ = trained
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "results.txt").write_text("earlier work")
+    (out / "sub" / "model.safetensors").write_bytes(b"\x00" * 100)
+    before = tree(out)
+    with pytest.raises(OutputError) as info:
+        recipe.save(str(out))
+    assert "exists and is not empty" in str(info.value) and "overwrite=True (--overwrite)" in str(info.value)
+    assert tree(out) == before and temp_leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Predict
+
+
+def test_predict_on_a_missing_file(trained, tmp_path, capsys):
+    proc = run_main(capsys, "predict", trained[1], tmp_path / "nowhere.jpg")
+    assert_one_line_error(proc, "nowhere.jpg", "does not exist")
+
+
+def test_real_cli_predict_on_a_non_image_file(trained, tmp_path):
+    notes = tmp_path / "notes.png"
+    notes.write_text("a text file with an image extension")
+    good = tmp_path / "good.png"
+    colour_images(1)[0][0].save(good)
+    proc = tl_hub_cli("predict", trained[1], good, notes)
+    assert_one_line_error(proc, str(notes), "Cannot read image", "cannot identify image file")
+    assert proc.stdout == ""  # no partial answer for the good image
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Loading trained models (tl_hub.load) and the Hub
+
+
+@pytest.mark.parametrize("make,expected", [
+    (lambda tmp: "/no/such/folder", "is not a folder written by tl-hub"),
+    (lambda tmp: "./no/such/folder", "is not a folder written by tl-hub"),
+    (lambda tmp: "not a repo id!!", "nor a valid Hub repo id"),
+    (lambda tmp: "no-such-org/no-such-model", "Could not download 'no-such-org/no-such-model'"),
+    (lambda tmp: (tmp / "f.txt").write_text("x") and str(tmp / "f.txt"), "is not a folder written by tl-hub"),
+    (lambda tmp: (tmp / "empty").mkdir() or str(tmp / "empty"), "has no config.json; pass the output folder"),
+], ids=["missing-absolute-path", "missing-relative-path", "invalid-repo-id", "unknown-repo-offline", "a-file",
+        "empty-folder"])
+def test_load_of_a_nonsense_path_is_a_model_error(tmp_path, make, expected):
+    path = make(tmp_path)
+    with pytest.raises(ModelError) as info:
+        tl_hub.load(path)
+    assert path in str(info.value) and expected in str(info.value)
+
+
+def _truncate(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("damage", [
+    lambda d: _truncate(os.path.join(d, "model.safetensors")),
+    lambda d: open(os.path.join(d, "tl_hub.json"), "w").write("{not json"),
+    lambda d: open(os.path.join(d, "config.json"), "w").write("{not json"),
+], ids=["truncated-model-safetensors", "invalid-tl_hub.json", "invalid-config.json"])
+def test_load_of_a_damaged_output_folder_is_a_model_error(trained, tmp_path, damage):
+    folder = str(tmp_path / "model")
+    shutil.copytree(trained[1], folder)
+    damage(folder)
+    with pytest.raises(ModelError) as info:
+        tl_hub.load(folder)
+    assert folder in str(info.value)
+
+
+def test_real_cli_push_of_a_folder_that_is_not_a_tl_hub_output(tmp_path):
+    folder = tmp_path / "my-notes"
+    folder.mkdir()
+    (folder / "README.md").write_text("not a model")
+    proc = tl_hub_cli("push", folder, "someone/some-model")  # HF_HUB_OFFLINE=1: the folder is checked first
+    assert_one_line_error(proc, str(folder), "tl-hub train")
+    assert os.listdir(folder) == ["README.md"]
+
+
+def test_push_while_the_hub_cannot_be_reached(trained, capsys):
+    """HF_HUB_OFFLINE=1 here, as on an air-gapped machine: the failed upload is one line naming the repository."""
+    before = tree(trained[1])
+    proc = run_main(capsys, "push", trained[1], "someone/some-model")
+    assert_one_line_error(proc, "someone/some-model")
+    assert tree(trained[1]) == before
+
+
+def test_push_without_a_repo_id(trained, capsys):
+    proc = run_main(capsys, "push", trained[1])
+    assert_one_line_error(proc, "tl-hub push OUTPUT_DIR REPO_ID")
