@@ -380,7 +380,7 @@ def load_backbone(
                 ignore_mismatched_sizes=True,
                 use_safetensors=None if allow_pickle else True,
             )
-        except (OSError, ValueError, EnvironmentError) as e:
+        except Exception as e:  # OSError, ValueError, safetensors' SafetensorError for a damaged file, ...
             text = str(e)
             if not allow_pickle and ("safetensors" in text or "model.safetensors" in text):
                 raise ModelError(
@@ -388,7 +388,8 @@ def load_backbone(
                     "when loaded: pass allow_pickle=True (--allow-pickle) if you trust the source, or convert it "
                     "to safetensors."
                 ) from None
-            raise ModelError(f"Could not load the weights of '{name}': {_first_line(e)}") from None
+            raise ModelError(f"Could not load the weights of '{name}' ({type(e).__name__}: {_first_line(e)}); the "
+                             "file may be damaged: download or save it again.") from None
         finally:
             hf_logging.set_verbosity(verbosity)
     else:

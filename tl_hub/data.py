@@ -355,6 +355,10 @@ def prepare_data(
     train_ds, labels = encode_labels(train_ds, lbl_col)
     train_ds, skipped = drop_undecodable(train_ds, img_col)
     present = set(train_ds[lbl_col])
+    absent = [labels[i] for i in range(len(labels)) if i not in present]
+    if absent and len(present) >= 2:
+        logger.warning("%d class(es) have no training examples (%s); the model keeps an output for them but cannot "
+                       "learn them: add images or remove them from the label set.", len(absent), absent[:5])
     if len(labels) < 2 or len(present) < 2:
         raise DataError(
             f"The training data has {len(present)} class(es) with readable images "

@@ -259,10 +259,10 @@ def push_to_hub(model_dir: str, repo_id: str, *, private: Optional[bool] = None,
     from huggingface_hub.errors import HfHubHTTPError
 
     api = HfApi(token=token)
-    try:
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="tl_hub_push_") as tmp:
-            info = export_for_hub(model_dir, tmp)
+    with tempfile.TemporaryDirectory(prefix="tl_hub_push_") as tmp:
+        info = export_for_hub(model_dir, tmp)  # check the folder before contacting the Hub
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True)
             metrics_path = os.path.join(model_dir, "metrics.json")
             info["metrics"] = read_json(metrics_path) if os.path.exists(metrics_path) else {}
             keep_card = not overwrite_card and api.file_exists(repo_id, "README.md")
@@ -275,12 +275,17 @@ def push_to_hub(model_dir: str, repo_id: str, *, private: Optional[bool] = None,
                 repo_id=repo_id, folder_path=tmp,
                 commit_message=commit_message or f"Upload {info.get('recipe', 'model')} trained with tl-hub",
             )
-    except HfHubHTTPError as e:
-        status = getattr(getattr(e, "response", None), "status_code", None)
-        hint = ("check that you are logged in (`hf auth login` or HF_TOKEN) with write access"
-                if status in (401, 403) else "run the same push again; nothing was half-uploaded")
-        raise TlHubError(f"Pushing '{model_dir}' to '{repo_id}' failed (HTTP {status}); your local folder is unchanged; "
-                         f"{hint}.") from None
+        except HfHubHTTPError as e:
+            status = getattr(getattr(e, "response", None), "status_code", None)
+            hint = ("check that you are logged in (`hf auth login` or HF_TOKEN) with write access"
+                    if status in (401, 403) else "run the same push again; nothing was half-uploaded")
+            raise TlHubError(f"Pushing '{model_dir}' to '{repo_id}' failed (HTTP {status}); your local folder is "
+                             f"unchanged; {hint}.") from None
+        except Exception as e:  # offline mode, connection refused, DNS ...
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise TlHubError(f"Pushing '{model_dir}' to '{repo_id}' failed ({type(e).__name__}: {first}); your local "
+                             "folder is unchanged; check the network (and HF_HUB_OFFLINE / HF_ENDPOINT), then run the "
+                             "same push again.") from None
     return str(getattr(commit, "commit_url", commit))
 
 

@@ -53,8 +53,10 @@ class Classifier:
             raise ModelError(f"'{path}' has no config.json; pass the output folder of `tl-hub train`.")
         try:
             model = AutoModelForImageClassification.from_pretrained(path, use_safetensors=True)
-        except (OSError, ValueError) as e:
-            raise ModelError(f"Could not load the model in '{path}': {str(e).splitlines()[0]}") from None
+        except Exception as e:  # OSError, ValueError, SafetensorError for a damaged file, ...
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ModelError(f"Could not load the model in '{path}' ({type(e).__name__}: {first}); the folder may be "
+                             "damaged: save or download it again.") from None
         info_path = os.path.join(path, INFO_FILE)
         info = read_json(info_path) if os.path.exists(info_path) else {}
         return cls(model, load_image_processor(path), info=info)

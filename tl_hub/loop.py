@@ -109,6 +109,19 @@ def release_prepared(accelerator) -> None:
     accelerator.step = 0
 
 
+def non_finite_error(loss, norm, epoch: int, period: Period, params, config) -> TrainingError:
+    """The error for a non-finite gradient: this step is not applied; says whether an earlier update had already
+    overflowed the weights (possible only with an absurd learning rate), so the message never claims too much."""
+    overflowed = any(not torch.isfinite(p).all() for p in params)
+    state = ("the previous update had already made some weights non-finite (the learning rate is far too high)"
+             if overflowed else "this step was not applied, the weights are those of the last good step")
+    return TrainingError(
+        f"The loss became {loss.item():.4g} (gradient norm {float(norm):.4g}) in epoch {epoch + 1} ({period.name}); "
+        f"{state}; nothing was saved. Lower the learning rate (now {config.lr:g}), check the data for broken images, "
+        "or use bf16 instead of fp16."
+    )
+
+
 def make_optimizer(param_groups: Sequence[dict], lr: float) -> torch.optim.Optimizer:
     """AdamW, fused into one kernel per step where the installed torch supports it for these parameters."""
     try:
@@ -216,12 +229,7 @@ def train_periods(
                         # together if it is not finite; the optimizer step that would spoil the weights never runs
                         norm = accelerator.clip_grad_norm_(trainable, config.max_grad_norm or float("inf"))
                         if norm is not None and not torch.isfinite(torch.as_tensor(norm)):
-                            raise TrainingError(
-                                f"The loss became {loss.item():.4g} (gradient norm {float(norm):.4g}) in epoch "
-                                f"{epoch + 1} ({period.name}); the weights were left as they were after the last good "
-                                f"step. Lower the learning rate (now {config.lr:g}), check the data for broken "
-                                "images, or use bf16 instead of fp16."
-                            )
+                            raise non_finite_error(loss, norm, epoch, period, trainable, config)
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)

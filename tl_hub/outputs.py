@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from typing import Any, Iterator
 
-from .errors import OutputError
+from .errors import ModelError, OutputError
 
 
 def check_output_dir(path: str, overwrite: bool = False) -> None:
@@ -98,5 +98,10 @@ def _json_default(o: Any):
 
 
 def read_json(path: str) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    """Read a JSON file of a model folder; a damaged one is a `ModelError` that names it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(f"'{path}' is not valid JSON ({e}); the folder is damaged: save or download it again.") \
+            from None
