@@ -30,7 +30,7 @@ from tl_hub import (
     ConfigError, DataError, FeatureExtractionRecipe, FineTuneRecipe, ModelError, OutputError, TlHubError,
     TrainingError,
 )
-from tl_hub.data import ImageClassificationDataset, prepare_data, to_rgb
+from tl_hub.data import ImageClassificationDataset, to_rgb
 
 from conftest import COLOURS, colour_dataset, colour_images, write_image_folder
 from test_cli import assert_one_line_error, tl_hub as tl_hub_cli

@@ -8,7 +8,7 @@ import torch
 
 from tl_hub import FeatureExtractionRecipe, FineTuneRecipe, ConfigError
 from tl_hub.backbone import load_backbone
-from tl_hub.features import FeatureStore, HeadModule, _Captured
+from tl_hub.features import HeadModule
 
 from conftest import ARCHITECTURES, COLOURS, colour_dataset, save_tiny_model
 

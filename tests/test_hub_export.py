@@ -26,7 +26,7 @@ def test_export_and_load_round_trip(tiny_model_dir, tmp_path, make, kind, expect
     recipe = make(tiny_model_dir("resnet"))
     recipe.fit(colour_dataset(30), progress=False)
     recipe.save(str(tmp_path / "out"))
-    info = export_for_hub(str(tmp_path / "out"), str(tmp_path / "export"))
+    export_for_hub(str(tmp_path / "out"), str(tmp_path / "export"))
     assert recipe.trained["kind"] == kind
     files = os.listdir(tmp_path / "export")
     assert expect_file in files and "tl_hub.json" in files and "preprocessor_config.json" in files

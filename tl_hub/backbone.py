@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
@@ -251,7 +251,6 @@ class Backbone:
     source: str
     revision: Optional[str] = None
     pretrained: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 def _processor_kwargs() -> dict:

@@ -1,6 +1,6 @@
 """``tl-hub`` command line: a thin layer over the Python API.
 
-    tl-hub train --recipe feature-extraction|fine-tune|scratch --model M --dataset D --output-dir OUT [...]
+    tl-hub train --recipe feature-extraction|fine-tune|lora|scratch --model M --dataset D --output-dir OUT [...]
     tl-hub evaluate OUT --dataset D [--split test]
     tl-hub predict OUT img.jpg [img2.png ...] [--top-k 3]
 

@@ -38,7 +38,7 @@ def target_data(per_class: int, validation: int, seed: int = 1):
     from .demo_data import digits_dataset
 
     train, used = digits_dataset(per_class=per_class, seed=seed)
-    rest, rest_idx = digits_dataset(exclude=used)
+    rest, _ = digits_dataset(exclude=used)
     rng = np.random.default_rng(seed)
     val_rows = np.sort(rng.permutation(len(rest))[:validation])
     test_rows = np.setdiff1d(np.arange(len(rest)), val_rows)

@@ -44,7 +44,7 @@ def export_for_hub(model_dir: str, export_dir: str) -> dict:
     - otherwise: ``tl_hub_head.safetensors`` with exactly the tensors training changed, and ``config.json`` for
       the labels; the base model is fetched at its pinned revision when loading.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     info = _info(model_dir)
     trained = info.get("trained") or {"kind": "full", "state_keys": []}

@@ -1,7 +1,6 @@
 """Fit a FineTuneRecipe and write what each process saw; run under python or accelerate launch."""
 
 import json
-import os
 import sys
 
 import datasets
