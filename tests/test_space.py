@@ -3,7 +3,6 @@ input, and `tl-hub push --space` against the local Hub."""
 
 import json
 import os
-import socket
 import struct
 import tempfile
 import zlib
@@ -19,6 +18,7 @@ from tl_hub import FeatureExtractionRecipe  # noqa: E402
 from tl_hub.space import SpaceApp, build_app, example_images, launch  # noqa: E402
 
 from conftest import colour_dataset  # noqa: E402
+from test_distributed import free_port  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -51,10 +51,7 @@ def files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(model_dir):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = free_port()
     demo = build_app(model_dir, examples=example_images(), max_pixels=1_000_000)
     launch(demo, port=port, block=False, quiet=True)
     yield f"http://127.0.0.1:{port}/"
@@ -187,18 +184,10 @@ def _serve_and_predict(cmd, port, image, env, cwd, timeout=240):
         proc.wait(timeout=30)
 
 
-def _free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def test_tl_hub_serve(model_dir, files, tmp_path):
     import sys
 
-    port = _free_port()
+    port = free_port()
     exe = os.path.join(os.path.dirname(sys.executable), "tl-hub")
     result = _serve_and_predict([exe, "serve", model_dir, "--port", str(port)], port, files["red"],
                                 dict(os.environ), tmp_path)
@@ -209,7 +198,7 @@ def test_space_app_runs_offline_with_the_demo_model(tmp_path):
     """`python spaces/app.py` with no model given: the offline demo's model, made on first use, no network."""
     import sys
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PORT": str(port), "TL_HUB_CACHE": str(tmp_path / "cache")}
     env.pop("MODEL_ID", None)
     result = _serve_and_predict([sys.executable, os.path.join(ROOT, "spaces", "app.py")], port,

@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .errors import ModelError
+from .errors import ModelError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -269,14 +269,9 @@ def load_image_processor(name: str, *, revision: Optional[str] = None, trust_rem
         )
     except (OSError, ValueError, KeyError) as e:
         raise ModelError(
-            f"'{name}' has no usable image processor (preprocessor_config.json): {_first_line(e)}. tl-hub "
+            f"'{name}' has no usable image processor (preprocessor_config.json): {first_line(e)}. tl-hub "
             "preprocesses with the model's own processor; save the processor of the checkpoint next to its weights."
         ) from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def load_config(name: str, *, revision: Optional[str] = None, trust_remote_code: bool = False,
@@ -289,7 +284,7 @@ def load_config(name: str, *, revision: Optional[str] = None, trust_remote_code:
             name, revision=revision, trust_remote_code=trust_remote_code, cache_dir=cache_dir
         )
     except (OSError, ValueError, KeyError) as e:
-        msg = _first_line(e)
+        msg = first_line(e)
         if "trust_remote_code" in str(e):
             raise ModelError(
                 f"'{name}' needs custom code from its repository; pass trust_remote_code=True "
@@ -387,7 +382,7 @@ def load_backbone(
                     "when loaded: pass allow_pickle=True (--allow-pickle) if you trust the source, or convert it "
                     "to safetensors."
                 ) from None
-            raise ModelError(f"Could not load the weights of '{name}' ({type(e).__name__}: {_first_line(e)}); the "
+            raise ModelError(f"Could not load the weights of '{name}' ({type(e).__name__}: {first_line(e)}); the "
                              "file may be damaged: download or save it again.") from None
         finally:
             hf_logging.set_verbosity(verbosity)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .errors import DataError
+from .errors import DataError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -94,9 +94,9 @@ def load_source(source: Any, *, revision: Optional[str] = None, cache_dir: Optio
     try:
         return datasets.load_dataset(path, revision=revision, cache_dir=cache_dir)
     except Exception as e:  # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ConnectionError)
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise DataError(
-            f"Could not load dataset '{path}': not a local folder, and loading it from the Hub failed ({first}). "
+            f"Could not load dataset '{path}': not a local folder, and loading it from the Hub failed "
+            f"({first_line(e)}). "
             "Check the path or id (offline? set HF_DATASETS_OFFLINE=0 and check the network)."
         ) from None
 

@@ -6,6 +6,12 @@ and what to do.  The CLI prints it as one line, without a traceback.
 """
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty), for one-line errors."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 class TlHubError(Exception):
     """An error caused by user input; the message names the problem and the fix."""
 

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from typing import Optional
 
-from .errors import ModelError, TlHubError
+from .errors import ModelError, TlHubError, first_line
 from .outputs import read_json, write_json
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def _resolve(repo_or_dir: str, revision: Optional[str], token=None, cache_dir: O
         raise ModelError(f"'{repo_or_dir}' is neither a local folder nor a model repository on the Hub (or it is "
                          "private: log in or set HF_TOKEN).") from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
-        raise ModelError(f"Could not download '{repo_or_dir}': {str(e).splitlines()[0]}") from None
+        raise ModelError(f"Could not download '{repo_or_dir}': {first_line(e)}") from None
 
 
 def load(repo_or_dir: str, *, revision: Optional[str] = None, token=None, cache_dir: Optional[str] = None):
@@ -282,10 +282,9 @@ def push_to_hub(model_dir: str, repo_id: str, *, private: Optional[bool] = None,
             raise TlHubError(f"Pushing '{model_dir}' to '{repo_id}' failed (HTTP {status}); your local folder is "
                              f"unchanged; {hint}.") from None
         except Exception as e:  # offline mode, connection refused, DNS ...
-            first = (str(e).strip().splitlines() or [""])[0]
-            raise TlHubError(f"Pushing '{model_dir}' to '{repo_id}' failed ({type(e).__name__}: {first}); your local "
-                             "folder is unchanged; check the network (and HF_HUB_OFFLINE / HF_ENDPOINT), then run the "
-                             "same push again.") from None
+            raise TlHubError(f"Pushing '{model_dir}' to '{repo_id}' failed ({type(e).__name__}: {first_line(e)}); "
+                             "your local folder is unchanged; check the network (and HF_HUB_OFFLINE / "
+                             "HF_ENDPOINT), then run the same push again.") from None
     return str(getattr(commit, "commit_url", commit))
 
 

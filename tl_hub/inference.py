@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .data import as_images, is_single_image
-from .errors import ModelError
+from .errors import ModelError, first_line
 from .outputs import read_json
 
 INFO_FILE = "tl_hub.json"
@@ -54,9 +54,8 @@ class Classifier:
         try:
             model = AutoModelForImageClassification.from_pretrained(path, use_safetensors=True)
         except Exception as e:  # OSError, ValueError, SafetensorError for a damaged file, ...
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise ModelError(f"Could not load the model in '{path}' ({type(e).__name__}: {first}); the folder may be "
-                             "damaged: save or download it again.") from None
+            raise ModelError(f"Could not load the model in '{path}' ({type(e).__name__}: {first_line(e)}); the folder "
+                             "may be damaged: save or download it again.") from None
         info_path = os.path.join(path, INFO_FILE)
         info = read_json(info_path) if os.path.exists(info_path) else {}
         return cls(model, load_image_processor(path), info=info)

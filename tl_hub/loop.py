@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .errors import ConfigError, TrainingError
+from .errors import ConfigError, TrainingError, first_line
 from .metrics import classification_metrics
 from .param_groups import count_parameters, freeze_all_but
 
@@ -65,7 +65,7 @@ def make_accelerator(mixed_precision: str = "no", gradient_accumulation_steps: i
         )
     except ValueError as e:
         raise ConfigError(
-            f"Cannot set up Accelerate with mixed_precision={mixed_precision!r}: {str(e).splitlines()[0]} "
+            f"Cannot set up Accelerate with mixed_precision={mixed_precision!r}: {first_line(e)} "
             "Pass an existing `accelerator=` to fit(), or use the same precision within one process."
         ) from None
 

@@ -241,8 +241,9 @@ class Recipe:
             for ds in epoch_datasets:
                 ds.set_epoch(epoch)
 
+        param_names = {n for n, _ in backbone.model.named_parameters()}
         initial_buffers = {k: v.detach().clone() for k, v in backbone.model.state_dict().items()
-                           if k not in dict(backbone.model.named_parameters())}
+                           if k not in param_names}
         history = train_periods(
             accelerator, backbone.model, periods, train_loader, eval_loader, config=cfg,
             feature_loaders=feature_loaders, on_epoch_start=on_epoch_start, on_period_end=on_period_end,
