@@ -145,7 +145,11 @@ def add_train_arguments(parser: argparse.ArgumentParser, *config_classes: type[T
                         help="Image folder (<class>/<image>), save_to_disk folder or Hub dataset id.")
     parser.add_argument("--validation-dataset", default=None, help="Separate validation data (optional).")
     parser.add_argument("--output-dir", required=True, help="Where to save the trained model.")
-    parser.add_argument("--overwrite", action="store_true", help="Replace an existing non-empty output folder.")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Replace an existing non-empty output folder and delete an earlier run's checkpoints.")
+    parser.add_argument("--resume-from-checkpoint", default=None, metavar="latest|PATH",
+                        help="Continue an interrupted run from its newest checkpoint in --checkpoint-dir ('latest') "
+                             "or from a checkpoint folder, with the same model, data and settings.")
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     add_model_arguments(parser)
     add_config_arguments(parser, *config_classes)
@@ -164,6 +168,8 @@ def recipe_from_args(args: argparse.Namespace):
 
     cls = get_recipe(args.recipe)
     settings = _settings(args)
+    checkpoints = settings.get("checkpoint_dir", args.output_dir.rstrip("/\\") + "-checkpoints")
+    settings["checkpoint_dir"] = None if checkpoints.lower() in ("none", "off", "") else checkpoints
     unused = sorted(set(settings) - cls.config_class.field_names())
     if unused:
         raise ConfigError(
@@ -180,7 +186,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     recipe = recipe_from_args(args)
     check_output_dir(args.output_dir, overwrite=args.overwrite)
-    result = recipe.fit(args.dataset, args.validation_dataset, progress=not args.no_progress)
+    result = recipe.fit(args.dataset, args.validation_dataset, progress=not args.no_progress,
+                        resume_from_checkpoint=args.resume_from_checkpoint, overwrite_checkpoints=args.overwrite)
     recipe.save(args.output_dir, overwrite=args.overwrite)
     if process_state().is_main_process:
         m = result.metrics

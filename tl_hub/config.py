@@ -18,6 +18,9 @@ SCHEDULERS = ("cosine", "linear", "constant")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 BN_POLICIES = ("frozen", "train")
 FEATURE_CACHES = ("disk", "memory", "off")
+# settings that say where and how often things are written, not what is trained: a run resumed with other values
+# of these is the same run, and they are not recorded with the model (they can be machine-local paths)
+RUN_ONLY_SETTINGS = ("num_workers", "feature_cache_dir", "checkpoint_dir", "save_steps", "save_total_limit")
 
 
 def _positive(name: str, value, allow_zero: bool = False) -> None:
@@ -105,10 +108,22 @@ class TrainingConfig:
                   "image, the others augmented (k views cost k encoder passes)."},
     )
 
+    checkpoint_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": "Folder for resumable checkpoints (model, optimizer, LR schedule, RNG and data position), "
+                  "written at every epoch end and every save_steps steps; none: no checkpoints (the CLI "
+                  "defaults to OUTPUT_DIR-checkpoints; pass 'none' to turn them off)."},
+    )
+    save_steps: int = field(
+        default=0, metadata={"help": "Also checkpoint every N optimizer steps within epochs (0: at epoch ends only)."}
+    )
+    save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept; older ones are deleted."})
+
     def __post_init__(self) -> None:
-        for name in ("epochs", "lr", "batch_size", "eval_batch_size", "gradient_accumulation_steps"):
+        for name in ("epochs", "lr", "batch_size", "eval_batch_size", "gradient_accumulation_steps",
+                     "save_total_limit"):
             _positive(name, getattr(self, name))
-        for name in ("weight_decay", "num_workers", "label_smoothing"):
+        for name in ("weight_decay", "num_workers", "label_smoothing", "save_steps"):
             _positive(name, getattr(self, name), allow_zero=True)
         _positive("max_grad_norm", self.max_grad_norm)
         if not 0 <= self.warmup_ratio < 1:
@@ -131,6 +146,11 @@ class TrainingConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def training_settings(self) -> dict[str, Any]:
+        """The settings that decide what is trained (all but `RUN_ONLY_SETTINGS`): recorded with the model and
+        compared when a run resumes from a checkpoint."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUN_ONLY_SETTINGS}
 
     @classmethod
     def field_names(cls) -> set[str]:

@@ -203,6 +203,12 @@ class FeatureStore:
 
     @torch.inference_mode()
     def _compute(self, ds, image_column, label_column, views, augment, what) -> CachedFeatures:
+        """Run the encoder over the data; leaves the global RNG as it was, so that training does not depend on
+        whether the features came from the cache."""
+        with torch.random.fork_rng(devices=[]):
+            return self._compute_views(ds, image_column, label_column, views, augment, what)
+
+    def _compute_views(self, ds, image_column, label_column, views, augment, what) -> CachedFeatures:
         from .data import ImageClassificationDataset, ImageCollator
 
         accelerator = self.accelerator

@@ -10,6 +10,7 @@ new wrapper (``find_unused_parameters=True`` would only hide the problem and slo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .checkpoint import Checkpointer, ResumePoint, TrainingState, load_checkpoint
 from .errors import ConfigError, TrainingError, first_line
 from .metrics import classification_metrics
 from .param_groups import count_parameters, freeze_all_but
@@ -109,15 +111,20 @@ def release_prepared(accelerator) -> None:
     accelerator.step = 0
 
 
-def non_finite_error(loss, norm, epoch: int, period: Period, params, config) -> TrainingError:
-    """The error for a non-finite gradient: this step is not applied; says whether an earlier update had already
-    overflowed the weights (possible only with an absurd learning rate), so the message never claims too much."""
+def non_finite_error(loss, norm, epoch: int, period: Period, params, config,
+                     checkpointer: Optional[Checkpointer] = None) -> TrainingError:
+    """The error for a non-finite gradient or weights: this step is not applied; says whether an earlier update had
+    already overflowed the weights (possible only with an absurd learning rate), so the message never claims too
+    much, and which checkpoint is the last good one."""
     overflowed = any(not torch.isfinite(p).all() for p in params)
     state = ("the previous update had already made some weights non-finite (the learning rate is far too high)"
              if overflowed else "this step was not applied, the weights are those of the last good step")
+    kept = checkpointer.existing() if checkpointer is not None else []
+    saved = (f"the last good checkpoint, {kept[-1][1]}, is kept" if kept
+             else "no model was saved")
     return TrainingError(
         f"The loss became {loss.item():.4g} (gradient norm {float(norm):.4g}) in epoch {epoch + 1} ({period.name}); "
-        f"{state}; nothing was saved. Lower the learning rate (now {config.lr:g}), check the data for broken images, "
+        f"{state}; {saved}. Lower the learning rate (now {config.lr:g}), check the data for broken images, "
         "or use bf16 instead of fp16."
     )
 
@@ -140,7 +147,13 @@ def _scheduler(name: str, optimizer, warmup: int, total: int):
 @torch.inference_mode()
 def evaluate_loader(accelerator, model: nn.Module, loader, *, progress: bool = False) -> dict:
     """Loss, accuracy and macro-F1 over a prepared loader, gathered across processes (duplicates from
-    uneven last batches removed by ``gather_for_metrics``)."""
+    uneven last batches removed by ``gather_for_metrics``).  The global RNG is left as it was (the loader draws
+    from it), so evaluating does not change the training that follows."""
+    with torch.random.fork_rng(devices=[]):
+        return _evaluate(accelerator, model, loader, progress)
+
+
+def _evaluate(accelerator, model: nn.Module, loader, progress: bool) -> dict:
     model.eval()
     preds, refs, losses = [], [], []
     for batch in tqdm(loader, desc="eval", leave=False, disable=not (progress and accelerator.is_local_main_process)):
@@ -166,6 +179,8 @@ def train_periods(
     on_epoch_start: Optional[Callable[[int], None]] = None,
     on_period_end: Optional[Callable[[Period, nn.Module, Any], None]] = None,
     progress: bool = True,
+    checkpointer: Optional[Checkpointer] = None,
+    resume: Optional[ResumePoint] = None,
 ) -> list[dict]:
     """Run ``periods`` in order; return the per-epoch history.
 
@@ -178,16 +193,22 @@ def train_periods(
             periods marked ``features`` (the head module shares its parameters with ``model``).
         config: a `TrainingConfig` (scheduler, warmup, weight decay, clipping, label smoothing).
         on_epoch_start: called with the global epoch index before each epoch (e.g. to reseed augmentation).
-        on_period_end: called as ``(period, model, optimizer)`` after each period's last epoch.
+        on_period_end: called as ``(period, model, optimizer)`` after the last epoch of each period that ends
+            in this call.
+        checkpointer: saves a checkpoint at every epoch end and every ``save_steps`` optimizer steps.
+        resume: a checkpoint of this same run to continue from (see `tl_hub.checkpoint`): the periods before
+            its period are skipped, its state is loaded into the period's prepared objects and training goes on
+            from its epoch and batch.
 
     Returns:
         `list[dict]`: one record per epoch with ``epoch``, ``period``, ``train_loss``, ``loss``, ``accuracy``,
         ``f1``, ``lr``, ``seconds``, ``train_images_per_second`` and the trainable/frozen parameter counts.
     """
-    history: list[dict] = []
-    epoch = 0
-    for period in periods:
-        if period.epochs <= 0:
+    state = TrainingState(history=[]) if resume is None else dataclasses.replace(
+        resume.state, history=list(resume.state.history))
+    epoch = sum(p.epochs for p in periods[:state.period] if p.epochs > 0) + state.period_epoch
+    for index, period in enumerate(periods):
+        if period.epochs <= 0 or index < state.period:
             continue
         freeze_all_but(model, period.param_groups)
         counts = count_parameters(model)
@@ -208,17 +229,28 @@ def train_periods(
             module, optimizer, period_train, period_eval, scheduler
         )
         trainable = [p for p in model.parameters() if p.requires_grad]
-        for _ in range(period.epochs):
+        if resume is not None and index == resume.state.period:
+            load_checkpoint(accelerator, resume)
+            if accelerator.is_main_process:
+                logger.info("Resumed from %s: period '%s', epoch %d, %d batches into it, step %d", resume.path,
+                            period.name, epoch + 1, state.batches, state.step)
+        else:
+            state.period, state.period_epoch, state.batches = index, 0, 0
+        for _ in range(state.period_epoch, period.epochs):
             if on_epoch_start is not None:
                 on_epoch_start(epoch)
             train_dl.set_epoch(epoch)
             set_train_mode(module, ())
             set_train_mode(model, period.eval_modules)
             start = time.perf_counter()
-            loss_sum = torch.zeros((), dtype=torch.float64)
-            seen = torch.zeros((), dtype=torch.float64)
-            bar = tqdm(train_dl, desc=f"epoch {epoch + 1} [{period.name}]", leave=False,
-                       disable=not (progress and accelerator.is_local_main_process))
+            # the running loss of the epoch; a resumed epoch starts from the checkpoint's (counted once, on main)
+            own = accelerator.is_main_process and state.batches
+            loss_sum = torch.tensor(state.loss_sum if own else 0.0, dtype=torch.float64)
+            seen = torch.tensor(state.seen if own else 0.0, dtype=torch.float64)
+            skipped, carried = state.batches, (state.seen if state.batches else 0.0)
+            batches = accelerator.skip_first_batches(train_dl, skipped) if skipped else train_dl
+            bar = tqdm(batches, desc=f"epoch {epoch + 1} [{period.name}]", leave=False, initial=skipped,
+                       total=len(train_dl), disable=not (progress and accelerator.is_local_main_process))
             for batch in bar:
                 with accelerator.accumulate(wrapped):
                     logits = forward_logits(wrapped, batch).float()
@@ -229,13 +261,22 @@ def train_periods(
                         # together if it is not finite; the optimizer step that would spoil the weights never runs
                         norm = accelerator.clip_grad_norm_(trainable, config.max_grad_norm or float("inf"))
                         if norm is not None and not torch.isfinite(torch.as_tensor(norm)):
-                            raise non_finite_error(loss, norm, epoch, period, trainable, config)
+                            raise non_finite_error(loss, norm, epoch, period, trainable, config, checkpointer)
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                 n = batch["labels"].shape[0]
                 loss_sum += loss.detach().double().cpu() * n
                 seen += n
+                state.batches += 1
+                if accelerator.sync_gradients:
+                    state.step += 1
+                    # a step checkpoint at the end of the epoch would duplicate the epoch-end one that follows
+                    if (checkpointer is not None and checkpointer.due(state.step)
+                            and not accelerator.gradient_state.end_of_dataloader):
+                        totals = accelerator.reduce(torch.stack([loss_sum, seen]).to(accelerator.device), "sum")
+                        state.loss_sum, state.seen = (float(v) for v in totals.cpu())
+                        _save(checkpointer, accelerator, state, trainable, loss, epoch, period, config)
                 if not bar.disable:
                     bar.set_postfix(loss=f"{loss.item():.4f}")
             totals = accelerator.reduce(torch.stack([loss_sum, seen]).to(accelerator.device), "sum").cpu()
@@ -248,11 +289,11 @@ def train_periods(
                 **metrics,
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - start,
-                "train_images_per_second": float(totals[1]) / train_seconds if train_seconds > 0 else None,
+                "train_images_per_second": (float(totals[1]) - carried) / train_seconds if train_seconds > 0 else None,
                 "trainable_params": counts["trainable"],
                 "frozen_params": counts["frozen"],
             }
-            history.append(record)
+            state.history.append(record)
             if accelerator.is_main_process:
                 logger.info(
                     "epoch %d [%s] train_loss %.4f  eval_loss %.4f  accuracy %.4f  f1 %.4f  (%.1fs)",
@@ -260,10 +301,22 @@ def train_periods(
                     record["f1"], record["seconds"],
                 )
             epoch += 1
+            state.period_epoch += 1
+            state.batches, state.loss_sum, state.seen = 0, 0.0, 0.0
+            if checkpointer is not None:
+                _save(checkpointer, accelerator, state, trainable, loss, epoch - 1, period, config)
         accelerator.wait_for_everyone()
         if on_period_end is not None:
             on_period_end(period, model, optimizer)
         accelerator.unwrap_model(wrapped, keep_fp32_wrapper=False)  # undo the mixed-precision forward patch
         release_prepared(accelerator)  # drop wrappers; the next period re-prepares with its own trainable set
     model.eval()
-    return history
+    return state.history
+
+
+def _save(checkpointer: Checkpointer, accelerator, state: TrainingState, trainable, loss, epoch: int,
+          period: Period, config) -> None:
+    """Checkpoint, unless an absurd update has made weights non-finite: the checkpoints on disk stay good ones."""
+    if any(not torch.isfinite(p).all() for p in trainable):
+        raise non_finite_error(loss, float("nan"), epoch, period, trainable, config, checkpointer)
+    checkpointer.save(accelerator, state)

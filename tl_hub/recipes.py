@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ import torch
 
 from . import __version__
 from .backbone import BATCHNORM_TYPES, Backbone, load_backbone
+from .checkpoint import Checkpointer, check_same_run, read_checkpoint, resolve_checkpoint
 from .config import FeatureExtractionConfig, FineTuneConfig, LoRAConfig, ScratchConfig, TrainingConfig
 from .data import ImageClassificationDataset, ImageCollator, PreparedData, prepare_data
 from .errors import ConfigError, TlHubError
@@ -188,7 +190,8 @@ class Recipe:
         return head, train_loader, eval_loader
 
     def fit(self, train: Any, validation: Any = None, *, accelerator=None, progress: bool = True,
-            on_period_end=None) -> FitResult:
+            on_period_end=None, resume_from_checkpoint: Optional[str] = None,
+            overwrite_checkpoints: bool = False) -> FitResult:
         """Train on ``train`` and evaluate on ``validation`` after every epoch.
 
         Args:
@@ -199,6 +202,10 @@ class Recipe:
             accelerator (*optional*): an ``accelerate.Accelerator`` to use (default: one made from the config).
             progress (`bool`): show progress bars (main process only).
             on_period_end (*optional*): called as ``(period, model, optimizer)`` when a period ends.
+            resume_from_checkpoint (*optional*): ``"latest"`` (the newest checkpoint in ``checkpoint_dir``) or the
+                path of a checkpoint: continue that interrupted run of this same recipe, data and settings.
+            overwrite_checkpoints (`bool`): a fresh run may delete the checkpoints an earlier run left in
+                ``checkpoint_dir`` (refused otherwise, so that they are not lost by mistake).
 
         Returns:
             `FitResult`
@@ -211,6 +218,17 @@ class Recipe:
         )
         check_batch_size(cfg.batch_size, accelerator.num_processes)
         check_batch_size(cfg.eval_batch_size, accelerator.num_processes, "eval_batch_size")
+        checkpointer = (Checkpointer(cfg.checkpoint_dir, save_steps=cfg.save_steps, keep=cfg.save_total_limit)
+                        if cfg.checkpoint_dir else None)
+        resume = None
+        if resume_from_checkpoint:
+            resume = read_checkpoint(resolve_checkpoint(resume_from_checkpoint, cfg.checkpoint_dir))
+        elif checkpointer is not None and checkpointer.existing() and not overwrite_checkpoints:
+            raise ConfigError(
+                f"'{checkpointer.directory}' holds checkpoints of an earlier run; resume it with "
+                "resume_from_checkpoint='latest' (--resume-from-checkpoint latest), or start again with "
+                "overwrite_checkpoints=True (--overwrite), which deletes them."
+            )
         set_seed(cfg.seed)
         with accelerator.main_process_first():
             data = prepare_data(
@@ -244,10 +262,19 @@ class Recipe:
         param_names = {n for n, _ in backbone.model.named_parameters()}
         initial_buffers = {k: v.detach().clone() for k, v in backbone.model.state_dict().items()
                            if k not in param_names}
+        if checkpointer is not None or resume is not None:
+            run = self._run_identity(backbone, data, accelerator.num_processes)
+            if resume is not None:
+                check_same_run(resume, run)
+            elif accelerator.is_main_process:
+                checkpointer.clear()  # only reached with overwrite_checkpoints
+            accelerator.wait_for_everyone()
+            if checkpointer is not None:
+                checkpointer.run = run
         history = train_periods(
             accelerator, backbone.model, periods, train_loader, eval_loader, config=cfg,
             feature_loaders=feature_loaders, on_epoch_start=on_epoch_start, on_period_end=on_period_end,
-            progress=progress,
+            progress=progress, checkpointer=checkpointer, resume=resume,
         )
         self.trained = trained_state(backbone.model, backbone.parts, periods, initial_buffers)
         self.classifier = Classifier(backbone.model, backbone.processor, data.labels,
@@ -258,6 +285,19 @@ class Recipe:
                                 data_summary=data.summary(),
                                 extra={"periods": [{"name": p.name, "epochs": p.epochs, **p.info} for p in periods]})
         return self.result
+
+    def _run_identity(self, backbone: Backbone, data: PreparedData, num_processes: int) -> dict:
+        """What makes a run the same run: recorded in its checkpoints and compared when resuming (as JSON)."""
+        run = {
+            "recipe": self.name,
+            "model": self.model_name,
+            "revision": backbone.revision or self.revision,
+            "settings": self.config.training_settings(),
+            "labels": list(data.labels),
+            "data": {"train": _fingerprint(data.train), "validation": _fingerprint(data.validation)},
+            "processes": num_processes,
+        }
+        return json.loads(json.dumps(run, default=str))
 
     def _require_fitted(self) -> None:
         if self.classifier is None:
@@ -296,7 +336,7 @@ class Recipe:
             "base_model": self.model_name,
             "base_model_revision": self.backbone.revision or self.revision,
             "pretrained": self.pretrained,
-            "settings": self.config.to_dict(),
+            "settings": self.config.training_settings(),
             "labels": self.data.labels,
             "image_column": self.data.image_column,
             "label_column": self.data.label_column,
@@ -360,6 +400,11 @@ def trained_state(model: torch.nn.Module, parts, periods: Sequence[Period], init
     else:
         kind = "partial"
     return {"kind": kind, "state_keys": sorted(trained) + sorted(buffers)}
+
+
+def _fingerprint(dataset: Any) -> str:
+    """A ``datasets`` fingerprint with the size: the same files and split give the same value in every run."""
+    return f"{getattr(dataset, '_fingerprint', type(dataset).__name__)}/{len(dataset)}"
 
 
 def _dataset_name(source: Any) -> Optional[str]:

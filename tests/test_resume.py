@@ -1,0 +1,154 @@
+"""Kill training with SIGKILL at different points, resume with ``--resume-from-checkpoint latest``, and end with
+exactly the uninterrupted run's metrics and a loadable model.
+
+The run: fine-tune (2 head epochs on cached features, 2 fine-tune epochs), a ViT with dropout (so the RNG state
+matters), augmentation on, 48 training images in batches of 8 with 2-step gradient accumulation: 3 optimizer
+steps per epoch, 12 in all.  Checkpoints every 2 steps and at epoch ends, 2 kept: steps 2, 3 | 4, 6 | 8, 9 | 10, 12
+(``|`` = epoch end; the head -> fine-tune change is after step 6).
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import write_image_folder
+from test_distributed import free_port
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "kill_train.py")
+KEYS = ("train_loss", "loss", "accuracy", "f1")
+
+
+def train_args(model, data, out):
+    return ["--recipe", "fine-tune", "--model", model, "--dataset", data, "--output-dir", out,
+            "--epochs", "4", "--head-epochs", "2", "--lr", "3e-3", "--batch-size", "8", "--eval-batch-size", "12",
+            "--gradient-accumulation-steps", "2", "--save-steps", "2", "--save-total-limit", "2", "--seed", "3",
+            "--no-progress"]
+
+
+def run(point, model, data, out, extra=(), expect=0):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, SCRIPT, point, "--", *train_args(model, data, out), *extra], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == expect, (point, proc.returncode, proc.stdout[-2000:], proc.stderr[-4000:])
+    return proc
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    root = tmp_path_factory.mktemp("resume")
+    model = str(root / "vit-dropout")
+    torch.manual_seed(0)
+    ViTForImageClassification(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                        intermediate_size=64, image_size=32, patch_size=8, hidden_dropout_prob=0.2,
+                                        num_labels=5)).save_pretrained(model)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(model)
+    data = write_image_folder(root / "images", n=60)
+    reference = str(root / "reference")
+    run("none", model, data, reference)
+    return model, data, root, reference
+
+
+def outputs(out):
+    history = json.load(open(os.path.join(out, "history.json")))
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    return history, metrics
+
+
+def probabilities(out, data):
+    import tl_hub
+
+    classifier = tl_hub.load(out)
+    images = sorted(os.path.join(d, f) for d, _, fs in os.walk(data) for f in fs)[:12]
+    return np.array(classifier.predict_proba(images))
+
+
+def assert_same_run(out, reference, data):
+    history, metrics = outputs(out)
+    ref_history, ref_metrics = outputs(reference)
+    assert [(h["epoch"], h["period"]) for h in history] == [(h["epoch"], h["period"]) for h in ref_history]
+    for h, r in zip(history, ref_history):
+        for key in KEYS:
+            assert h[key] == pytest.approx(r[key], abs=1e-6), (key, h["epoch"])
+    for key in ("accuracy", "f1", "loss"):
+        assert metrics["validation"][key] == pytest.approx(ref_metrics["validation"][key], abs=1e-6)
+    np.testing.assert_allclose(probabilities(out, data), probabilities(reference, data), atol=1e-6)
+
+
+def names(folder):
+    return sorted(os.listdir(folder))
+
+
+# point -> what the checkpoint folder holds after the kill
+KILLS = {
+    "step:5": ["checkpoint-3", "checkpoint-4"],  # mid-epoch 2 (head period, cached features), after a step save
+    "step:11": ["checkpoint-10", "checkpoint-9"],  # mid-epoch 4 (fine-tune), one step after a step checkpoint
+    "write:6": [".checkpoint-9.tmp", "checkpoint-6", "checkpoint-8"],  # writing the epoch-3 checkpoint
+    "period-change": ["checkpoint-4", "checkpoint-6"],  # head period done and saved, fine-tune not started
+    "rotate:1": [".checkpoint-2.deleting", "checkpoint-3", "checkpoint-4"],  # deleting the oldest checkpoint
+    "final-save": ["checkpoint-10", "checkpoint-12"],  # training done, model folder half-written
+}
+
+
+@pytest.mark.parametrize("point", list(KILLS))
+def test_sigkill_then_resume_ends_like_the_uninterrupted_run(setup, point):
+    model, data, root, reference = setup
+    out = str(root / f"out-{point.replace(':', '-')}")
+    checkpoints = out + "-checkpoints"
+    run(point, model, data, out, expect=-signal.SIGKILL)
+    assert names(checkpoints) == sorted(KILLS[point])
+    if point == "write:6":  # the interrupted write left only a hidden temporary folder, without optimizer state
+        assert "optimizer.bin" not in os.listdir(os.path.join(checkpoints, ".checkpoint-9.tmp"))
+    assert not os.path.exists(out)  # nothing half-written under the output name
+
+    run("none", model, data, out, extra=["--resume-from-checkpoint", "latest"])
+    assert_same_run(out, reference, data)
+    assert names(checkpoints) == ["checkpoint-10", "checkpoint-12"]  # stale temporaries removed, 2 kept
+    assert names(checkpoints) == names(reference + "-checkpoints")
+
+
+def test_resume_from_an_explicit_checkpoint_path(setup):
+    model, data, root, reference = setup
+    out = str(root / "out-path")
+    run("step:9", model, data, out, expect=-signal.SIGKILL)
+    # the checkpoint at the end of the head period, named by path (not the newest one)
+    run("none", model, data, out, extra=["--resume-from-checkpoint", out + "-checkpoints/checkpoint-6"])
+    assert_same_run(out, reference, data)
+
+
+def test_two_processes_killed_and_resumed(setup):
+    """Under ``accelerate launch`` with 2 processes: both die at step 8; the resumed 2-process run ends with the
+    metrics of an uninterrupted 2-process run (each process draws its own dropout masks, so that is the reference;
+    every process's RNG state is in the checkpoint)."""
+    model, data, root, _ = setup
+    out, reference = str(root / "out-ddp"), str(root / "reference-ddp")
+    accelerate = shutil.which("accelerate") or os.path.join(os.path.dirname(sys.executable), "accelerate")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+
+    def launch(point, out, extra=()):
+        cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no",
+               SCRIPT, point, "--", *train_args(model, data, out), *extra]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+    uninterrupted = launch("none", reference)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-4000:]
+    killed = launch("step:8", out)
+    assert killed.returncode != 0
+    assert names(out + "-checkpoints") == ["checkpoint-4", "checkpoint-6"]
+    state = json.load(open(os.path.join(out + "-checkpoints", "checkpoint-6", "tl_hub_state.json")))
+    assert state["run"]["processes"] == 2  # it really ran with two processes
+    for rank in (0, 1):
+        assert os.path.exists(os.path.join(out + "-checkpoints", "checkpoint-6", f"random_states_{rank}.pkl"))
+
+    resumed = launch("none", out, ["--resume-from-checkpoint", "latest"])
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert_same_run(out, reference, data)
