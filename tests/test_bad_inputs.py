@@ -492,7 +492,8 @@ def test_nan_loss_is_a_training_error(tiny_model_dir):
     recipe = FeatureExtractionRecipe(tiny_model_dir("vit"), **{**FAST, "epochs": 2}, lr=1e30, max_grad_norm=None)
     with pytest.raises(TrainingError) as info:
         recipe.fit(colour_dataset(48), progress=False)
-    assert "The loss became nan" in str(info.value) and "Lower the learning rate (now 1e+30)" in str(info.value)
+    assert "Training diverged in epoch" in str(info.value) and "the loss or its gradient is not finite" in \
+        str(info.value) and "Lower the learning rate (now 1e+30)" in str(info.value)
     # the message tells the truth about the weights: untouched by the bad step, or already overflowed by an
     # absurd update before it (lr=1e30 with weight decay does that here)
     broken = [n for n, p in recipe.backbone.model.named_parameters() if not torch.isfinite(p).all()]
@@ -507,8 +508,158 @@ def test_nan_loss_through_the_cli_writes_nothing(tiny_model_dir, tmp_path, image
     proc = run_main(capsys, "train", "--recipe", "feature-extraction", "--model", tiny_model_dir("vit"), "--dataset",
                     image_folder, "--output-dir", out, "--no-progress", "--no-augment", "--epochs", "2",
                     "--lr", "1e30", "--max-grad-norm", "none")
-    assert_one_line_error(proc, "The loss became nan", "Lower the learning rate")
+    assert_one_line_error(proc, "Training diverged in epoch 1", "is not finite", "Lower the learning rate")
     assert not out.exists() and temp_leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Checkpoints and resuming
+
+
+@pytest.fixture(scope="module")
+def checkpointed(tiny_model_dir, tmp_path_factory):
+    """A finished 2-epoch run that left its checkpoints: (model, data, checkpoint folder, settings)."""
+    root = tmp_path_factory.mktemp("checkpointed")
+    data = datasets.DatasetDict({"train": colour_dataset(48, seed=1), "validation": colour_dataset(15, seed=2)})
+    data.save_to_disk(str(root / "data"))
+    settings = {**FAST, "epochs": 2, "checkpoint_dir": str(root / "ck")}
+    FeatureExtractionRecipe(tiny_model_dir("vit"), **settings).fit(str(root / "data"), progress=False)
+    assert sorted(os.listdir(root / "ck")) == ["checkpoint-3", "checkpoint-6"]
+    return tiny_model_dir("vit"), str(root / "data"), str(root / "ck"), settings
+
+
+def copied_checkpoints(checkpointed, tmp_path):
+    model, data, ck, settings = checkpointed
+    copy = str(tmp_path / "ck")
+    shutil.copytree(ck, copy)
+    return model, data, copy, {**settings, "checkpoint_dir": copy}
+
+
+def test_resume_latest_without_checkpoints_is_a_config_error(tiny_model_dir, tmp_path, image_folder, capsys):
+    out = tmp_path / "out"
+    proc = run_main(capsys, "train", "--recipe", "feature-extraction", "--model", tiny_model_dir("vit"), "--dataset",
+                    image_folder, "--output-dir", out, "--resume-from-checkpoint", "latest")
+    assert_one_line_error(proc, f"There is no complete checkpoint in '{out}-checkpoints'",
+                          "start the run without resume_from_checkpoint")
+    assert not out.exists()
+
+
+def test_resume_latest_without_a_checkpoint_dir_in_python(tiny_model_dir):
+    with pytest.raises(ConfigError, match="'latest' needs checkpoint_dir"):
+        FeatureExtractionRecipe(tiny_model_dir("vit"), **FAST).fit(colour_dataset(12), resume_from_checkpoint="latest")
+
+
+@pytest.mark.parametrize("make,fragment", [
+    (lambda tmp: str(tmp / "nowhere"), "does not exist; pass 'latest' or the path of a checkpoint-N folder"),
+    (lambda tmp: str(tmp), "is not a tl-hub checkpoint (no tl_hub_state.json) and holds none"),
+], ids=["missing-path", "not-a-checkpoint"])
+def test_resume_from_a_path_that_is_no_checkpoint(tiny_model_dir, tmp_path, make, fragment):
+    with pytest.raises(ConfigError) as info:
+        FeatureExtractionRecipe(tiny_model_dir("vit"), **FAST).fit(colour_dataset(12),
+                                                                    resume_from_checkpoint=make(tmp_path))
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("change,fragment", [
+    ({"lr": 2e-3}, "settings.lr: 0.001 -> 0.002"),
+    ({"seed": 1}, "settings.seed: 0 -> 1"),
+    ({"data": "other"}, "data.train: "),
+], ids=["other-lr", "other-seed", "other-data"])
+def test_resume_of_a_different_run_is_refused_and_names_the_difference(checkpointed, tmp_path, change, fragment):
+    model, data, ck, settings = copied_checkpoints(checkpointed, tmp_path)
+    if change.pop("data", None):
+        other = tmp_path / "other"
+        datasets.DatasetDict({"train": colour_dataset(48, seed=5), "validation": colour_dataset(15, seed=2)}) \
+            .save_to_disk(str(other))
+        data = str(other)
+    before = tree(ck)
+    with pytest.raises(ConfigError) as info:
+        FeatureExtractionRecipe(model, **{**settings, **change}).fit(data, progress=False,
+                                                                     resume_from_checkpoint="latest")
+    assert "was written by a different run" in str(info.value) and fragment in str(info.value)
+    assert tree(ck) == before
+
+
+def test_a_fresh_run_does_not_delete_an_earlier_runs_checkpoints(checkpointed, tmp_path, capsys):
+    model, data, ck, settings = copied_checkpoints(checkpointed, tmp_path)
+    before = tree(ck)
+    out = tmp_path / "out"
+    proc = run_main(capsys, "train", "--recipe", "feature-extraction", "--model", model, "--dataset", data,
+                    "--output-dir", out, "--checkpoint-dir", ck, "--no-progress")
+    assert_one_line_error(proc, "holds checkpoints of an earlier run", "--resume-from-checkpoint latest", "--overwrite")
+    assert tree(ck) == before and not out.exists()
+    # --overwrite starts again: the old checkpoints go, the new run's come
+    proc = run_main(capsys, "train", "--recipe", "feature-extraction", "--model", model, "--dataset", data,
+                    "--output-dir", out, "--checkpoint-dir", ck, "--no-progress", "--overwrite", "--epochs", "1",
+                    "--batch-size", "48")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(ck)) == ["checkpoint-1"]
+
+
+def _truncate_optimizer(ck):
+    path = os.path.join(ck, "checkpoint-6", "optimizer.bin")
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+
+
+def _bad_state(ck):
+    open(os.path.join(ck, "checkpoint-6", "tl_hub_state.json"), "w").write("{not json")
+
+
+def _missing_weights(ck):
+    os.remove(os.path.join(ck, "checkpoint-6", "model.safetensors"))
+
+
+@pytest.mark.parametrize("damage,fragment", [
+    (_truncate_optimizer, "cannot be loaded"),
+    (_bad_state, "is not valid JSON"),
+    (_missing_weights, "cannot be loaded"),
+], ids=["truncated-optimizer", "invalid-state-json", "missing-weights"])
+def test_resume_from_a_damaged_checkpoint_is_one_clear_error(checkpointed, tmp_path, capsys, damage, fragment):
+    model, data, ck, settings = copied_checkpoints(checkpointed, tmp_path)
+    damage(ck)
+    out = tmp_path / "out"
+    proc = run_main(capsys, "train", "--recipe", "feature-extraction", "--model", model, "--dataset", data,
+                    "--output-dir", out, "--checkpoint-dir", ck, "--no-progress", "--no-augment", "--epochs", "2",
+                    "--batch-size", "16", "--eval-batch-size", "32", "--seed", "0", "--feature-cache", "memory",
+                    "--resume-from-checkpoint", "latest")
+    assert_one_line_error(proc, os.path.join(ck, "checkpoint-6"), fragment)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("settings,fragment", [
+    ({"save_total_limit": 0}, "`save_total_limit` should be positive"),
+    ({"save_steps": -1}, "`save_steps` should be >= 0"),
+], ids=["keep-0", "save-steps-negative"])
+def test_bad_checkpoint_settings(tiny_model_dir, settings, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        FeatureExtractionRecipe(tiny_model_dir("vit"), **settings)
+
+
+def test_checkpoint_dir_that_is_a_file_is_refused_and_kept(tiny_model_dir, tmp_path):
+    target = tmp_path / "notes"
+    target.write_text("mine")
+    with pytest.raises(ConfigError, match="is a file; pass a folder path"):
+        FeatureExtractionRecipe(tiny_model_dir("vit"), **FAST, checkpoint_dir=str(target)).fit(colour_dataset(12))
+    assert target.read_text() == "mine"
+
+
+def test_nan_loss_keeps_the_last_good_checkpoint(tiny_model_dir, tmp_path):
+    """The head period trains and checkpoints; fine-tuning at an absurd LR turns the loss NaN: training stops, the
+    message names the newest checkpoint, which holds only finite weights and loads for resuming."""
+    from safetensors.torch import load_file
+
+    ck = tmp_path / "ck"
+    recipe = FineTuneRecipe(tiny_model_dir("vit"), **{**FAST, "epochs": 3}, head_epochs=1, head_lr=1e-2, lr=1e30,
+                            max_grad_norm=None, checkpoint_dir=str(ck))
+    with pytest.raises(TrainingError) as info:
+        recipe.fit(colour_dataset(48), progress=False)
+    kept = sorted(os.listdir(ck))
+    assert kept and all(name.startswith("checkpoint-") for name in kept)
+    assert f"the last good checkpoint, {ck / kept[-1]}, is kept" in str(info.value)
+    for name in kept:
+        weights = load_file(str(ck / name / "model.safetensors"))
+        assert all(torch.isfinite(t).all() for t in weights.values())
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -143,3 +143,24 @@ def test_unreadable_cache_file_is_recomputed(tiny_model_dir, tmp_path):
         (tmp_path / "cache" / f).write_bytes(b"garbage")
     _, counts = fit_counting(FeatureExtractionRecipe(tiny_model_dir("vit"), **kwargs), data, val)
     assert counts == {"head": 45}
+
+
+def test_a_warm_cache_gives_the_same_run_as_a_cold_one(tmp_path):
+    """Computing features must not move the RNG that training draws from (dropout in fine-tuning here); otherwise a
+    run would depend on whether its features came from the cache, and a resumed run could not match."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    model = str(tmp_path / "vit-dropout")
+    torch.manual_seed(0)
+    ViTForImageClassification(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                        intermediate_size=64, image_size=32, patch_size=8,
+                                        hidden_dropout_prob=0.3)).save_pretrained(model)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(model)
+    runs = []
+    for _ in range(2):
+        recipe = FineTuneRecipe(model, head_epochs=1, epochs=3, feature_cache_dir=str(tmp_path / "cache"), **FAST)
+        runs.append(recipe.fit(colour_dataset(48, seed=1), colour_dataset(15, seed=2), progress=False).history)
+        computed = recipe.feature_store.computed_examples
+    assert computed == 0  # the second run read every feature from the cache
+    assert [h["train_loss"] for h in runs[1]] == [h["train_loss"] for h in runs[0]]
+    assert [h["loss"] for h in runs[1]] == [h["loss"] for h in runs[0]]

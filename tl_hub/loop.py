@@ -123,7 +123,8 @@ def non_finite_error(loss, norm, epoch: int, period: Period, params, config,
     saved = (f"the last good checkpoint, {kept[-1][1]}, is kept" if kept
              else "no model was saved")
     return TrainingError(
-        f"The loss became {loss.item():.4g} (gradient norm {float(norm):.4g}) in epoch {epoch + 1} ({period.name}); "
+        f"Training diverged in epoch {epoch + 1} ({period.name}): the loss or its gradient is not finite (loss "
+        f"{loss.item():.4g}, gradient norm {float(norm):.4g}); "
         f"{state}; {saved}. Lower the learning rate (now {config.lr:g}), check the data for broken images, "
         "or use bf16 instead of fp16."
     )
