@@ -124,6 +124,18 @@ def test_resume_from_an_explicit_checkpoint_path(setup):
     assert_same_run(out, reference, data)
 
 
+def test_bf16_run_killed_and_resumed(setup):
+    """Under bf16 autocast: killed mid fine-tune, resumed, equal to an uninterrupted bf16 run."""
+    model, data, root, _ = setup
+    bf16 = ["--mixed-precision", "bf16"]
+    out, reference = str(root / "out-bf16"), str(root / "reference-bf16")
+    run("none", model, data, reference, extra=bf16)
+    run("step:11", model, data, out, extra=bf16, expect=-signal.SIGKILL)
+    run("none", model, data, out, extra=[*bf16, "--resume-from-checkpoint", "latest"])
+    assert json.load(open(os.path.join(out, "tl_hub.json")))["settings"]["mixed_precision"] == "bf16"
+    assert_same_run(out, reference, data)
+
+
 def test_two_processes_killed_and_resumed(setup):
     """Under ``accelerate launch`` with 2 processes: both die at step 8; the resumed 2-process run ends with the
     metrics of an uninterrupted 2-process run (each process draws its own dropout masks, so that is the reference;

@@ -93,3 +93,46 @@ def test_accelerate_configs_parse_and_say_when_to_use_them():
                      "multi_node.yaml": "MULTI_GPU", "one_gpu.yaml": "NO"}
     sbatch = open(os.path.join(root, "..", "slurm", "train.sbatch")).read()
     assert "accelerate launch" in sbatch and "--machine_rank" in sbatch
+
+
+BF16_SCRIPT = """
+import json, sys, torch
+from tl_hub import FineTuneRecipe
+sys.path.insert(0, {tests!r})
+from conftest import colour_dataset
+recipe = FineTuneRecipe({model!r}, head_epochs=1, epochs=3, batch_size=16, lr=1e-2, mixed_precision="bf16",
+                        augment=False, seed=0, feature_cache="memory")
+outputs = set()
+load = recipe.load_backbone
+def hooked(labels):
+    backbone = load(labels)
+    for m in backbone.model.modules():
+        if isinstance(m, torch.nn.Linear):
+            m.register_forward_hook(lambda mod, args, out: outputs.add((mod.training, str(out.dtype))))
+    return backbone
+recipe.load_backbone = hooked
+result = recipe.fit(colour_dataset(60), colour_dataset(30, seed=3), progress=False)
+print(json.dumps({{"outputs": sorted(outputs), "weights": sorted({{str(p.dtype) for p in recipe.backbone.model.parameters()}}),
+                  "accuracy": result.metrics["accuracy"], "precision": recipe.accelerator.mixed_precision}}))
+"""
+
+
+def test_bf16_trains_under_autocast_with_fp32_weights(tiny_model_dir):
+    """bf16 on the CPU (its own process: the precision is fixed once per process): the linear layers compute in
+    bf16 while training, the weights stay fp32, and the model still learns."""
+    code = BF16_SCRIPT.format(tests=os.path.dirname(__file__), model=tiny_model_dir("vit"))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["precision"] == "bf16"
+    assert [True, "torch.bfloat16"] in result["outputs"]
+    assert result["weights"] == ["torch.float32"]
+    assert result["accuracy"] >= 0.8
+
+
+def test_fp16_on_the_cpu_is_refused_instead_of_silently_running_fp32(tiny_model_dir):
+    from tl_hub import ConfigError
+
+    with pytest.raises(ConfigError, match="fp16' needs a GPU.*Use bf16"):
+        FineTuneRecipe(tiny_model_dir("vit"), mixed_precision="fp16", **BASE).fit(colour_dataset(12), progress=False)

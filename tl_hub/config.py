@@ -72,7 +72,10 @@ class TrainingConfig:
     max_grad_norm: Optional[float] = field(default=1.0, metadata={"help": "Gradient clipping norm (none to disable)."})
     label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the cross-entropy loss."})
     seed: int = field(default=42, metadata={"help": "Seed for initialisation, data order, splits and augmentation."})
-    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (needs hardware support)."})
+    mixed_precision: str = field(
+        default="no",
+        metadata={"help": "no, bf16 (recent GPUs and CPUs) or fp16 (GPUs, with loss scaling); weights stay fp32."},
+    )
     image_column: Optional[str] = field(default=None, metadata={"help": "Image column (detected if not given)."})
     label_column: Optional[str] = field(default=None, metadata={"help": "Label column (detected if not given)."})
     validation_size: float = field(

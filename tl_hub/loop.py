@@ -58,6 +58,9 @@ def make_accelerator(mixed_precision: str = "no", gradient_accumulation_steps: i
     so that 1 and N processes see the same batches."""
     from accelerate import Accelerator, DataLoaderConfiguration
 
+    if mixed_precision == "fp16" and (cpu or process_state().device.type == "cpu"):
+        raise ConfigError("mixed_precision='fp16' needs a GPU: on the CPU Accelerate would silently train in fp32. "
+                          "Use bf16 (supported on CPU) or no.")
     try:
         return Accelerator(
             cpu=cpu,
