@@ -476,6 +476,11 @@ def test_bad_setting_in_python_is_a_config_error(tiny_model_dir, make, fragment)
     assert fragment in str(info.value)
 
 
+def test_fp16_on_the_cpu_is_refused_instead_of_silently_running_fp32(tiny_model_dir):
+    with pytest.raises(ConfigError, match="fp16' needs a GPU.*Use bf16"):
+        fit(tiny_model_dir("vit"), colour_dataset(12), mixed_precision="fp16")
+
+
 def test_real_cli_rejects_a_bad_setting_before_loading_anything(tiny_model_dir, tmp_path, image_folder):
     out = tmp_path / "out"
     proc = tl_hub_cli("train", "--recipe", "fine-tune", "--model", tiny_model_dir("vit"), "--dataset", image_folder,

@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 import pytest
 
 from conftest import write_image_folder
@@ -164,3 +165,25 @@ def test_two_processes_killed_and_resumed(setup):
     resumed = launch("none", out, ["--resume-from-checkpoint", "latest"])
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert_same_run(out, reference, data)
+
+
+def test_auto_starts_fresh_then_resumes(tiny_model_dir, tmp_path):
+    """``auto`` (for requeued cluster jobs): no checkpoint -> a fresh run; then the same call resumes the finished
+    run from its last checkpoint and trains nothing more."""
+    import datasets
+
+    from tl_hub import FeatureExtractionRecipe
+    from conftest import colour_dataset
+
+    data = datasets.DatasetDict({"train": colour_dataset(32, seed=1), "validation": colour_dataset(12, seed=2)})
+    settings = dict(epochs=2, batch_size=16, augment=False, seed=0, feature_cache="memory",
+                    checkpoint_dir=str(tmp_path / "ck"))
+    first = FeatureExtractionRecipe(tiny_model_dir("vit"), **settings)
+    first.fit(data, progress=False, resume_from_checkpoint="auto")
+    assert names(tmp_path / "ck") == ["checkpoint-2", "checkpoint-4"]
+    again = FeatureExtractionRecipe(tiny_model_dir("vit"), **settings)
+    again.fit(data, progress=False, resume_from_checkpoint="auto")
+    assert again.result.history == first.result.history  # restored, not retrained
+    assert names(tmp_path / "ck") == ["checkpoint-2", "checkpoint-4"]
+    for a, b in zip(first.backbone.model.parameters(), again.backbone.model.parameters()):
+        assert torch.equal(a, b)

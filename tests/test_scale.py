@@ -130,9 +130,3 @@ def test_bf16_trains_under_autocast_with_fp32_weights(tiny_model_dir):
     assert result["weights"] == ["torch.float32"]
     assert result["accuracy"] >= 0.8
 
-
-def test_fp16_on_the_cpu_is_refused_instead_of_silently_running_fp32(tiny_model_dir):
-    from tl_hub import ConfigError
-
-    with pytest.raises(ConfigError, match="fp16' needs a GPU.*Use bf16"):
-        FineTuneRecipe(tiny_model_dir("vit"), mixed_precision="fp16", **BASE).fit(colour_dataset(12), progress=False)

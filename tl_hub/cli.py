@@ -147,9 +147,10 @@ def add_train_arguments(parser: argparse.ArgumentParser, *config_classes: type[T
     parser.add_argument("--output-dir", required=True, help="Where to save the trained model.")
     parser.add_argument("--overwrite", action="store_true",
                         help="Replace an existing non-empty output folder and delete an earlier run's checkpoints.")
-    parser.add_argument("--resume-from-checkpoint", default=None, metavar="latest|PATH",
+    parser.add_argument("--resume-from-checkpoint", default=None, metavar="latest|auto|PATH",
                         help="Continue an interrupted run from its newest checkpoint in --checkpoint-dir ('latest') "
-                             "or from a checkpoint folder, with the same model, data and settings.")
+                             "or from a checkpoint folder, with the same model, data and settings; 'auto': resume "
+                             "if there is a checkpoint, else start (for requeued cluster jobs).")
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     add_model_arguments(parser)
     add_config_arguments(parser, *config_classes)

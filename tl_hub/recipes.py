@@ -203,7 +203,8 @@ class Recipe:
             progress (`bool`): show progress bars (main process only).
             on_period_end (*optional*): called as ``(period, model, optimizer)`` when a period ends.
             resume_from_checkpoint (*optional*): ``"latest"`` (the newest checkpoint in ``checkpoint_dir``) or the
-                path of a checkpoint: continue that interrupted run of this same recipe, data and settings.
+                path of a checkpoint: continue that interrupted run of this same recipe, data and settings;
+                ``"auto"``: the newest checkpoint if there is one, else a fresh start (for requeued jobs).
             overwrite_checkpoints (`bool`): a fresh run may delete the checkpoints an earlier run left in
                 ``checkpoint_dir`` (refused otherwise, so that they are not lost by mistake).
 
@@ -221,6 +222,10 @@ class Recipe:
         checkpointer = (Checkpointer(cfg.checkpoint_dir, save_steps=cfg.save_steps, keep=cfg.save_total_limit)
                         if cfg.checkpoint_dir else None)
         resume = None
+        if resume_from_checkpoint == "auto":  # e.g. a requeued cluster job: resume if there is anything to resume
+            if checkpointer is None:
+                raise ConfigError("resume_from_checkpoint='auto' needs checkpoint_dir (--checkpoint-dir).")
+            resume_from_checkpoint = "latest" if checkpointer.existing() else None
         if resume_from_checkpoint:
             resume = read_checkpoint(resolve_checkpoint(resume_from_checkpoint, cfg.checkpoint_dir))
         elif checkpointer is not None and checkpointer.existing() and not overwrite_checkpoints:
