@@ -644,7 +644,7 @@ def test_bad_checkpoint_settings(tiny_model_dir, settings, fragment):
 def test_checkpoint_dir_that_is_a_file_is_refused_and_kept(tiny_model_dir, tmp_path):
     target = tmp_path / "notes"
     target.write_text("mine")
-    with pytest.raises(ConfigError, match="is a file; pass a folder path"):
+    with pytest.raises(OutputError, match="Checkpoint path '.*notes' is a file; pass a folder path"):
         FeatureExtractionRecipe(tiny_model_dir("vit"), **FAST, checkpoint_dir=str(target)).fit(colour_dataset(12))
     assert target.read_text() == "mine"
 
@@ -688,6 +688,58 @@ def test_real_cli_output_path_that_is_a_file(tiny_model_dir, tmp_path, image_fol
                       image_folder, "--output-dir", target, "--epochs", "1", "--no-progress")
     assert_one_line_error(proc, str(target), "is a file")
     assert target.read_text() == "my notes" and temp_leftovers(tmp_path) == []
+
+
+def run_unprivileged(*args):
+    """``tl-hub ARGS`` in a forked child that cannot bypass permission bits: as root it first becomes the user
+    'nobody' (uid 65534).  The modules it needs are imported before the fork, since 'nobody' may not read them."""
+    import sys
+
+    from tl_hub.cli import main
+    from tl_hub.loop import make_accelerator
+
+    make_accelerator()  # imports accelerate and sets up its state in the parent
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        rc = 1
+        try:
+            os.close(read_end)
+            sys.stdout = sys.stderr = os.fdopen(write_end, "w")
+            if os.geteuid() == 0:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+            rc = main([str(a) for a in args])
+        except BaseException:  # noqa: BLE001 - shown to the test as the traceback a user would see
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(rc)
+    os.close(write_end)
+    with os.fdopen(read_end) as f:
+        output = f.read()
+    _, status = os.waitpid(pid, 0)
+    return SimpleNamespace(returncode=os.waitstatus_to_exitcode(status), stdout="", stderr=output)
+
+
+@pytest.mark.parametrize("where", ["output", "checkpoints"])
+def test_folder_without_write_permission_is_refused_before_training(tiny_model_dir, where):
+    import pathlib
+    import tempfile
+
+    tmp_path = pathlib.Path(tempfile.mkdtemp(prefix="tl_hub_permissions_"))  # pytest's folders are private to root
+    os.chmod(tmp_path, 0o777)
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    os.chmod(readonly, 0o555)
+    out = readonly / "out" if where == "output" else tmp_path / "out"
+    extra = ["--checkpoint-dir", readonly / "ck"] if where == "checkpoints" else []
+    proc = run_unprivileged("train", "--recipe", "feature-extraction", "--model", tiny_model_dir("vit"), "--dataset",
+                            tmp_path / "images", "--output-dir", out, "--epochs", "1", "--no-progress", *extra)
+    assert_one_line_error(proc, f"Cannot write to '{readonly}' (permission denied)")
+    assert os.listdir(readonly) == [] and not os.path.exists(out)
+    shutil.rmtree(tmp_path)
 
 
 def test_non_empty_output_folder_is_refused_and_kept(trained, tmp_path):

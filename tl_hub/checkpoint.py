@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .errors import ConfigError, ModelError
-from .outputs import read_json, write_json
+from .outputs import check_output_dir, read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +105,7 @@ class Checkpointer:
     """
 
     def __init__(self, directory: str, *, save_steps: int = 0, keep: int = 2, run: Optional[dict] = None):
-        if os.path.isfile(directory):
-            raise ConfigError(f"checkpoint_dir '{directory}' is a file; pass a folder path.")
+        check_output_dir(directory, overwrite=True, what="Checkpoint")  # a file or not writable: fail before training
         self.directory = os.path.abspath(directory)
         self.save_steps = save_steps
         self.keep = keep

@@ -17,17 +17,17 @@ from typing import Any, Iterator
 from .errors import ModelError, OutputError
 
 
-def check_output_dir(path: str, overwrite: bool = False) -> None:
+def check_output_dir(path: str, overwrite: bool = False, what: str = "Output") -> None:
     """Refuse an existing non-empty folder unless ``overwrite``; refuse a path that is a file or not writable.
 
-    Call it before training so a run does not fail only at the end.
+    Call it before training so a run does not fail only at the end.  ``what`` names the folder in messages.
     """
     path = os.path.abspath(path)
     if os.path.isfile(path):
-        raise OutputError(f"Output path '{path}' is a file; pass a folder path.")
+        raise OutputError(f"{what} path '{path}' is a file; pass a folder path.")
     if os.path.isdir(path) and os.listdir(path) and not overwrite:
         raise OutputError(
-            f"Output folder '{path}' exists and is not empty; pass overwrite=True (--overwrite) to replace it, "
+            f"{what} folder '{path}' exists and is not empty; pass overwrite=True (--overwrite) to replace it, "
             "or choose another folder."
         )
     parent = os.path.dirname(path)
