@@ -218,3 +218,16 @@ def test_every_recipe_resumes_mid_epoch_exactly(tiny_model_dir, tmp_path, recipe
     reference = full.backbone.model.state_dict()
     for key, value in resumed.backbone.model.state_dict().items():
         assert torch.allclose(value.float(), reference[key].float(), atol=1e-6), key
+
+
+def test_cli_checkpoints_next_to_the_output_unless_turned_off(tiny_model_dir, tmp_path):
+    from tl_hub.cli import main
+
+    data = write_image_folder(tmp_path / "images", n=24)
+    common = ["train", "--recipe", "feature-extraction", "--model", tiny_model_dir("vit"), "--dataset", data,
+              "--epochs", "2", "--batch-size", "16", "--no-progress", "--feature-cache", "memory"]
+    assert main([*common, "--output-dir", str(tmp_path / "a")]) == 0
+    assert names(tmp_path / "a-checkpoints") == ["checkpoint-2", "checkpoint-4"]  # 19 training images: 2 steps an epoch
+    assert main([*common, "--output-dir", str(tmp_path / "b"), "--checkpoint-dir", "none"]) == 0
+    assert not os.path.exists(tmp_path / "b-checkpoints")
+    assert sorted(p for p in os.listdir(tmp_path) if "checkpoint" in p) == ["a-checkpoints"]

@@ -1,6 +1,7 @@
 """``tl-hub`` command line: a thin layer over the Python API.
 
     tl-hub train --recipe feature-extraction|fine-tune|lora|scratch --model M --dataset D --output-dir OUT [...]
+                 [--resume-from-checkpoint latest|auto|PATH]
     tl-hub evaluate OUT --dataset D [--split test]
     tl-hub predict OUT img.jpg [img2.png ...] [--top-k 3]
 

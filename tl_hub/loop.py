@@ -6,6 +6,10 @@ order.  At each period start it sets ``requires_grad`` from the period's groups,
 and warmup schedule and *re-prepares* model, optimizer and data loaders with Accelerate: under DDP the
 set of parameters that need gradients is fixed when the model is wrapped, so changing it mid-run needs a
 new wrapper (``find_unused_parameters=True`` would only hide the problem and slow every step).
+
+With a `tl_hub.checkpoint.Checkpointer`, the loop checkpoints at every epoch end and every ``save_steps``
+optimizer steps; given a `tl_hub.checkpoint.ResumePoint`, it skips the finished periods, loads the checkpoint into
+the period's prepared objects and continues from its epoch and batch.
 """
 
 from __future__ import annotations
