@@ -649,6 +649,36 @@ def test_checkpoint_dir_that_is_a_file_is_refused_and_kept(tiny_model_dir, tmp_p
     assert target.read_text() == "mine"
 
 
+def test_disk_full_while_checkpointing_keeps_the_earlier_checkpoints(tiny_model_dir, tmp_path, monkeypatch):
+    """The second checkpoint's optimizer state cannot be written (ENOSPC, as on a full disk): one error naming the
+    kept checkpoint, no temporary folder left, and the run resumes from that checkpoint once there is space."""
+    import errno
+
+    import accelerate.checkpointing
+
+    save, calls = accelerate.checkpointing.save, []
+
+    def full_disk(obj, path, *args, **kwargs):
+        calls.append(path)
+        if str(path).endswith("optimizer.bin") and len([c for c in calls if str(c).endswith("optimizer.bin")]) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(accelerate.checkpointing, "save", full_disk)
+    ck = tmp_path / "ck"
+    settings = {**FAST, "epochs": 3, "checkpoint_dir": str(ck)}
+    data = colour_dataset(48)
+    with pytest.raises(OutputError) as info:
+        FeatureExtractionRecipe(tiny_model_dir("vit"), **settings).fit(data, progress=False)
+    assert sorted(os.listdir(ck)) == ["checkpoint-3"]
+    assert f"Could not write checkpoint {ck / 'checkpoint-6'} (No space left on device)" in str(info.value)
+    assert f"the last complete one, {ck / 'checkpoint-3'}, is kept" in str(info.value)
+    monkeypatch.setattr(accelerate.checkpointing, "save", save)
+    resumed = FeatureExtractionRecipe(tiny_model_dir("vit"), **settings)
+    resumed.fit(data, progress=False, resume_from_checkpoint="latest")
+    assert [h["epoch"] for h in resumed.result.history] == [1, 2, 3]
+
+
 def test_nan_loss_keeps_the_last_good_checkpoint(tiny_model_dir, tmp_path):
     """The head period trains and checkpoints; fine-tuning at an absurd LR turns the loss NaN: training stops, the
     message names the newest checkpoint, which holds only finite weights and loads for resuming."""

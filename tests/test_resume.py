@@ -162,6 +162,9 @@ def test_two_processes_killed_and_resumed(setup):
     for rank in (0, 1):
         assert os.path.exists(os.path.join(out + "-checkpoints", "checkpoint-6", f"random_states_{rank}.pkl"))
 
+    # one process cannot take over two processes' RNG streams: refused, naming the difference
+    refused = run("none", model, data, out, extra=["--resume-from-checkpoint", "latest"], expect=2)
+    assert "was written by a different run (processes: 2 -> 1)" in refused.stderr
     resumed = launch("none", out, ["--resume-from-checkpoint", "latest"])
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert_same_run(out, reference, data)

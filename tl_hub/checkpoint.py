@@ -25,7 +25,7 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .errors import ConfigError, ModelError
+from .errors import ConfigError, ModelError, OutputError, first_line
 from .outputs import check_output_dir, read_json, write_json
 
 logger = logging.getLogger(__name__)
@@ -138,11 +138,21 @@ class Checkpointer:
                     shutil.rmtree(os.path.join(self.directory, stale), ignore_errors=True)
             os.makedirs(tmp)
         accelerator.wait_for_everyone()
-        accelerator.save_state(tmp, safe_serialization=True)
+        try:
+            accelerator.save_state(tmp, safe_serialization=True)
+            if accelerator.is_main_process:
+                write_json(os.path.join(tmp, STATE_FILE), {"state": dataclasses.asdict(state), "run": self.run})
+                _remove(final)  # only when resuming from an older checkpoint re-saves a step
+                os.rename(tmp, final)
+        except OSError as e:  # e.g. the disk is full: the earlier checkpoints are still complete
+            shutil.rmtree(tmp, ignore_errors=True)
+            kept = self.existing()
+            raise OutputError(
+                f"Could not write checkpoint {final} ({e.strerror or first_line(e)}); "
+                + (f"the last complete one, {kept[-1][1]}, is kept. " if kept else "")
+                + "Free space or choose another --checkpoint-dir, then resume with --resume-from-checkpoint latest."
+            ) from None
         if accelerator.is_main_process:
-            write_json(os.path.join(tmp, STATE_FILE), {"state": dataclasses.asdict(state), "run": self.run})
-            _remove(final)  # only when resuming from an older checkpoint re-saves a step
-            os.rename(tmp, final)
             for _, old in self.existing()[:-self.keep]:
                 _remove(old)
             logger.info("Saved checkpoint %s", final)
