@@ -130,3 +130,19 @@ def test_bf16_trains_under_autocast_with_fp32_weights(tiny_model_dir):
     assert result["weights"] == ["torch.float32"]
     assert result["accuracy"] >= 0.8
 
+
+
+@pytest.mark.parametrize("loss,norm,scaling,expected", [
+    (1.0, 2.0, False, False),
+    (1.0, float("inf"), False, True),  # fp32/bf16: a non-finite gradient is divergence
+    (float("nan"), float("nan"), False, True),
+    (1.0, float("inf"), True, False),  # fp16: the gradient scaler skips the step and lowers the scale
+    (float("inf"), float("inf"), True, True),  # fp16 with a non-finite loss: divergence
+    (1.0, None, False, False),
+])
+def test_when_training_counts_as_diverged(loss, norm, scaling, expected):
+    import torch
+
+    from tl_hub.loop import diverged
+
+    assert diverged(torch.tensor(loss), norm, loss_scaling=scaling) is expected

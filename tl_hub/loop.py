@@ -118,6 +118,17 @@ def release_prepared(accelerator) -> None:
     accelerator.step = 0
 
 
+def diverged(loss: torch.Tensor, grad_norm, *, loss_scaling: bool) -> bool:
+    """Whether training must stop: the gradient norm (or, with fp16 loss scaling, the loss) is not finite.
+
+    With loss scaling an overflowing gradient is routine: the gradient scaler skips that step and lowers the
+    scale, so only a non-finite loss means divergence there.
+    """
+    if grad_norm is None or torch.isfinite(torch.as_tensor(grad_norm)):
+        return False
+    return not loss_scaling or not bool(torch.isfinite(loss.detach()).all())
+
+
 def non_finite_error(loss, norm, epoch: int, period: Period, params, config,
                      checkpointer: Optional[Checkpointer] = None) -> TrainingError:
     """The error for a non-finite gradient or weights: this step is not applied; says whether an earlier update had
@@ -268,7 +279,7 @@ def train_periods(
                         # the norm of the synchronised gradients is the same on every process, so all of them stop
                         # together if it is not finite; the optimizer step that would spoil the weights never runs
                         norm = accelerator.clip_grad_norm_(trainable, config.max_grad_norm or float("inf"))
-                        if norm is not None and not torch.isfinite(torch.as_tensor(norm)):
+                        if diverged(loss, norm, loss_scaling=accelerator.scaler is not None):
                             raise non_finite_error(loss, norm, epoch, period, trainable, config, checkpointer)
                     optimizer.step()
                     scheduler.step()
