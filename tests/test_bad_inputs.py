@@ -585,6 +585,24 @@ def test_resume_of_a_different_run_is_refused_and_names_the_difference(checkpoin
     assert tree(ck) == before
 
 
+def test_resume_after_the_local_base_model_changed_is_refused(tiny_model_dir, tmp_path):
+    """A local model folder has no revision to pin: its weights are fingerprinted instead."""
+    from safetensors.torch import load_file, save_file
+
+    model = shutil.copytree(tiny_model_dir("vit"), tmp_path / "model")
+    settings = {**FAST, "epochs": 2, "checkpoint_dir": str(tmp_path / "ck")}
+    data = colour_dataset(32)
+    FeatureExtractionRecipe(str(model), **settings).fit(data, progress=False)
+    weights = load_file(str(model / "model.safetensors"))
+    name = next(k for k in sorted(weights) if "encoder" in k)
+    weights[name] = weights[name] + 0.01  # the same folder, retrained or replaced in between
+    save_file(weights, str(model / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ConfigError) as info:
+        FeatureExtractionRecipe(str(model), **settings).fit(data, progress=False, resume_from_checkpoint="latest")
+    message = str(info.value)
+    assert "was written by a different run (initial_weights: " in message and "model: " not in message
+
+
 def test_a_fresh_run_does_not_delete_an_earlier_runs_checkpoints(checkpointed, tmp_path, capsys):
     model, data, ck, settings = copied_checkpoints(checkpointed, tmp_path)
     before = tree(ck)

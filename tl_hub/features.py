@@ -64,8 +64,13 @@ def single_head(backbone: Backbone) -> Optional[str]:
 
 def encoder_fingerprint(model: nn.Module, encoder_path: str) -> str:
     """Hash of every encoder parameter and buffer (names, dtypes, shapes, values)."""
+    return state_fingerprint(model.get_submodule(encoder_path))
+
+
+def state_fingerprint(module: nn.Module) -> str:
+    """Hash of every parameter and buffer of ``module`` (names, dtypes, shapes, values)."""
     h = hashlib.blake2b(digest_size=16)
-    for name, tensor in sorted(model.get_submodule(encoder_path).state_dict().items()):
+    for name, tensor in sorted(module.state_dict().items()):
         t = tensor.detach().to("cpu").contiguous().reshape(-1)
         h.update(f"{name}:{t.dtype}:{tuple(tensor.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")

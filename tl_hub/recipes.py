@@ -32,7 +32,7 @@ from .checkpoint import Checkpointer, check_same_run, read_checkpoint, resolve_c
 from .config import FeatureExtractionConfig, FineTuneConfig, LoRAConfig, ScratchConfig, TrainingConfig
 from .data import ImageClassificationDataset, ImageCollator, PreparedData, prepare_data
 from .errors import ConfigError, TlHubError
-from .features import CachedFeatureDataset, FeatureStore, HeadModule, collate_features
+from .features import CachedFeatureDataset, FeatureStore, HeadModule, collate_features, state_fingerprint
 from .inference import INFO_FILE, Classifier
 from .loop import Period, check_batch_size, make_accelerator, process_state, train_periods
 from .outputs import atomic_output_dir, write_json
@@ -297,6 +297,7 @@ class Recipe:
             "recipe": self.name,
             "model": self.model_name,
             "revision": backbone.revision or self.revision,
+            "initial_weights": state_fingerprint(backbone.model),  # a local model folder that changed is another run
             "settings": self.config.training_settings(),
             "labels": list(data.labels),
             "data": {"train": _fingerprint(data.train), "validation": _fingerprint(data.validation)},
