@@ -32,7 +32,7 @@ from .checkpoint import Checkpointer, check_same_run, read_checkpoint, resolve_c
 from .config import FeatureExtractionConfig, FineTuneConfig, LoRAConfig, ScratchConfig, TrainingConfig
 from .data import ImageClassificationDataset, ImageCollator, PreparedData, prepare_data
 from .errors import ConfigError, TlHubError
-from .features import CachedFeatureDataset, FeatureStore, HeadModule, collate_features, state_fingerprint
+from .features import CachedFeatureDataset, FeatureStore, HeadModule, collate_features, data_fingerprint, state_fingerprint
 from .inference import INFO_FILE, Classifier
 from .loop import Period, check_batch_size, make_accelerator, process_state, train_periods
 from .outputs import atomic_output_dir, write_json
@@ -300,7 +300,8 @@ class Recipe:
             "initial_weights": state_fingerprint(backbone.model),  # a local model folder that changed is another run
             "settings": self.config.training_settings(),
             "labels": list(data.labels),
-            "data": {"train": _fingerprint(data.train), "validation": _fingerprint(data.validation)},
+            "data": {"train": data_fingerprint(data.train, data.image_column),
+                     "validation": data_fingerprint(data.validation, data.image_column)},
             "processes": num_processes,
         }
         return json.loads(json.dumps(run, default=str))
@@ -406,11 +407,6 @@ def trained_state(model: torch.nn.Module, parts, periods: Sequence[Period], init
     else:
         kind = "partial"
     return {"kind": kind, "state_keys": sorted(trained) + sorted(buffers)}
-
-
-def _fingerprint(dataset: Any) -> str:
-    """A ``datasets`` fingerprint with the size: the same files and split give the same value in every run."""
-    return f"{getattr(dataset, '_fingerprint', type(dataset).__name__)}/{len(dataset)}"
 
 
 def _dataset_name(source: Any) -> Optional[str]:
