@@ -140,6 +140,8 @@ class Checkpointer:
         accelerator.wait_for_everyone()
         try:
             accelerator.save_state(tmp, safe_serialization=True)
+            # save_state does not wait: every process's RNG file must be in the folder before it is renamed
+            accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 write_json(os.path.join(tmp, STATE_FILE), {"state": dataclasses.asdict(state), "run": self.run})
                 _remove(final)  # only when resuming from an older checkpoint re-saves a step
