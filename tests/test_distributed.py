@@ -43,7 +43,8 @@ def test_two_processes_match_one_process(setup):
     run([sys.executable, SCRIPT, model_dir, data_dir, str(root / "out1"), str(single)], env)
 
     double = root / "double"
-    env2 = {**env, "ACCELERATE_USE_CPU": "true"}
+    # a cold feature cache: the two processes compute the head period's features themselves (sharded)
+    env2 = {**env, "ACCELERATE_USE_CPU": "true", "TL_HUB_CACHE": str(root / "cold-cache")}
     accelerate = shutil.which("accelerate") or os.path.join(os.path.dirname(sys.executable), "accelerate")
     run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
          "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no",
@@ -63,3 +64,4 @@ def test_two_processes_match_one_process(setup):
     # only the main process wrote the model folder, and completely
     assert sorted(os.listdir(root / "out2")) == sorted(os.listdir(root / "out1"))
     assert not [p for p in os.listdir(root) if p.startswith(".out")]
+    assert os.listdir(root / "cold-cache" / "features")  # they did compute (and cache) the features

@@ -206,18 +206,20 @@ class FeatureStore:
         self.accelerator.wait_for_everyone()
         return cached
 
-    @torch.inference_mode()
     def _compute(self, ds, image_column, label_column, views, augment, what) -> CachedFeatures:
         """Run the encoder over the data; leaves the global RNG as it was, so that training does not depend on
         whether the features came from the cache."""
-        with torch.random.fork_rng(devices=[]):
+        # moved outside inference mode: a move there (e.g. "cpu" -> "cpu:0" under a multi-process launch) would
+        # turn the parameters into inference tensors that can no longer be trained
+        self.backbone.model.to(self.accelerator.device)
+        with torch.random.fork_rng(devices=[]), torch.inference_mode():
             return self._compute_views(ds, image_column, label_column, views, augment, what)
 
     def _compute_views(self, ds, image_column, label_column, views, augment, what) -> CachedFeatures:
         from .data import ImageClassificationDataset, ImageCollator
 
         accelerator = self.accelerator
-        model = self.backbone.model.to(accelerator.device)
+        model = self.backbone.model
         model.eval()
         head = model.get_submodule(self.head_path)
 
