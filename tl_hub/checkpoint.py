@@ -23,7 +23,7 @@ import os
 import re
 import shutil
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .errors import ConfigError, ModelError, OutputError, first_line
 from .outputs import check_output_dir, read_json, write_json
@@ -46,6 +46,7 @@ class TrainingState:
         step: optimizer steps taken so far, over all periods.
         loss_sum / seen: the running training-loss sum and example count of the epoch in progress (all processes).
         history: the per-epoch records so far.
+        best_epoch: the epoch with the best validation metrics so far (its weights are in ``best.safetensors``).
     """
 
     period: int = 0
@@ -55,6 +56,7 @@ class TrainingState:
     loss_sum: float = 0.0
     seen: float = 0.0
     history: list = field(default_factory=list)
+    best_epoch: int = 0
 
 
 @dataclass
@@ -122,11 +124,12 @@ class Checkpointer:
     def due(self, step: int) -> bool:
         return bool(self.save_steps) and step % self.save_steps == 0
 
-    def save(self, accelerator, state: TrainingState) -> str:
+    def save(self, accelerator, state: TrainingState, extra: Optional[Callable[[str], None]] = None) -> str:
         """Write a checkpoint of the objects ``accelerator`` prepared plus ``state``; return its folder.
 
         Call on every process (each writes its RNG states); the main process renames the finished folder into
-        place and deletes the oldest checkpoints beyond ``keep``.
+        place and deletes the oldest checkpoints beyond ``keep``.  ``extra(folder)``, if given, writes more files
+        into the checkpoint (on the main process).
         """
         name = f"{PREFIX}{state.step}"
         final = os.path.join(self.directory, name)
@@ -143,6 +146,8 @@ class Checkpointer:
             # save_state does not wait: every process's RNG file must be in the folder before it is renamed
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
+                if extra is not None:
+                    extra(tmp)
                 write_json(os.path.join(tmp, STATE_FILE), {"state": dataclasses.asdict(state), "run": self.run})
                 _remove(final)  # only when resuming from an older checkpoint re-saves a step
                 os.rename(tmp, final)

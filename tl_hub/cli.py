@@ -50,7 +50,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, *config_classes: type[
         kind = str(f.type)
         if kind == "bool":
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif kind == "int":
+        elif kind in ("int", "Optional[int]"):
             kwargs["type"] = int
         elif kind == "float":
             kwargs["type"] = float

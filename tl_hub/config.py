@@ -9,12 +9,15 @@ says what to change.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 from .errors import ConfigError
 
 SCHEDULERS = ("cosine", "linear", "constant")
+KEEP_EPOCHS = ("best", "last")
+HEAD_SOLVERS = ("lbfgs", "adamw")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 BN_POLICIES = ("frozen", "train")
 FEATURE_CACHES = ("disk", "memory", "off")
@@ -37,6 +40,13 @@ def _choice(name: str, value, choices) -> None:
         raise ConfigError(f"`{name}` should be one of {', '.join(map(str, choices))}; got {value!r}.")
 
 
+def auto_epochs(train_examples: int, batch_size: int, accumulation: int, min_steps: int, min_epochs: int,
+                max_epochs: int) -> int:
+    """Epochs for at least ``min_steps`` optimizer steps, clipped to ``[min_epochs, max_epochs]``."""
+    steps_per_epoch = max(1, math.ceil(math.ceil(max(train_examples, 1) / batch_size) / accumulation))
+    return int(min(max(math.ceil(min_steps / steps_per_epoch), min_epochs), max_epochs))
+
+
 @dataclass
 class TrainingConfig:
     """Settings shared by every recipe.
@@ -55,7 +65,29 @@ class TrainingConfig:
         3
     """
 
-    epochs: int = field(default=5, metadata={"help": "Total number of training epochs."})
+    epochs: Optional[int] = field(
+        default=None,
+        metadata={"help": "Training epochs (default: enough epochs for min_steps optimizer steps, at least "
+                  "min_epochs and at most max_epochs; see resolve_epochs)."},
+    )
+    min_steps: int = field(
+        default=300,
+        metadata={"help": "With epochs unset: the fewest optimizer steps a trained period gets (small data "
+                  "repeats epochs until it has them)."},
+    )
+    min_epochs: int = field(default=3, metadata={"help": "With epochs unset: the fewest epochs (large data)."})
+    max_epochs: int = field(default=200, metadata={"help": "With epochs unset: the most epochs (tiny data)."})
+    keep_epoch: str = field(
+        default="best",
+        metadata={"help": "Which weights the trained model keeps: 'best' (the epoch with the best validation "
+                  "accuracy, ties broken by the lower validation loss) or 'last'."},
+    )
+    head_solver: str = field(
+        default="lbfgs",
+        metadata={"help": "How a new linear head is trained on cached frozen features: 'lbfgs' (a linear probe "
+                  "solved to convergence, its L2 strength chosen on validation) or 'adamw' (epochs of gradient "
+                  "steps). Heads that are not one linear layer, or uncached features, always use AdamW."},
+    )
     lr: float = field(default=1e-3, metadata={"help": "Peak learning rate of the new head."})
     batch_size: int = field(
         default=32,
@@ -86,7 +118,9 @@ class TrainingConfig:
         default=True, metadata={"help": "Random resized crop + horizontal flip on training images."}
     )
     hflip: bool = field(
-        default=True, metadata={"help": "Allow horizontal flips in augmentation (turn off for text or digits)."}
+        default=False,
+        metadata={"help": "Add random horizontal flips to augmentation; only for labels that a mirror image keeps "
+                  "(not text, digits, or left/right classes)."},
     )
     crop_scale: float = field(
         default=0.6, metadata={"help": "Smallest area fraction kept by the random resized crop (0 < s <= 1)."}
@@ -124,7 +158,7 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         for name in ("epochs", "lr", "batch_size", "eval_batch_size", "gradient_accumulation_steps",
-                     "save_total_limit"):
+                     "save_total_limit", "min_steps", "min_epochs", "max_epochs"):
             _positive(name, getattr(self, name))
         for name in ("weight_decay", "num_workers", "label_smoothing", "save_steps"):
             _positive(name, getattr(self, name), allow_zero=True)
@@ -137,7 +171,11 @@ class TrainingConfig:
             raise ConfigError(f"`crop_scale` should be in (0, 1], got {self.crop_scale}.")
         if self.label_smoothing >= 1:
             raise ConfigError(f"`label_smoothing` should be < 1, got {self.label_smoothing}.")
+        if self.min_epochs > self.max_epochs:
+            raise ConfigError(f"`min_epochs` ({self.min_epochs}) should not exceed `max_epochs` ({self.max_epochs}).")
         _choice("scheduler", self.scheduler, SCHEDULERS)
+        _choice("keep_epoch", self.keep_epoch, KEEP_EPOCHS)
+        _choice("head_solver", self.head_solver, HEAD_SOLVERS)
         _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         _choice("feature_cache", self.feature_cache, FEATURE_CACHES)
         _positive("feature_views", self.feature_views)
@@ -149,6 +187,25 @@ class TrainingConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def resolve_epochs(self, train_examples: int) -> int:
+        """The epochs of a trained period: ``epochs`` if set, else enough for ``min_steps`` optimizer steps on
+        ``train_examples`` images, clipped to ``[min_epochs, max_epochs]``.
+
+        Example:
+            >>> TrainingConfig().resolve_epochs(40)      # 2 steps per epoch at batch 32: 150 epochs, 300 steps
+            150
+            >>> TrainingConfig().resolve_epochs(10_000)  # 313 steps per epoch: min_epochs
+            3
+        """
+        if self.epochs is not None:
+            return self.epochs
+        return auto_epochs(train_examples, self.batch_size, self.gradient_accumulation_steps, self.min_steps,
+                           self.min_epochs, self.max_epochs)
+
+    def resolved(self, train_examples: int) -> "TrainingConfig":
+        """A copy with every automatic setting (``epochs`` and, for fine-tuning, ``head_epochs``) made concrete."""
+        return dataclasses.replace(self, epochs=self.resolve_epochs(train_examples))
 
     def training_settings(self) -> dict[str, Any]:
         """The settings that decide what is trained (all but `RUN_ONLY_SETTINGS`): recorded with the model and
@@ -194,8 +251,17 @@ class FineTuneConfig(TrainingConfig):
     period 2; ``head_lr`` (default ``lr``) its LR in period 1.
     """
 
-    epochs: int = field(default=5, metadata={"help": "Total epochs: head_epochs of head training, then fine-tuning."})
-    head_epochs: int = field(default=1, metadata={"help": "Epochs of period 1 (new head only, encoder frozen)."})
+    epochs: Optional[int] = field(
+        default=None,
+        metadata={"help": "Total epochs: head_epochs, then fine-tuning (default: head_epochs plus the automatic "
+                  "epochs of a trained period, see min_steps)."},
+    )
+    head_epochs: Optional[int] = field(
+        default=None,
+        metadata={"help": "Epochs of period 1 (new head only, encoder frozen) when the head trains by gradient "
+                  "steps (default: automatic, as epochs); a linear head solved by lbfgs takes one step whatever "
+                  "this is. 0 skips period 1."},
+    )
     head_lr: Optional[float] = field(default=None, metadata={"help": "Head LR in period 1 (default: lr)."})
     backbone_lr_ratio: float = field(
         default=0.1, metadata={"help": "Pretrained groups train at lr * ratio in period 2 (discriminative LR)."}
@@ -218,7 +284,7 @@ class FineTuneConfig(TrainingConfig):
         super().__post_init__()
         _positive("head_lr", self.head_lr)
         _positive("head_epochs", self.head_epochs, allow_zero=True)
-        if self.head_epochs >= self.epochs:
+        if self.head_epochs is not None and self.epochs is not None and self.head_epochs >= self.epochs:
             raise ConfigError(
                 f"`head_epochs` ({self.head_epochs}) should be smaller than `epochs` ({self.epochs}), leaving "
                 "epochs for fine-tuning; to train only the head use FeatureExtractionRecipe."
@@ -234,6 +300,13 @@ class FineTuneConfig(TrainingConfig):
         if isinstance(self.unfreeze, int) and self.unfreeze <= 0:
             raise ConfigError(f"`unfreeze` should be 'all' or a positive number of blocks, got {self.unfreeze}.")
         _choice("bn_policy", self.bn_policy, BN_POLICIES)
+
+    def resolved(self, train_examples: int) -> "FineTuneConfig":
+        """Concrete ``head_epochs`` and ``epochs``: each period gets `resolve_epochs` unless set."""
+        trained = TrainingConfig.resolve_epochs(dataclasses.replace(self, epochs=None), train_examples)
+        head = self.head_epochs if self.head_epochs is not None else trained
+        return dataclasses.replace(self, head_epochs=head, epochs=self.epochs if self.epochs is not None
+                                   else head + trained)
 
 
 @dataclass

@@ -159,7 +159,8 @@ An image classifier for {{ n_labels }} classes ({{ labels_preview }}), trained w
 - Data: {{ data }}
 - Settings: `{{ settings }}`
 - Validation accuracy {{ accuracy }}, macro-F1 {{ f1 }}{% if test_accuracy %}; test accuracy {{ test_accuracy }}{% endif %}
-
+{% if kept_epoch %}- Kept epoch: {{ kept_epoch }}
+{% endif %}
 ![learning curve](learning_curve.png)
 
 ## How to use
@@ -209,6 +210,15 @@ RECIPE_TEXT = {
 }
 
 
+def _kept_epoch_text(info: dict) -> Optional[str]:
+    kept = info.get("kept_epoch") or {}
+    if not kept.get("epoch"):
+        return None
+    total = sum(p.get("epochs", 0) for p in info.get("periods", []))
+    rule = "the best on validation" if kept.get("rule") == "best" else "the last"
+    return f"{kept['epoch']} of {total} ({rule})"
+
+
 def model_card(info: dict, repo_id: str, dataset_name: Optional[str] = None):
     """A `huggingface_hub.ModelCard` with base model, dataset, metrics (model-index eval results) and usage."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -240,7 +250,7 @@ def model_card(info: dict, repo_id: str, dataset_name: Optional[str] = None):
         accuracy=f"{val.get('accuracy', float('nan')):.4f}", f1=f"{val.get('f1', float('nan')):.4f}",
         test_accuracy=f"{test['accuracy']:.4f}" if "accuracy" in test else None,
         full_model=export.get("format") == "transformers", peft=export.get("format") == "peft",
-        labels=info.get("labels", []),
+        labels=info.get("labels", []), kept_epoch=_kept_epoch_text(info),
         export_text=f"{export.get('tensors', 0)} tensors, {export.get('parameters', 0):,} parameters",
     )
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
@@ -46,6 +47,8 @@ class Period:
             their BatchNorm running statistics and dropout do not change.
         features: only the head trains and the encoder is frozen, so the head may train on cached encoder
             features (see `tl_hub.features`) instead of images.
+        solve: the head is a linear layer fitted to convergence on the cached features in one step (see
+            `tl_hub.probe`) instead of ``epochs`` of gradient steps; the period then has one epoch.
     """
 
     name: str
@@ -53,6 +56,7 @@ class Period:
     param_groups: list[dict]
     eval_modules: tuple[str, ...] = ()
     features: bool = False
+    solve: bool = False
     info: dict = field(default_factory=dict)
 
 
@@ -209,8 +213,9 @@ def train_periods(
         periods: what to train, see `Period`.
         train_loader / eval_loader: plain ``DataLoader`` objects (prepared here, per period).
         feature_loaders: ``(head_module, train_loader, eval_loader)`` over cached encoder features, used for the
-            periods marked ``features`` (the head module shares its parameters with ``model``).
-        config: a `TrainingConfig` (scheduler, warmup, weight decay, clipping, label smoothing).
+            periods marked ``features`` (the head module shares its parameters with ``model``); a period marked
+            ``solve`` fits the head on them with `tl_hub.probe` instead of gradient steps.
+        config: a `TrainingConfig` (scheduler, warmup, weight decay, clipping, label smoothing, ``keep_epoch``).
         on_epoch_start: called with the global epoch index before each epoch (e.g. to reseed augmentation).
         on_period_end: called as ``(period, model, optimizer)`` after the last epoch of each period that ends
             in this call.
@@ -221,10 +226,14 @@ def train_periods(
 
     Returns:
         `list[dict]`: one record per epoch with ``epoch``, ``period``, ``train_loss``, ``loss``, ``accuracy``,
-        ``f1``, ``lr``, ``seconds``, ``train_images_per_second`` and the trainable/frozen parameter counts.
+        ``f1``, ``lr``, ``seconds``, ``train_images_per_second`` and the trainable/frozen parameter counts.  With
+        ``keep_epoch="best"`` the model ends with the weights of the best epoch (see `BestEpoch`).
     """
     state = TrainingState(history=[]) if resume is None else dataclasses.replace(
         resume.state, history=list(resume.state.history))
+    best = BestEpoch(model, periods, enabled=config.keep_epoch == "best")
+    if resume is not None:
+        best.load(resume.path, state)
     epoch = sum(p.epochs for p in periods[:state.period] if p.epochs > 0) + state.period_epoch
     for index, period in enumerate(periods):
         if period.epochs <= 0 or index < state.period:
@@ -232,18 +241,18 @@ def train_periods(
         freeze_all_but(model, period.param_groups)
         counts = count_parameters(model)
         if accelerator.is_main_process:
-            logger.info(
-                "Period '%s': %d epochs, %s trainable / %s frozen parameters; LRs %s",
-                period.name, period.epochs, f"{counts['trainable']:,}", f"{counts['frozen']:,}",
-                sorted({f"{g['name'].split('/')[0]}={g['lr']:.2e}" for g in period.param_groups}),
-            )
+            lrs = sorted({f"{g['name'].split('/')[0]}={g['lr']:.2e}" for g in period.param_groups})
+            logger.info("Period '%s': %s, %s trainable / %s frozen parameters; %s", period.name,
+                        "one solve" if period.solve else f"{period.epochs} epochs", f"{counts['trainable']:,}",
+                        f"{counts['frozen']:,}", "linear probe, C chosen on validation" if period.solve else
+                        f"LRs {lrs}")
         module, period_train, period_eval = (
             feature_loaders if period.features and feature_loaders is not None else (model, train_loader, eval_loader)
         )
         optimizer = make_optimizer(period.param_groups, config.lr)
         steps_per_epoch = math.ceil(len(period_train) / accelerator.gradient_accumulation_steps)
         total = steps_per_epoch * period.epochs
-        scheduler = _scheduler(config.scheduler, optimizer, int(config.warmup_ratio * total), total)
+        scheduler = _scheduler(config.scheduler, optimizer, warmup_steps(config, total), total)
         wrapped, optimizer, train_dl, eval_dl, scheduler = accelerator.prepare(
             module, optimizer, period_train, period_eval, scheduler
         )
@@ -255,64 +264,32 @@ def train_periods(
                             period.name, epoch + 1, state.batches, state.step)
         else:
             state.period, state.period_epoch, state.batches = index, 0, 0
+        run = _EpochRunner(accelerator, model, wrapped, module, period, optimizer, scheduler, trainable, config,
+                           checkpointer, state, best, progress)
         for _ in range(state.period_epoch, period.epochs):
             if on_epoch_start is not None:
                 on_epoch_start(epoch)
-            train_dl.set_epoch(epoch)
-            set_train_mode(module, ())
-            set_train_mode(model, period.eval_modules)
             start = time.perf_counter()
-            # the running loss of the epoch; a resumed epoch starts from the checkpoint's (counted once, on main)
-            own = accelerator.is_main_process and state.batches
-            loss_sum = torch.tensor(state.loss_sum if own else 0.0, dtype=torch.float64)
-            seen = torch.tensor(state.seen if own else 0.0, dtype=torch.float64)
-            skipped, carried = state.batches, (state.seen if state.batches else 0.0)
-            batches = accelerator.skip_first_batches(train_dl, skipped) if skipped else train_dl
-            bar = tqdm(batches, desc=f"epoch {epoch + 1} [{period.name}]", leave=False, initial=skipped,
-                       total=len(train_dl), disable=not (progress and accelerator.is_local_main_process))
-            for batch in bar:
-                with accelerator.accumulate(wrapped):
-                    logits = forward_logits(wrapped, batch).float()
-                    loss = F.cross_entropy(logits, batch["labels"], label_smoothing=config.label_smoothing)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        # the norm of the synchronised gradients is the same on every process, so all of them stop
-                        # together if it is not finite; the optimizer step that would spoil the weights never runs
-                        norm = accelerator.clip_grad_norm_(trainable, config.max_grad_norm or float("inf"))
-                        if diverged(loss, norm, loss_scaling=accelerator.scaler is not None):
-                            raise non_finite_error(loss, norm, epoch, period, trainable, config, checkpointer)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                n = batch["labels"].shape[0]
-                loss_sum += loss.detach().double().cpu() * n
-                seen += n
-                state.batches += 1
-                if accelerator.sync_gradients:
-                    state.step += 1
-                    # a step checkpoint at the end of the epoch would duplicate the epoch-end one that follows
-                    if (checkpointer is not None and checkpointer.due(state.step)
-                            and not accelerator.gradient_state.end_of_dataloader):
-                        totals = accelerator.reduce(torch.stack([loss_sum, seen]).to(accelerator.device), "sum")
-                        state.loss_sum, state.seen = (float(v) for v in totals.cpu())
-                        _save(checkpointer, accelerator, state, trainable, loss, epoch, period, config)
-                if not bar.disable:
-                    bar.set_postfix(loss=f"{loss.item():.4f}")
-            totals = accelerator.reduce(torch.stack([loss_sum, seen]).to(accelerator.device), "sum").cpu()
+            if period.solve:
+                train_loss, images, extra = run.solve(feature_loaders, epoch)
+            else:
+                train_dl.set_epoch(epoch)
+                train_loss, images, extra = run.train_epoch(train_dl, epoch)
             train_seconds = time.perf_counter() - start
-            metrics = evaluate_loader(accelerator, wrapped, eval_dl)
             record = {
                 "epoch": epoch + 1,
                 "period": period.name,
-                "train_loss": float(totals[0] / max(totals[1], 1)),
-                **metrics,
-                "lr": optimizer.param_groups[0]["lr"],
+                "train_loss": train_loss,
+                **evaluate_loader(accelerator, wrapped, eval_dl),
+                "lr": None if period.solve else optimizer.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - start,
-                "train_images_per_second": (float(totals[1]) - carried) / train_seconds if train_seconds > 0 else None,
+                "train_images_per_second": images / train_seconds if train_seconds > 0 else None,
                 "trainable_params": counts["trainable"],
                 "frozen_params": counts["frozen"],
+                **extra,
             }
             state.history.append(record)
+            best.update(record, state)
             if accelerator.is_main_process:
                 logger.info(
                     "epoch %d [%s] train_loss %.4f  eval_loss %.4f  accuracy %.4f  f1 %.4f  (%.1fs)",
@@ -323,19 +300,165 @@ def train_periods(
             state.period_epoch += 1
             state.batches, state.loss_sum, state.seen = 0, 0.0, 0.0
             if checkpointer is not None:
-                _save(checkpointer, accelerator, state, trainable, loss, epoch - 1, period, config)
+                run.save(loss=None, epoch=epoch - 1)
         accelerator.wait_for_everyone()
         if on_period_end is not None:
             on_period_end(period, model, optimizer)
         accelerator.unwrap_model(wrapped, keep_fp32_wrapper=False)  # undo the mixed-precision forward patch
         release_prepared(accelerator)  # drop wrappers; the next period re-prepares with its own trainable set
+    best.restore(state.history)
     model.eval()
     return state.history
 
 
-def _save(checkpointer: Checkpointer, accelerator, state: TrainingState, trainable, loss, epoch: int,
-          period: Period, config) -> None:
-    """Checkpoint, unless an absurd update has made weights non-finite: the checkpoints on disk stay good ones."""
-    if any(not torch.isfinite(p).all() for p in trainable):
-        raise non_finite_error(loss, float("nan"), epoch, period, trainable, config, checkpointer)
-    checkpointer.save(accelerator, state)
+def warmup_steps(config, total: int) -> int:
+    """Warmup length in optimizer steps: ``warmup_ratio`` of the period's steps."""
+    return int(config.warmup_ratio * total)
+
+
+class BestEpoch:
+    """Keeps the weights of the epoch with the best validation accuracy (ties: the lower validation loss), and puts
+    them back at the end, as ``load_best_model_at_end`` does in the transformers ``Trainer``.
+
+    Only what training can change is kept: the parameters of every period's groups and the buffers (BatchNorm
+    statistics), as CPU copies.  Checkpoints carry the copy (``best.safetensors``), so a resumed run restores the
+    same epoch.
+    """
+
+    FILE = "best.safetensors"
+
+    def __init__(self, model: nn.Module, periods: Sequence[Period], *, enabled: bool = True):
+        self.model = model
+        self.enabled = enabled
+        trained = {id(p) for period in periods if period.epochs > 0 for g in period.param_groups for p in g["params"]}
+        params = {n for n, p in model.named_parameters() if id(p) in trained}
+        buffers = {n for n, _ in model.named_buffers()}
+        self.keys = params | buffers
+        self.epoch: Optional[int] = None
+        self.weights: dict = {}
+
+    @staticmethod
+    def key(record: dict) -> tuple:
+        return (record["accuracy"], -record["loss"])
+
+    def update(self, record: dict, state: TrainingState) -> None:
+        if not self.enabled:
+            return
+        if self.epoch is None or self.key(record) > self.key(state.history[self.epoch - 1]):
+            self.epoch = record["epoch"]
+            self.weights = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
+                            if k in self.keys}
+        state.best_epoch = self.epoch
+
+    def save(self, folder: str) -> None:
+        from safetensors.torch import save_file
+
+        if self.enabled and self.weights:
+            save_file({k: v.contiguous() for k, v in self.weights.items()}, os.path.join(folder, self.FILE))
+
+    def load(self, folder: str, state: TrainingState) -> None:
+        from safetensors.torch import load_file
+
+        path = os.path.join(folder, self.FILE)
+        if self.enabled and state.best_epoch and os.path.exists(path):
+            self.epoch, self.weights = state.best_epoch, load_file(path)
+
+    def restore(self, history: list[dict]) -> None:
+        """Load the best epoch's weights into the model and mark its record with ``"best": True``."""
+        if not self.enabled or self.epoch is None:
+            return
+        if self.epoch != len(history):
+            self.model.load_state_dict(self.weights, strict=False)
+            logger.info("Restored the weights of epoch %d, the best on validation (accuracy %.4f)", self.epoch,
+                        history[self.epoch - 1]["accuracy"])
+        history[self.epoch - 1]["best"] = True
+
+
+class _EpochRunner:
+    """One period's steps: train an epoch (or solve the head), and checkpoint."""
+
+    def __init__(self, accelerator, model, wrapped, module, period, optimizer, scheduler, trainable, config,
+                 checkpointer, state, best, progress):
+        self.accelerator, self.model, self.wrapped, self.module = accelerator, model, wrapped, module
+        self.period, self.optimizer, self.scheduler, self.trainable = period, optimizer, scheduler, trainable
+        self.config, self.checkpointer, self.state, self.best, self.progress = config, checkpointer, state, best, progress
+        self.last_loss = None
+
+    def solve(self, feature_loaders, epoch: int) -> tuple[float, float, dict]:
+        """Fit the linear head on the cached features (see `tl_hub.probe`); identical on every process."""
+        from accelerate.utils import broadcast
+
+        from .probe import assign, fit_probe, linear_inputs, linear_layer
+
+        head = feature_loaders[0].head
+        train, val = feature_loaders[1].dataset.cached, feature_loaders[2].dataset.cached
+        x = linear_inputs(head, train.features.flatten(0, 1))
+        y = train.labels.repeat(train.views)
+        result = fit_probe(x, y, linear_inputs(head, val.features[0]), val.labels,
+                           linear_layer(head).out_features, bias=linear_layer(head).bias is not None)
+        assign(linear_layer(head), result)
+        if self.accelerator.num_processes > 1:
+            for p in linear_layer(head).parameters():
+                p.data.copy_(broadcast(p.data.to(self.accelerator.device), from_process=0).to(p.device))
+        return result.train_loss, float(x.shape[0]), {"C": result.C, "solver": "lbfgs"}
+
+    def train_epoch(self, train_dl, epoch: int) -> tuple[float, float, dict]:
+        """One pass over the training data; returns the mean training loss and the images trained on."""
+        accelerator, state, config = self.accelerator, self.state, self.config
+        set_train_mode(self.module, ())
+        set_train_mode(self.model, self.period.eval_modules)
+        # the running loss of the epoch; a resumed epoch starts from the checkpoint's (counted once, on main)
+        own = accelerator.is_main_process and state.batches
+        loss_sum = torch.tensor(state.loss_sum if own else 0.0, dtype=torch.float64)
+        seen = torch.tensor(state.seen if own else 0.0, dtype=torch.float64)
+        skipped, carried = state.batches, (state.seen if state.batches else 0.0)
+        batches = accelerator.skip_first_batches(train_dl, skipped) if skipped else train_dl
+        bar = tqdm(batches, desc=f"epoch {epoch + 1} [{self.period.name}]", leave=False, initial=skipped,
+                   total=len(train_dl), disable=not (self.progress and accelerator.is_local_main_process))
+        for batch in bar:
+            loss = self.step(batch, epoch)
+            n = batch["labels"].shape[0]
+            loss_sum += loss.detach().double().cpu() * n
+            seen += n
+            state.batches += 1
+            if accelerator.sync_gradients:
+                state.step += 1
+                # a step checkpoint at the end of the epoch would duplicate the epoch-end one that follows
+                if (self.checkpointer is not None and self.checkpointer.due(state.step)
+                        and not accelerator.gradient_state.end_of_dataloader):
+                    totals = accelerator.reduce(torch.stack([loss_sum, seen]).to(accelerator.device), "sum")
+                    state.loss_sum, state.seen = (float(v) for v in totals.cpu())
+                    self.save(loss, epoch)
+            if not bar.disable:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+        totals = accelerator.reduce(torch.stack([loss_sum, seen]).to(accelerator.device), "sum").cpu()
+        return float(totals[0] / max(totals[1], 1)), float(totals[1]) - carried, {}
+
+    def step(self, batch, epoch: int) -> torch.Tensor:
+        """Forward, backward, divergence check, optimizer and schedule step (under gradient accumulation)."""
+        accelerator, config = self.accelerator, self.config
+        with accelerator.accumulate(self.wrapped):
+            logits = forward_logits(self.wrapped, batch).float()
+            loss = F.cross_entropy(logits, batch["labels"], label_smoothing=config.label_smoothing)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                # the norm of the synchronised gradients is the same on every process, so all of them stop
+                # together if it is not finite; the optimizer step that would spoil the weights never runs
+                norm = accelerator.clip_grad_norm_(self.trainable, config.max_grad_norm or float("inf"))
+                if diverged(loss, norm, loss_scaling=accelerator.scaler is not None):
+                    raise non_finite_error(loss, norm, epoch, self.period, self.trainable, config, self.checkpointer)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.last_loss = loss
+        return loss
+
+    def save(self, loss, epoch: int) -> None:
+        """Checkpoint, unless an absurd update has made weights non-finite: the checkpoints on disk stay good."""
+        loss = loss if loss is not None else (self.last_loss if self.last_loss is not None else torch.tensor(0.0))
+        if any(not torch.isfinite(p).all() for p in self.trainable):
+            raise non_finite_error(loss, float("nan"), epoch, self.period, self.trainable, self.config,
+                                   self.checkpointer)
+        self.checkpointer.save(self.accelerator, self.state, extra=self.best.save)
+
+

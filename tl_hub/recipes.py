@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -74,7 +75,8 @@ class FitResult:
     """What `Recipe.fit` returns.
 
     Attributes:
-        metrics: validation metrics after the last epoch (``accuracy``, ``f1``, ``loss``).
+        metrics: validation metrics of the kept epoch (``accuracy``, ``f1``, ``loss``): the best epoch by default,
+            the last with ``keep_epoch="last"``; ``extra["kept_epoch"]`` says which.
         history: one record per epoch (see `tl_hub.loop.train_periods`).
         test_metrics: metrics on the dataset's ``test`` split, when it has one.
     """
@@ -117,7 +119,7 @@ class Recipe:
         self.trust_remote_code = trust_remote_code
         self.allow_pickle = allow_pickle
         self.cache_dir = cache_dir
-        self.config = self.config_class.from_kwargs(**settings)
+        self.requested_config = self.config = self.config_class.from_kwargs(**settings)
         self.backbone: Optional[Backbone] = None
         self.classifier: Optional[Classifier] = None
         self.data: Optional[PreparedData] = None
@@ -242,6 +244,8 @@ class Recipe:
             )
             set_seed(cfg.seed)
             backbone = self.load_backbone(data.labels)
+        # automatic settings (epochs) become concrete for this data; the periods and the loop read them
+        self.config = cfg = self.requested_config.resolved(len(data.train))
         self.data, self.backbone = data, backbone
         self.dataset_name = _dataset_name(train)
         if accelerator.is_main_process:
@@ -259,6 +263,7 @@ class Recipe:
             feature_loaders = self._feature_loaders(backbone, data, accelerator)
             if feature_loaders is not None:
                 epoch_datasets.append(feature_loaders[1].dataset)
+                periods = self._solved_periods(periods, feature_loaders)
 
         def on_epoch_start(epoch: int) -> None:
             for ds in epoch_datasets:
@@ -284,12 +289,30 @@ class Recipe:
         self.trained = trained_state(backbone.model, backbone.parts, periods, initial_buffers)
         self.classifier = Classifier(backbone.model, backbone.processor, data.labels,
                                      info={"image_column": data.image_column, "label_column": data.label_column})
-        metrics = {k: history[-1][k] for k in ("accuracy", "f1", "loss")}
+        kept = next((h for h in history if h.get("best")), history[-1])
+        metrics = {k: kept[k] for k in ("accuracy", "f1", "loss")}
         test_metrics = self.evaluate(data.test) if data.test is not None else None
         self.result = FitResult(metrics=metrics, history=history, test_metrics=test_metrics,
                                 data_summary=data.summary(),
-                                extra={"periods": [{"name": p.name, "epochs": p.epochs, **p.info} for p in periods]})
+                                extra={"periods": [{"name": p.name, "epochs": p.epochs, **p.info} for p in periods],
+                                       "kept_epoch": kept["epoch"]})
         return self.result
+
+    def _solved_periods(self, periods: list[Period], feature_loaders) -> list[Period]:
+        """Head periods on cached features whose head is one linear layer become one converged solve (see
+        `tl_hub.probe`), unless ``head_solver="adamw"`` or the problem is too large for a full-batch solve."""
+        from .probe import can_solve, linear_inputs, linear_layer
+
+        head, cached = feature_loaders[0].head, feature_loaders[1].dataset.cached
+        if self.config.head_solver != "lbfgs" or linear_inputs(head, cached.features[0, :2]) is None:
+            return periods
+        linear = linear_layer(head)
+        if not can_solve(cached.views * len(cached.labels), linear.in_features, linear.out_features):
+            logger.info("The head is trained by AdamW: a full-batch solve on %d x %d features is too large.",
+                        cached.views * len(cached.labels), linear.in_features)
+            return periods
+        return [dataclasses.replace(p, epochs=1, solve=True, info={**p.info, "solver": "lbfgs"})
+                if p.features and p.epochs > 0 else p for p in periods]
 
     def _run_identity(self, backbone: Backbone, data: PreparedData, num_processes: int) -> dict:
         """What makes a run the same run: recorded in its checkpoints and compared when resuming (as JSON)."""
@@ -353,6 +376,7 @@ class Recipe:
             "encoder_groups": [g.name for g in self.backbone.parts.groups],
             "head_modules": list(self.backbone.parts.head),
             "periods": self.result.extra.get("periods", []),
+            "kept_epoch": {"epoch": self.result.extra.get("kept_epoch"), "rule": self.config.keep_epoch},
             "trained": self.trained,
         }
 

@@ -1,0 +1,295 @@
+"""Do tl-hub's defaults transfer?  Every recipe with DEFAULT settings on offline tasks nobody tuned for, against two
+references run in the same process on the same data:
+
+- ``hand``: a hand-written PyTorch two-period fine-tune (head 100 full-batch Adam steps on the frozen encoder, then
+  30 epochs of AdamW with the backbone at 1e-4 and the head at 1e-3, batch 32, last epoch kept), and the same loop
+  from random initialisation (all parameters at 1e-3, 30 epochs) as the hand scratch baseline;
+- ``probe``: scikit-learn ``LogisticRegression`` on the frozen features (the input of the model's classifier), its
+  ``C`` tuned on the validation split.
+
+A task is base model x target x examples per class.  Bases: the shipped letter-pretrained ResNet
+(``tl_hub/assets/glyph-resnet``) and ViT (``tl_hub/assets/glyph-vit``).  Targets: handwritten digits
+(scikit-learn's, similar: strokes), printed digits (rendered from other fonts' digits, similar) and the hue of
+random textures (different: colour, which letters never carried).  Every method gets the same training images and
+the same validation images (20 per class), and is scored on a disjoint test set.
+
+An oracle (``--oracle``) runs a small grid of fine-tune settings (``lr`` x ``head_epochs`` x ``augment``) on three
+tasks, picks the best on validation and scores it on test: the default should be within 2 points of it.
+
+    python benchmarks/transfer.py            # all tasks, 3 seeds, oracle (about 30 minutes on 2 CPU cores)
+    python benchmarks/transfer.py --quick    # one task, one seed, no oracle (about a minute; run in CI)
+
+Prints a table (mean and spread over seeds) and, last, one JSON line with every figure and target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from tl_hub import get_recipe  # noqa: E402
+from tl_hub.demo_data import digits_dataset, glyph_dataset, hue_dataset  # noqa: E402
+
+ASSETS = os.path.join(ROOT, "tl_hub", "assets")
+BASES = {"resnet": os.path.join(ASSETS, "glyph-resnet"), "vit": os.path.join(ASSETS, "glyph-vit")}
+TASKS = [
+    # name, base, target, per class, similar to the base task
+    ("resnet/handwritten/5", "resnet", "handwritten", 5, True),
+    ("resnet/handwritten/30", "resnet", "handwritten", 30, True),
+    ("resnet/printed/10", "resnet", "printed", 10, True),
+    ("resnet/hue/10", "resnet", "hue", 10, False),
+    ("vit/handwritten/10", "vit", "handwritten", 10, True),
+    ("vit/printed/100", "vit", "printed", 100, True),
+]
+ORACLE_TASKS = ("resnet/handwritten/5", "resnet/printed/10", "vit/handwritten/10")
+ORACLE_GRID = [{"lr": lr, "head_epochs": he, "augment": aug}
+               for lr in (3e-4, 1e-3, 3e-3) for he in (0, None) for aug in (True, False)]
+RECIPES = ("feature-extraction", "fine-tune", "scratch")
+VALIDATION_PER_CLASS = 20
+HAND_EPOCHS = 30
+
+
+def task_data(target: str, per_class: int, seed: int):
+    """``(train, validation, test)`` as ``datasets.Dataset``: disjoint, the same for every method."""
+    if target == "handwritten":
+        train, used = digits_dataset(per_class=per_class, seed=seed)
+        val, used_val = digits_dataset(per_class=VALIDATION_PER_CLASS, seed=seed + 1000, exclude=used)
+        test, _ = digits_dataset(exclude=np.concatenate([used, used_val]))
+        return train, val, test
+    if target == "printed":
+        digits = tuple("0123456789")
+        return (glyph_dataset(per_class, seed=seed, classes=digits),
+                glyph_dataset(VALIDATION_PER_CLASS, seed=seed + 1000, classes=digits),
+                glyph_dataset(100, seed=seed + 2000, classes=digits))
+    return (hue_dataset(per_class, seed=seed), hue_dataset(VALIDATION_PER_CLASS, seed=seed + 1000),
+            hue_dataset(100, seed=seed + 2000))
+
+
+# -- references ------------------------------------------------------------------------------------------------------
+def _tensors(processor, ds):
+    pixels = processor([im.convert("RGB") for im in ds["image"]], return_tensors="pt")["pixel_values"]
+    return pixels, torch.tensor(ds["label"])
+
+
+def _load(base: str, classes: int, pretrained: bool):
+    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+
+    if pretrained:
+        model = AutoModelForImageClassification.from_pretrained(base, num_labels=classes,
+                                                                ignore_mismatched_sizes=True)
+    else:
+        config = AutoConfig.from_pretrained(base, num_labels=classes)
+        model = AutoModelForImageClassification.from_config(config)
+    return model, AutoImageProcessor.from_pretrained(base)
+
+
+def _classifier_inputs(model, pixels):
+    """The input of ``model.classifier`` for every image (the frozen features a linear probe sees)."""
+    seen = []
+    handle = model.classifier.register_forward_pre_hook(lambda m, a: seen.append(a[0].flatten(1)))
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(pixels), 256):
+            model(pixel_values=pixels[i:i + 256])
+    handle.remove()
+    return torch.cat(seen)
+
+
+def _accuracy(model, pixels, labels):
+    model.eval()
+    with torch.no_grad():
+        preds = torch.cat([model(pixel_values=pixels[i:i + 256]).logits.argmax(-1) for i in range(0, len(pixels), 256)])
+    return float((preds == labels).float().mean())
+
+
+def hand_reference(base: str, data, seed: int, pretrained: bool) -> float:
+    """A hand-written two-period fine-tune (or, not pretrained, training from scratch); test accuracy."""
+    torch.manual_seed(seed)
+    train, _, test = data
+    classes = len(train.features["label"].names)
+    model, processor = _load(base, classes, pretrained)
+    x, y = _tensors(processor, train)
+    tx, ty = _tensors(processor, test)
+    head = list(model.classifier.parameters())
+    head_ids = {id(p) for p in head}
+    backbone = [p for p in model.parameters() if id(p) not in head_ids]
+    if pretrained:  # period 1: the head alone, 100 full-batch steps on the frozen features
+        feats = _classifier_inputs(model, x)
+        linear = [m for m in model.classifier.modules() if isinstance(m, torch.nn.Linear)][0]
+        opt = torch.optim.Adam(linear.parameters(), lr=1e-2)
+        for _ in range(100):
+            loss = torch.nn.functional.cross_entropy(linear(feats), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        groups = [{"params": backbone, "lr": 1e-4}, {"params": head, "lr": 1e-3}]
+    else:
+        groups = [{"params": list(model.parameters()), "lr": 1e-3}]
+    opt = torch.optim.AdamW(groups)
+    for _ in range(HAND_EPOCHS):  # period 2 (or scratch): every parameter, batch 32, last epoch kept
+        model.train()
+        for idx in torch.randperm(len(y)).split(32):
+            loss = torch.nn.functional.cross_entropy(model(pixel_values=x[idx]).logits, y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return _accuracy(model, tx, ty)
+
+
+def probe_reference(base: str, data) -> float:
+    """scikit-learn ``LogisticRegression`` on the frozen features, ``C`` tuned on validation; test accuracy."""
+    from sklearn.linear_model import LogisticRegression
+
+    train, val, test = data
+    model, processor = _load(base, len(train.features["label"].names), True)
+    (x, y), (vx, vy), (tx, ty) = (_tensors(processor, d) for d in data)
+    f, vf, tf = (_classifier_inputs(model, p).numpy() for p in (x, vx, tx))
+    best = None
+    for C in 10.0 ** np.arange(-4, 4.5, 0.5):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            clf = LogisticRegression(C=C, max_iter=5000).fit(f, y.numpy())
+        score = clf.score(vf, vy.numpy())
+        if best is None or score > best[0]:
+            best = (score, clf)
+    return float(best[1].score(tf, ty.numpy()))
+
+
+# -- tl-hub ----------------------------------------------------------------------------------------------------------
+def tlhub(recipe: str, base: str, data, seed: int, **settings) -> dict:
+    """One recipe through the public API; only the seed (and, for the oracle, the grid point) is set."""
+    train, val, test = data
+    start = time.perf_counter()
+    r = get_recipe(recipe)(base, seed=seed, **settings)
+    result = r.fit(train, val, progress=False)
+    return {"validation": result.metrics["accuracy"], "test": r.evaluate(test)["accuracy"],
+            "seconds": time.perf_counter() - start}
+
+
+def run_task(name, base_key, target, per_class, similar, seeds) -> dict:
+    base = BASES[base_key]
+    runs = {m: [] for m in (*RECIPES, "hand fine-tune", "hand scratch", "probe")}
+    seconds = {m: [] for m in runs}
+    for seed in seeds:
+        data = task_data(target, per_class, seed)
+        for recipe in RECIPES:
+            out = tlhub(recipe, base, data, seed)
+            runs[recipe].append(out["test"])
+            seconds[recipe].append(out["seconds"])
+        for label, fn in (("hand fine-tune", lambda: hand_reference(base, data, seed, True)),
+                          ("hand scratch", lambda: hand_reference(base, data, seed, False)),
+                          ("probe", lambda: probe_reference(base, data))):
+            start = time.perf_counter()
+            runs[label].append(fn())
+            seconds[label].append(time.perf_counter() - start)
+        print(f"  {name} seed {seed}: " + ", ".join(f"{m} {v[-1]:.3f}" for m, v in runs.items()), flush=True)
+    return {"runs": runs, "seconds": {m: statistics.median(v) for m, v in seconds.items()}}
+
+
+def oracle(name, base_key, target, per_class, similar, seed: int) -> dict:
+    """The best fine-tune of the grid on validation, scored on test (one seed)."""
+    data = task_data(target, per_class, seed)
+    trials = []
+    for point in ORACLE_GRID:
+        settings = {k: v for k, v in point.items() if v is not None}
+        out = tlhub("fine-tune", BASES[base_key], data, seed, **settings)
+        trials.append({**point, **out})
+    chosen = max(trials, key=lambda t: t["validation"])
+    default = tlhub("fine-tune", BASES[base_key], data, seed)
+    print(f"  oracle {name}: {chosen} vs default {default['test']:.3f}", flush=True)
+    return {"oracle_test": chosen["test"], "oracle_settings": {k: chosen[k] for k in ORACLE_GRID[0]},
+            "default_test": default["test"], "default_minus_oracle": default["test"] - chosen["test"]}
+
+
+def _stats(values):
+    return {"mean": statistics.mean(values), "min": min(values), "max": max(values)}
+
+
+def check_targets(results: dict, oracles: dict) -> dict:
+    """Each target of the benchmark, per task: ``{"target": ..., "task": ..., "ok": bool, "margin": float}``."""
+    checks = []
+    for (name, _b, _t, per_class, similar) in TASKS:
+        if name not in results:
+            continue
+        m = {k: statistics.mean(v) for k, v in results[name]["runs"].items()}
+        rows = [("fine-tune >= hand fine-tune", m["fine-tune"] - m["hand fine-tune"]),
+                ("feature-extraction >= probe - 1pt", m["feature-extraction"] - m["probe"] + 0.01),
+                ("scratch >= hand scratch", m["scratch"] - m["hand scratch"])]
+        if similar and per_class <= 10:
+            rows += [("fine-tune >= feature-extraction - 1pt", m["fine-tune"] - m["feature-extraction"] + 0.01),
+                     ("transfer >= scratch + 10pt", max(m["fine-tune"], m["feature-extraction"]) - m["scratch"] - 0.1)]
+        checks += [{"task": name, "target": t, "margin": margin, "ok": margin >= -1e-9} for t, margin in rows]
+    for name, o in oracles.items():
+        margin = o["default_minus_oracle"] + 0.02
+        checks.append({"task": name, "target": "fine-tune >= oracle - 2pt", "margin": margin, "ok": margin >= -1e-9})
+    return checks
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="One task, one seed, no oracle.")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--tasks", nargs="*", help="Task names to run (default: all).")
+    parser.add_argument("--no-oracle", action="store_true")
+    parser.add_argument("--output", help="Also write the JSON here.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)
+    for name in ("transformers", "tl_hub", "accelerate", "datasets"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    tasks = TASKS[:1] if args.quick else [t for t in TASKS if not args.tasks or t[0] in args.tasks]
+    seeds = [0] if args.quick else list(range(args.seeds))
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="tl_hub_transfer_") as cache:
+        os.environ["TL_HUB_CACHE"] = cache  # the default disk feature cache, fresh for this run
+        results = {t[0]: run_task(*t, seeds) for t in tasks}
+        oracles = {} if args.quick or args.no_oracle else {
+            t[0]: oracle(*t, seed=0) for t in tasks if t[0] in ORACLE_TASKS}
+    checks = check_targets(results, oracles)
+    methods = list(next(iter(results.values()))["runs"])
+    print(f"\ntest accuracy, mean over {len(seeds)} seed(s) [min-max]; default settings for tl-hub")
+    print("| task | " + " | ".join(methods) + " |")
+    print("|---|" + "---|" * len(methods))
+    for name, r in results.items():
+        cells = [f"{s['mean']:.3f} [{s['min']:.3f}-{s['max']:.3f}]" for s in map(_stats, r["runs"].values())]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print("\nmedian seconds per run: " + "; ".join(
+        f"{name}: " + ", ".join(f"{m} {s:.1f}" for m, s in r["seconds"].items()) for name, r in results.items()))
+    for name, o in oracles.items():
+        print(f"oracle {name}: best of {len(ORACLE_GRID)} on validation {o['oracle_test']:.3f} "
+              f"({o['oracle_settings']}), default {o['default_test']:.3f} ({o['default_minus_oracle']:+.3f})")
+    missed = [c for c in checks if not c["ok"]]
+    print(f"\ntargets: {len(checks) - len(missed)} of {len(checks)} hold")
+    for c in missed:
+        print(f"  missed: {c['task']}: {c['target']} (by {-c['margin']:.3f})")
+    total = time.perf_counter() - start
+    print(f"total {total:.0f} s")
+    summary = {"seeds": seeds, "seconds": total,
+               "tasks": {n: {"mean": {m: statistics.mean(v) for m, v in r["runs"].items()}, "runs": r["runs"],
+                             "seconds": r["seconds"]} for n, r in results.items()},
+               "oracle": oracles, "targets": checks, "targets_met": not missed}
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(summary, f, indent=1)
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

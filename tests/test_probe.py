@@ -1,0 +1,209 @@
+"""The converged linear head (tl_hub.probe), keeping the best epoch, and the defaults that scale with the data."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import colour_dataset, write_image_folder
+from tl_hub import FeatureExtractionRecipe, FineTuneRecipe, ScratchRecipe
+from tl_hub.config import FeatureExtractionConfig, FineTuneConfig, TrainingConfig
+from tl_hub.probe import C_GRID, fit_probe, linear_inputs, linear_layer
+
+
+def _digits_split(per_class: int, seed: int = 0):
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(x))
+    train = np.concatenate([order[y[order] == c][:per_class] for c in range(10)])
+    rest = np.setdiff1d(order, train)
+    rng.shuffle(rest)
+    return (x[train], y[train]), (x[rest[:300]], y[rest[:300]]), (x[rest[300:]], y[rest[300:]])
+
+
+def _sklearn_tuned(train, val, test) -> float:
+    from sklearn.linear_model import LogisticRegression
+
+    best = None
+    for C in C_GRID:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            clf = LogisticRegression(C=C, max_iter=5000).fit(*train)
+        score = clf.score(*val)
+        if best is None or score > best[0]:
+            best = (score, clf.score(*test))
+    return best[1]
+
+
+def _glyph_features(per_class: int, seed: int):
+    """The shipped glyph ResNet's frozen features (the input of its classifier) of handwritten digits."""
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    from tl_hub.demo import base_model_path, target_data
+
+    train, val, test = target_data(per_class, 300, seed=seed)
+    model = AutoModelForImageClassification.from_pretrained(base_model_path()).eval()
+    processor = AutoImageProcessor.from_pretrained(base_model_path())
+    out = []
+    for ds in (train, val, test):
+        pixels = processor([im.convert("RGB") for im in ds["image"]], return_tensors="pt")["pixel_values"]
+        seen = []
+        handle = model.classifier.register_forward_pre_hook(lambda m, a: seen.append(a[0].flatten(1)))
+        with torch.no_grad():
+            model(pixel_values=pixels)
+        handle.remove()
+        out.append((seen[0].numpy(), np.asarray(ds["label"])))
+    return out
+
+
+@pytest.mark.parametrize("source,per_class", [("pixels", 5), ("pixels", 30), ("glyph-resnet", 5),
+                                              ("glyph-resnet", 30)])
+def test_probe_matches_sklearn_with_C_tuned_on_validation(source, per_class):
+    train, val, test = _digits_split(per_class) if source == "pixels" else _glyph_features(per_class, seed=1)
+    result = fit_probe(torch.tensor(train[0]), torch.tensor(train[1]), torch.tensor(val[0]), torch.tensor(val[1]),
+                       10)
+    logits = torch.tensor(test[0], dtype=torch.float64) @ result.weight.T + result.bias
+    ours = float((logits.argmax(-1).numpy() == test[1]).mean())
+    reference = _sklearn_tuned(train, val, test)
+    assert ours >= reference - 0.01, (ours, reference, result.C)
+    assert len(result.path) == len(C_GRID) and result.C in C_GRID
+
+
+def test_probe_is_deterministic_and_converged():
+    train, val, _ = _digits_split(10)
+    args = (torch.tensor(train[0]), torch.tensor(train[1]), torch.tensor(val[0]), torch.tensor(val[1]), 10)
+    a, b = fit_probe(*args), fit_probe(*args)
+    assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+    # at the chosen C the gradient of the objective is ~0 (converged), checked in the original feature space
+    x = torch.tensor(train[0], dtype=torch.float64)
+    w = a.weight.clone().requires_grad_(True)
+    bias = a.bias.clone().requires_grad_(True)
+    loss = nn.functional.cross_entropy(x @ w.T + bias, torch.tensor(train[1]))
+    loss.backward()
+    assert bias.grad.abs().max() < 1e-4
+
+
+def test_linear_head_detection():
+    feats = torch.randn(4, 8, 1, 1)
+    resnet_like = nn.Sequential(nn.Flatten(), nn.Linear(8, 3))
+    assert linear_layer(resnet_like) is resnet_like[1]
+    x = linear_inputs(resnet_like, feats)
+    assert x.shape == (4, 8) and torch.equal(x, feats.flatten(1))
+    assert linear_layer(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))) is None  # an MLP: optimizer
+    assert linear_layer(nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 3))) is None  # a trainable norm in the head
+    assert linear_inputs(nn.Sequential(nn.Linear(8, 3), nn.Softmax(-1)), torch.randn(4, 8)) is None  # not logits
+
+
+def test_three_colours_feature_extraction_cli_reaches_90_percent(tiny_model_dir, tmp_path):
+    """3 colour classes, 30 images each, a tiny random ResNet, `--epochs 3`: the head converges anyway."""
+    from test_cli import tl_hub
+
+    data = write_image_folder(tmp_path / "images", n=90)
+    out = tmp_path / "out"
+    proc = tl_hub("train", "--recipe", "feature-extraction", "--model", tiny_model_dir("resnet"), "--dataset", data,
+                  "--output-dir", out, "--epochs", "3", "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.load(open(out / "metrics.json"))["validation"]
+    assert metrics["accuracy"] >= 0.9, metrics
+    info = json.load(open(out / "tl_hub.json"))
+    assert info["periods"][0]["solver"] == "lbfgs" and info["periods"][0]["epochs"] == 1
+
+
+def test_adamw_head_solver_is_still_available(tiny_model_dir):
+    recipe = FeatureExtractionRecipe(tiny_model_dir("resnet"), epochs=2, head_solver="adamw", lr=0.05,
+                                     feature_cache="memory")
+    result = recipe.fit(colour_dataset(60), progress=False)
+    assert [h["period"] for h in result.history] == ["head", "head"]
+    assert "solver" not in result.extra["periods"][0]
+
+
+def test_non_linear_head_trains_with_the_optimizer(tiny_model_dir):
+    """A head that is not one linear layer keeps its epochs of AdamW (the solve does not apply)."""
+
+    class MLPHead(FeatureExtractionRecipe):
+        def load_backbone(self, labels):
+            backbone = super().load_backbone(labels)
+            model = backbone.model
+            model.classifier = nn.Sequential(nn.Linear(model.classifier.in_features, 16), nn.ReLU(),
+                                             nn.Linear(16, len(labels)))
+            return backbone
+
+    recipe = MLPHead(tiny_model_dir("vit"), epochs=3, feature_cache="memory", lr=0.01)
+    result = recipe.fit(colour_dataset(60), progress=False)
+    assert len(result.history) == 3 and "solver" not in result.extra["periods"][0]
+
+
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_kept_epoch_is_the_saved_model(tiny_model_dir, tmp_path, keep):
+    """The saved model's validation metrics equal those of the epoch it keeps: the best one, or the last."""
+    import tl_hub
+
+    train, val = colour_dataset(60, seed=0), colour_dataset(30, seed=1)
+    recipe = ScratchRecipe(tiny_model_dir("resnet"), epochs=6, lr=0.2, batch_size=8, seed=3, keep_epoch=keep)
+    result = recipe.fit(train, val, progress=False)
+    history = result.history
+    best = max(history, key=lambda h: (h["accuracy"], -h["loss"]))
+    kept = best if keep == "best" else history[-1]
+    assert result.extra["kept_epoch"] == kept["epoch"]
+    assert result.metrics["accuracy"] == kept["accuracy"]
+    recipe.save(tmp_path / "out")
+    again = tl_hub.load(str(tmp_path / "out")).evaluate(val)
+    assert again["accuracy"] == pytest.approx(kept["accuracy"], abs=1e-9)
+    assert again["loss"] == pytest.approx(kept["loss"], rel=1e-4, abs=1e-5)
+    info = json.load(open(tmp_path / "out" / "tl_hub.json"))
+    assert info["kept_epoch"] == {"epoch": kept["epoch"], "rule": keep}
+    from tl_hub.hub import model_card
+
+    card = str(model_card({**info, "metrics": json.load(open(tmp_path / "out" / "metrics.json"))}, "me/colours"))
+    rule = "the best on validation" if keep == "best" else "the last"
+    assert f"Kept epoch: {kept['epoch']} of 6 ({rule})" in card
+    if keep == "best":
+        assert [h["epoch"] for h in history if h.get("best")] == [best["epoch"]]
+
+
+def test_best_epoch_differs_from_last_when_training_degrades(tiny_model_dir):
+    """A learning rate that wrecks the model late: the best epoch's weights are restored, not the last."""
+    train, val = colour_dataset(60, seed=0), colour_dataset(30, seed=1)
+    recipe = FineTuneRecipe(tiny_model_dir("resnet"), epochs=4, head_epochs=1, lr=0.3, backbone_lr_ratio=1.0,
+                            warmup_ratio=0.0, batch_size=8, augment=False, seed=0)
+    result = recipe.fit(train, val, progress=False)
+    accs = [h["accuracy"] for h in result.history]
+    assert accs[-1] < max(accs)  # the setting does degrade training
+    assert result.extra["kept_epoch"] == 1 + accs.index(max(accs))
+    assert recipe.evaluate(val)["accuracy"] == pytest.approx(max(accs))
+
+
+def test_defaults_resolve_to_documented_values():
+    """README "Defaults": epochs enough for min_steps=300 optimizer steps, within [3, 200] epochs."""
+    cfg = TrainingConfig()
+    assert (cfg.epochs, cfg.min_steps, cfg.min_epochs, cfg.max_epochs) == (None, 300, 3, 200)
+    assert (cfg.batch_size, cfg.lr, cfg.warmup_ratio, cfg.scheduler, cfg.keep_epoch, cfg.head_solver) == (
+        32, 1e-3, 0.1, "cosine", "best", "lbfgs")
+    assert (cfg.augment, cfg.hflip) == (True, False)
+    assert cfg.resolve_epochs(10) == 200        # 1 step per epoch: capped at max_epochs
+    assert cfg.resolve_epochs(40) == 150        # 2 steps per epoch -> 300 steps
+    assert cfg.resolve_epochs(10_000) == 3      # 313 steps per epoch: min_epochs (939 steps)
+    assert TrainingConfig(epochs=7).resolve_epochs(10_000) == 7
+    assert TrainingConfig(batch_size=8, gradient_accumulation_steps=2).resolve_epochs(160) == 30
+    ft = FineTuneConfig()
+    assert (ft.head_epochs, ft.backbone_lr_ratio, ft.unfreeze, ft.bn_policy) == (None, 0.1, "all", "frozen")
+    small, large = ft.resolved(10), ft.resolved(10_000)
+    assert (small.head_epochs, small.epochs) == (200, 400)   # period 1 used only if the head is not solved
+    assert (large.head_epochs, large.epochs) == (3, 6)
+    assert FineTuneConfig(head_epochs=0).resolved(10_000).epochs == 3
+    assert FeatureExtractionConfig().resolved(10).epochs == 200
+
+
+def test_fine_tune_defaults_solve_the_head_then_train(tiny_model_dir):
+    recipe = FineTuneRecipe(tiny_model_dir("vit"), min_steps=6, min_epochs=1, batch_size=16)
+    result = recipe.fit(colour_dataset(60), progress=False)
+    periods = result.extra["periods"]
+    assert [p["name"] for p in periods] == ["head", "fine-tune"]
+    assert periods[0]["epochs"] == 1 and periods[0]["solver"] == "lbfgs"
+    assert periods[1]["epochs"] == 2  # 48 training images at batch 16: 3 steps per epoch, 6 steps
+    assert result.history[0]["C"] in C_GRID and result.history[0]["lr"] is None
