@@ -57,6 +57,8 @@ TASKS = [
 ORACLE_TASKS = ("resnet/handwritten/5", "resnet/printed/10", "vit/handwritten/10")
 ORACLE_GRID = [{"lr": lr, "head_epochs": he, "augment": aug}
                for lr in (3e-4, 1e-3, 3e-3) for he in (0, None) for aug in (True, False)]
+ABLATION_TASKS = ("resnet/handwritten/5", "resnet/printed/10", "vit/handwritten/10")
+ABLATIONS = {"default": {}, "no augmentation": {"augment": False}, "with flips": {"hflip": True}}
 RECIPES = ("feature-extraction", "fine-tune", "scratch")
 VALIDATION_PER_CLASS = 20
 HAND_EPOCHS = 30
@@ -214,6 +216,18 @@ def oracle(name, base_key, target, per_class, similar, seed: int) -> dict:
             "default_test": default["test"], "default_minus_oracle": default["test"] - chosen["test"]}
 
 
+def ablation(name, base_key, target, per_class, similar, seeds) -> dict:
+    """Augmentation defaults measured: fine-tune and scratch with the default augmentation (random resized crop, no
+    flips), without augmentation, and with flips added; test accuracy per seed."""
+    out = {}
+    for recipe in ("fine-tune", "scratch"):
+        for label, settings in ABLATIONS.items():
+            out[f"{recipe}, {label}"] = [tlhub(recipe, BASES[base_key], task_data(target, per_class, seed), seed,
+                                               **settings)["test"] for seed in seeds]
+    print(f"  ablation {name}: " + ", ".join(f"{k} {statistics.mean(v):.3f}" for k, v in out.items()), flush=True)
+    return out
+
+
 def _stats(values):
     return {"mean": statistics.mean(values), "min": min(values), "max": max(values)}
 
@@ -244,6 +258,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--tasks", nargs="*", help="Task names to run (default: all).")
     parser.add_argument("--no-oracle", action="store_true")
+    parser.add_argument("--oracle-only", action="store_true", help="Only the oracle (for a second process).")
+    parser.add_argument("--ablation", action="store_true",
+                        help="Only the augmentation ablation (fine-tune and scratch, augmentation off / flips on).")
     parser.add_argument("--output", help="Also write the JSON here.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
@@ -258,11 +275,16 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tl_hub_transfer_") as cache:
         os.environ["TL_HUB_CACHE"] = cache  # the default disk feature cache, fresh for this run
-        results = {t[0]: run_task(*t, seeds) for t in tasks}
+        if args.ablation:
+            ablations = {t[0]: ablation(*t, seeds) for t in TASKS if t[0] in ABLATION_TASKS}
+            print(json.dumps({"seeds": seeds, "ablation": ablations,
+                              "seconds": time.perf_counter() - start}))
+            return 0
+        results = {} if args.oracle_only else {t[0]: run_task(*t, seeds) for t in tasks}
         oracles = {} if args.quick or args.no_oracle else {
             t[0]: oracle(*t, seed=0) for t in tasks if t[0] in ORACLE_TASKS}
     checks = check_targets(results, oracles)
-    methods = list(next(iter(results.values()))["runs"])
+    methods = list(next(iter(results.values()))["runs"]) if results else []
     print(f"\ntest accuracy, mean over {len(seeds)} seed(s) [min-max]; default settings for tl-hub")
     print("| task | " + " | ".join(methods) + " |")
     print("|---|" + "---|" * len(methods))

@@ -4,7 +4,7 @@ The encoder's weights and BatchNorm statistics stay exactly the pretrained ones.
 and under ``accelerate launch``:
 
     python recipes/feature_extraction.py --model facebook/convnext-tiny-224 --dataset beans \\
-        --output-dir out/convnext-beans --epochs 10 --lr 1e-3
+        --output-dir out/convnext-beans
     accelerate launch --multi_gpu --num_processes 2 recipes/feature_extraction.py --model ... --dataset ... \\
         --output-dir ...
 """

@@ -179,31 +179,40 @@ def test_best_epoch_differs_from_last_when_training_degrades(tiny_model_dir):
 
 
 def test_defaults_resolve_to_documented_values():
-    """README "Defaults": epochs enough for min_steps=300 optimizer steps, within [3, 200] epochs."""
+    """README "Defaults": epochs enough for min_steps=300 optimizer steps within [3, 30]; small data makes each
+    epoch several passes so that the 300 steps are there."""
     cfg = TrainingConfig()
-    assert (cfg.epochs, cfg.min_steps, cfg.min_epochs, cfg.max_epochs) == (None, 300, 3, 200)
+    assert (cfg.epochs, cfg.min_steps, cfg.min_epochs, cfg.max_epochs) == (None, 300, 3, 30)
     assert (cfg.batch_size, cfg.lr, cfg.warmup_ratio, cfg.scheduler, cfg.keep_epoch, cfg.head_solver) == (
         32, 1e-3, 0.1, "cosine", "best", "lbfgs")
-    assert (cfg.augment, cfg.hflip) == (True, False)
-    assert cfg.resolve_epochs(10) == 200        # 1 step per epoch: capped at max_epochs
-    assert cfg.resolve_epochs(40) == 150        # 2 steps per epoch -> 300 steps
-    assert cfg.resolve_epochs(10_000) == 3      # 313 steps per epoch: min_epochs (939 steps)
-    assert TrainingConfig(epochs=7).resolve_epochs(10_000) == 7
-    assert TrainingConfig(batch_size=8, gradient_accumulation_steps=2).resolve_epochs(160) == 30
+    assert (cfg.augment, cfg.hflip, cfg.crop_scale) == (True, False, 0.6)
+
+    def plan(config, n):
+        r = config.resolved(n)
+        return r.epochs, r.passes_per_epoch(n)
+
+    assert plan(cfg, 10) == (30, 10)            # 1 step per pass: 30 epochs of 10 passes = 300 steps
+    assert plan(cfg, 40) == (30, 5)             # 2 steps per pass: 30 x 5 x 2 = 300 steps
+    assert plan(cfg, 10_000) == (3, 1)          # 313 steps per pass: min_epochs, 939 steps
+    assert plan(TrainingConfig(epochs=7), 10_000) == (7, 1)
+    assert plan(TrainingConfig(epochs=30), 40) == (30, 5)      # min_steps holds for explicit epochs too
+    assert plan(TrainingConfig(epochs=30, min_steps=0), 40) == (30, 1)
+    assert plan(TrainingConfig(batch_size=8, gradient_accumulation_steps=2), 160) == (30, 1)
     ft = FineTuneConfig()
     assert (ft.head_epochs, ft.backbone_lr_ratio, ft.unfreeze, ft.bn_policy) == (None, 0.1, "all", "frozen")
     small, large = ft.resolved(10), ft.resolved(10_000)
-    assert (small.head_epochs, small.epochs) == (200, 400)   # period 1 used only if the head is not solved
-    assert (large.head_epochs, large.epochs) == (3, 6)
+    assert (small.head_epochs, small.epochs, small.passes_per_epoch(10)) == (30, 60, 10)
+    assert (large.head_epochs, large.epochs, large.passes_per_epoch(10_000)) == (3, 6, 1)
     assert FineTuneConfig(head_epochs=0).resolved(10_000).epochs == 3
-    assert FeatureExtractionConfig().resolved(10).epochs == 200
+    assert FeatureExtractionConfig().resolved(10).epochs == 30
 
 
 def test_fine_tune_defaults_solve_the_head_then_train(tiny_model_dir):
-    recipe = FineTuneRecipe(tiny_model_dir("vit"), min_steps=6, min_epochs=1, batch_size=16)
+    recipe = FineTuneRecipe(tiny_model_dir("vit"), min_steps=12, min_epochs=1, max_epochs=2, batch_size=16)
     result = recipe.fit(colour_dataset(60), progress=False)
     periods = result.extra["periods"]
     assert [p["name"] for p in periods] == ["head", "fine-tune"]
     assert periods[0]["epochs"] == 1 and periods[0]["solver"] == "lbfgs"
-    assert periods[1]["epochs"] == 2  # 48 training images at batch 16: 3 steps per epoch, 6 steps
+    assert periods[1]["epochs"] == 2  # 48 training images at batch 16: 3 steps per pass, 2 epochs of 2 passes
+    assert recipe.passes == 2 and recipe.info()["passes_per_epoch"] == 2
     assert result.history[0]["C"] in C_GRID and result.history[0]["lr"] is None

@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--model", required=True, help="Hub model id or local folder of an image classifier.")
     cmp.add_argument("--dataset", required=True, help="Image folder, save_to_disk folder or Hub dataset id.")
     cmp.add_argument("--validation-dataset", default=None)
-    cmp.add_argument("--epochs", type=int, default=10, help="Epochs of every recipe.")
+    cmp.add_argument("--epochs", type=int, default=None,
+                     help="Epochs of every recipe (default: the recipes' automatic epochs).")
     cmp.add_argument("--recipes", nargs="+", default=["feature-extraction", "fine-tune", "scratch"],
                      choices=sorted(RECIPES))
     cmp.add_argument("--batch-size", type=int, default=32)
@@ -260,7 +261,7 @@ def cmd_advise(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare
 
-    if args.epochs < 2:
+    if args.epochs is not None and args.epochs < 2:
         raise ConfigError(f"`--epochs` should be at least 2 to measure a slope, got {args.epochs}.")
     result = compare(args.model, args.dataset, args.validation_dataset, recipes=args.recipes, epochs=args.epochs,
                      output_dir=args.output_dir, common={"batch_size": args.batch_size})

@@ -19,19 +19,14 @@ from .plots import plot_learning_curves
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SETTINGS = {
-    "feature-extraction": {"lr": 1e-2},
-    "fine-tune": {"lr": 1e-2, "backbone_lr_ratio": 0.1},
-    "scratch": {"lr": 3e-3},
-}
-
-
 def curve_summary(history: Sequence[dict], slope_epochs: int = 3) -> dict:
     """``start``, ``slope`` and ``asymptote`` of a per-epoch history (``accuracy`` per record).
 
     Example:
         >>> curve_summary([{"accuracy": .2}, {"accuracy": .4}, {"accuracy": .5}, {"accuracy": .45}])
         {'start': 0.2, 'slope': 0.15, 'asymptote': 0.5, 'final': 0.45, 'best_epoch': 3}
+
+    A curve of one record (a head solved to convergence in one step) has no slope (None).
     """
     if not history:
         raise ConfigError("An empty history has no learning curve.")
@@ -39,7 +34,7 @@ def curve_summary(history: Sequence[dict], slope_epochs: int = 3) -> dict:
         raise ConfigError(f"`slope_epochs` should be >= 2, got {slope_epochs}.")
     acc = [float(h["accuracy"]) for h in history]
     k = min(slope_epochs, len(acc))
-    slope = (acc[k - 1] - acc[0]) / (k - 1) if k > 1 else 0.0
+    slope = (acc[k - 1] - acc[0]) / (k - 1) if k > 1 else None
     best = max(range(len(acc)), key=lambda i: acc[i])
     return {"start": acc[0], "slope": slope, "asymptote": acc[best], "final": acc[-1], "best_epoch": best + 1}
 
@@ -61,14 +56,16 @@ class Comparison:
     def table(self) -> str:
         rows = [f"{'recipe':<20} {'start':>7} {'slope/epoch':>12} {'asymptote':>10} {'final':>7}"]
         for name, s in self.summaries.items():
-            rows.append(f"{name:<20} {s['start']:>7.3f} {s['slope']:>+12.3f} {s['asymptote']:>10.3f} {s['final']:>7.3f}")
+            slope = "converged" if s["slope"] is None else f"{s['slope']:+.3f}"
+            rows.append(f"{name:<20} {s['start']:>7.3f} {slope:>12} {s['asymptote']:>10.3f} {s['final']:>7.3f}")
         if "scratch" in self.summaries:
             base = self.summaries["scratch"]
             for name, s in self.summaries.items():
                 if name != "scratch":
-                    rows.append(f"{name} vs scratch: start {s['start'] - base['start']:+.3f}, slope "
-                                f"{s['slope'] - base['slope']:+.3f}/epoch, asymptote "
-                                f"{s['asymptote'] - base['asymptote']:+.3f}")
+                    slope = ("converged at epoch 1" if s["slope"] is None or base["slope"] is None
+                             else f"{s['slope'] - base['slope']:+.3f}/epoch")
+                    rows.append(f"{name} vs scratch: start {s['start'] - base['start']:+.3f}, slope {slope}, "
+                                f"asymptote {s['asymptote'] - base['asymptote']:+.3f}")
         return "\n".join(rows)
 
     def to_dict(self) -> dict:
@@ -77,8 +74,8 @@ class Comparison:
 
 
 def compare(model: str, train: Any, validation: Any = None, *,
-            recipes: Sequence[str] = ("feature-extraction", "fine-tune", "scratch"), epochs: int = 10,
-            head_epochs: Optional[int] = None, slope_epochs: int = 3, settings: Optional[dict] = None,
+            recipes: Sequence[str] = ("feature-extraction", "fine-tune", "scratch"), epochs: Optional[int] = None,
+            slope_epochs: int = 3, settings: Optional[dict] = None,
             output_dir: Optional[str] = None, common: Optional[dict] = None, progress: bool = False) -> Comparison:
     """Train each recipe for the same ``epochs`` on the same data and compare their learning curves.
 
@@ -86,9 +83,10 @@ def compare(model: str, train: Any, validation: Any = None, *,
         model (`str`): the pretrained model (the scratch baseline uses its architecture, randomly initialised).
         train / validation: the data, as for `Recipe.fit`.
         recipes: registry names to compare (default: feature extraction, fine-tune, scratch).
-        epochs (`int`): the budget of every recipe.
-        head_epochs (`int`, *optional*): period 1 of fine-tuning (default: half the epochs).
-        settings (`dict`, *optional*): per-recipe settings, e.g. ``{"scratch": {"lr": 1e-3}}``.
+        epochs (`int`, *optional*): the epochs of every recipe (default: each recipe's automatic epochs, the same
+            for every trained period; see `TrainingConfig.resolve_epochs`).
+        settings (`dict`, *optional*): per-recipe settings, e.g. ``{"scratch": {"lr": 1e-3}}``; every recipe runs
+            with its defaults otherwise.
         output_dir (`str`, *optional*): where to write ``results.json`` and ``learning_curves.png``.
         common (`dict`, *optional*): settings given to every recipe (batch size, seed, ...).
 
@@ -102,9 +100,9 @@ def compare(model: str, train: Any, validation: Any = None, *,
     summaries, histories, trained = {}, {}, {}
     for name in recipes:
         cls = get_recipe(name)
-        kwargs = {**DEFAULT_SETTINGS.get(name, {}), **common, **settings.get(name, {}), "epochs": epochs}
-        if name == "fine-tune":
-            kwargs.setdefault("head_epochs", head_epochs if head_epochs is not None else max(1, epochs // 2))
+        kwargs = {**common, **settings.get(name, {})}
+        if epochs is not None:
+            kwargs["epochs"] = epochs
         recipe = cls(model, **{k: v for k, v in kwargs.items() if k in cls.config_class.field_names()})
         result = recipe.fit(train, validation, progress=progress)
         histories[name] = result.history

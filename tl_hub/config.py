@@ -40,13 +40,6 @@ def _choice(name: str, value, choices) -> None:
         raise ConfigError(f"`{name}` should be one of {', '.join(map(str, choices))}; got {value!r}.")
 
 
-def auto_epochs(train_examples: int, batch_size: int, accumulation: int, min_steps: int, min_epochs: int,
-                max_epochs: int) -> int:
-    """Epochs for at least ``min_steps`` optimizer steps, clipped to ``[min_epochs, max_epochs]``."""
-    steps_per_epoch = max(1, math.ceil(math.ceil(max(train_examples, 1) / batch_size) / accumulation))
-    return int(min(max(math.ceil(min_steps / steps_per_epoch), min_epochs), max_epochs))
-
-
 @dataclass
 class TrainingConfig:
     """Settings shared by every recipe.
@@ -72,11 +65,14 @@ class TrainingConfig:
     )
     min_steps: int = field(
         default=300,
-        metadata={"help": "With epochs unset: the fewest optimizer steps a trained period gets (small data "
-                  "repeats epochs until it has them)."},
+        metadata={"help": "The fewest optimizer steps a trained period gets: when its epochs are too few passes "
+                  "over small data, each epoch makes several passes (0: one pass per epoch, always)."},
     )
     min_epochs: int = field(default=3, metadata={"help": "With epochs unset: the fewest epochs (large data)."})
-    max_epochs: int = field(default=200, metadata={"help": "With epochs unset: the most epochs (tiny data)."})
+    max_epochs: int = field(
+        default=30, metadata={"help": "With epochs unset: the most epochs (small data; an epoch is then several "
+                              "passes, see min_steps)."}
+    )
     keep_epoch: str = field(
         default="best",
         metadata={"help": "Which weights the trained model keeps: 'best' (the epoch with the best validation "
@@ -158,9 +154,9 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         for name in ("epochs", "lr", "batch_size", "eval_batch_size", "gradient_accumulation_steps",
-                     "save_total_limit", "min_steps", "min_epochs", "max_epochs"):
+                     "save_total_limit", "min_epochs", "max_epochs"):
             _positive(name, getattr(self, name))
-        for name in ("weight_decay", "num_workers", "label_smoothing", "save_steps"):
+        for name in ("weight_decay", "num_workers", "label_smoothing", "save_steps", "min_steps"):
             _positive(name, getattr(self, name), allow_zero=True)
         _positive("max_grad_norm", self.max_grad_norm)
         if not 0 <= self.warmup_ratio < 1:
@@ -185,23 +181,43 @@ class TrainingConfig:
                 "is off; turn augment on or set feature_views=1."
             )
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     def resolve_epochs(self, train_examples: int) -> int:
         """The epochs of a trained period: ``epochs`` if set, else enough for ``min_steps`` optimizer steps on
         ``train_examples`` images, clipped to ``[min_epochs, max_epochs]``.
 
         Example:
-            >>> TrainingConfig().resolve_epochs(40)      # 2 steps per epoch at batch 32: 150 epochs, 300 steps
-            150
-            >>> TrainingConfig().resolve_epochs(10_000)  # 313 steps per epoch: min_epochs
+            >>> TrainingConfig().resolve_epochs(40)      # 2 steps per pass at batch 32: max_epochs
+            30
+            >>> TrainingConfig().resolve_epochs(10_000)  # 313 steps per pass: min_epochs
             3
         """
         if self.epochs is not None:
             return self.epochs
-        return auto_epochs(train_examples, self.batch_size, self.gradient_accumulation_steps, self.min_steps,
-                           self.min_epochs, self.max_epochs)
+        steps = self.steps_per_pass(train_examples)
+        return int(min(max(math.ceil(self.min_steps / steps), self.min_epochs), self.max_epochs))
+
+    def steps_per_pass(self, train_examples: int) -> int:
+        """Optimizer steps of one pass over ``train_examples`` images."""
+        batches = math.ceil(max(train_examples, 1) / self.batch_size)
+        return max(1, math.ceil(batches / self.gradient_accumulation_steps))
+
+    def trained_epochs(self) -> int:
+        """Epochs of the main trained period (of a resolved config)."""
+        return self.epochs
+
+    def passes_per_epoch(self, train_examples: int) -> int:
+        """Passes over the training data per epoch (of a resolved config): 1, or more when the trained period
+        would otherwise get fewer than ``min_steps`` optimizer steps.
+
+        Example:
+            >>> TrainingConfig().resolved(40).passes_per_epoch(40)   # 30 epochs x 5 passes x 2 steps = 300 steps
+            5
+        """
+        steps = self.steps_per_pass(train_examples) * max(self.trained_epochs(), 1)
+        return max(1, math.ceil(self.min_steps / steps))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
     def resolved(self, train_examples: int) -> "TrainingConfig":
         """A copy with every automatic setting (``epochs`` and, for fine-tuning, ``head_epochs``) made concrete."""
@@ -300,6 +316,9 @@ class FineTuneConfig(TrainingConfig):
         if isinstance(self.unfreeze, int) and self.unfreeze <= 0:
             raise ConfigError(f"`unfreeze` should be 'all' or a positive number of blocks, got {self.unfreeze}.")
         _choice("bn_policy", self.bn_policy, BN_POLICIES)
+
+    def trained_epochs(self) -> int:
+        return self.epochs - self.head_epochs
 
     def resolved(self, train_examples: int) -> "FineTuneConfig":
         """Concrete ``head_epochs`` and ``epochs``: each period gets `resolve_epochs` unless set."""

@@ -447,12 +447,14 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
 
     Augmentation (when ``augment``) draws from ``random.Random((seed, epoch, index))``: the same example
     gets the same crop in a given epoch whatever the number of processes or workers.  Call
-    `set_epoch` before each epoch.
+    `set_epoch` before each epoch.  With ``passes=k`` an epoch holds every example k times (index ``i`` is
+    example ``i % len(ds)``, each pass with its own augmentation).
     """
 
     def __init__(self, ds, image_column: str, label_column: Optional[str], *, augment: bool = False,
-                 hflip: bool = True, crop_scale: float = 0.6, seed: int = 0):
+                 hflip: bool = False, crop_scale: float = 0.6, seed: int = 0, passes: int = 1):
         self.ds = ds
+        self.passes = passes
         self.image_column = image_column
         self.label_column = label_column
         self.augment = augment
@@ -465,7 +467,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.ds)
+        return len(self.ds) * self.passes
 
     def _item(self, index: int, image: Any, label: Any):
         image = to_rgb(image)
@@ -477,13 +479,13 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         return image, int(label) if label is not None else -1
 
     def __getitem__(self, index: int):
-        row = self.ds[int(index)]
+        row = self.ds[int(index) % len(self.ds)]
         return self._item(index, row[self.image_column], row[self.label_column] if self.label_column else None)
 
     def __getitems__(self, indices: Sequence[int]):
         """Fetch a whole batch in one read (the DataLoader calls this instead of one ``__getitem__`` per item)."""
         indices = [int(i) for i in indices]
-        rows = self.ds[indices]
+        rows = self.ds[[i % len(self.ds) for i in indices]]
         labels = rows[self.label_column] if self.label_column else [None] * len(indices)
         return [self._item(i, img, y) for i, img, y in zip(indices, rows[self.image_column], labels)]
 

@@ -106,10 +106,11 @@ class CachedFeatures:
 
 class CachedFeatureDataset(torch.utils.data.Dataset):
     """Batches of cached features; with several views, each example's view is drawn per ``(seed, epoch, index)``
-    (the same whatever the number of processes)."""
+    (the same whatever the number of processes).  With ``passes=k`` an epoch holds every example k times."""
 
-    def __init__(self, cached: CachedFeatures, seed: int = 0):
+    def __init__(self, cached: CachedFeatures, seed: int = 0, passes: int = 1):
         self.cached = cached
+        self.passes = passes
         self.seed = seed
         self.epoch = 0
 
@@ -117,7 +118,7 @@ class CachedFeatureDataset(torch.utils.data.Dataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.cached.labels.shape[0]
+        return self.cached.labels.shape[0] * self.passes
 
     def _view(self, index: int) -> int:
         if self.cached.views == 1:
@@ -125,11 +126,12 @@ class CachedFeatureDataset(torch.utils.data.Dataset):
         return random.Random(hash((self.seed, self.epoch, int(index)))).randrange(self.cached.views)
 
     def __getitem__(self, index: int):
-        return self.cached.features[self._view(index), index], self.cached.labels[index]
+        row = index % self.cached.labels.shape[0]
+        return self.cached.features[self._view(index), row], self.cached.labels[row]
 
     def __getitems__(self, indices):
         """A whole batch by tensor indexing (the DataLoader calls this instead of one ``__getitem__`` per item)."""
-        idx = torch.as_tensor(indices, dtype=torch.long)
+        idx = torch.as_tensor(indices, dtype=torch.long) % self.cached.labels.shape[0]
         views = torch.as_tensor([self._view(i) for i in indices], dtype=torch.long)
         return {"features": self.cached.features[views, idx], "labels": self.cached.labels[idx]}
 

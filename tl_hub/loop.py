@@ -381,7 +381,8 @@ class _EpochRunner:
                  checkpointer, state, best, progress):
         self.accelerator, self.model, self.wrapped, self.module = accelerator, model, wrapped, module
         self.period, self.optimizer, self.scheduler, self.trainable = period, optimizer, scheduler, trainable
-        self.config, self.checkpointer, self.state, self.best, self.progress = config, checkpointer, state, best, progress
+        self.config, self.checkpointer, self.state = config, checkpointer, state
+        self.best, self.progress = best, progress
         self.last_loss = None
 
     def solve(self, feature_loaders, epoch: int) -> tuple[float, float, dict]:
@@ -404,7 +405,7 @@ class _EpochRunner:
 
     def train_epoch(self, train_dl, epoch: int) -> tuple[float, float, dict]:
         """One pass over the training data; returns the mean training loss and the images trained on."""
-        accelerator, state, config = self.accelerator, self.state, self.config
+        accelerator, state = self.accelerator, self.state
         set_train_mode(self.module, ())
         set_train_mode(self.model, self.period.eval_modules)
         # the running loss of the epoch; a resumed epoch starts from the checkpoint's (counted once, on main)

@@ -6,11 +6,11 @@ one tensor.  A head that is one ``nn.Linear`` (possibly after parameter-free mod
 
     mean cross-entropy + ||W||^2 / (2 C N)
 
-(scikit-learn's ``LogisticRegression(C=C)`` objective divided by ``C N``), on centred features scaled to unit RMS, for each ``C``
-of a grid from strong to weak regularisation (warm-started along the path), keeping the ``C`` with the best
-validation accuracy (ties: the lower validation loss).  This is the standard linear-probe protocol (e.g. Kornblith
-et al. 2019, Radford et al. 2021); it converges whatever the number of epochs, where a few epochs of AdamW on a
-few dozen images leave the head far from its optimum (and LP-FT, Kumar et al. 2022, shows that fine-tuning from
+(scikit-learn's ``LogisticRegression(C=C)`` objective divided by ``C N``), on centred features scaled to unit RMS,
+for each ``C`` of a grid from strong to weak regularisation (warm-started along the path), keeping the ``C`` with
+the best validation accuracy (ties: the lower validation loss). This is the standard linear-probe protocol (e.g.
+Kornblith et al. 2019, Radford et al. 2021); it converges whatever the number of epochs, where a few epochs of AdamW
+on a few dozen images leave the head far from its optimum (and LP-FT, Kumar et al. 2022, shows that fine-tuning from
 an unconverged head distorts the pretrained features).
 
 The solve is deterministic (float64 on the CPU) and runs on features gathered from every process; the result is

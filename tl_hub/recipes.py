@@ -127,6 +127,7 @@ class Recipe:
         self.accelerator = None
         self.feature_store: Optional[FeatureStore] = None
         self.trained: dict = {}
+        self.passes = 1
         self.dataset_name: Optional[str] = None
 
     # -- the one hook --------------------------------------------------------------------------------------------
@@ -146,7 +147,7 @@ class Recipe:
         collate = ImageCollator(backbone.processor)
         train_set = ImageClassificationDataset(
             data.train, data.image_column, data.label_column, augment=cfg.augment, hflip=cfg.hflip,
-            crop_scale=cfg.crop_scale, seed=cfg.seed,
+            crop_scale=cfg.crop_scale, seed=cfg.seed, passes=self.passes,
         )
         val_set = ImageClassificationDataset(data.validation, data.image_column, data.label_column)
         generator = torch.Generator().manual_seed(cfg.seed)
@@ -184,7 +185,7 @@ class Recipe:
                         "encoder trains (feature_views=k caches k views; feature_cache='off' augments every epoch).")
         head = HeadModule(backbone.model.get_submodule(store.head_path))
         train_loader = torch.utils.data.DataLoader(
-            CachedFeatureDataset(train, seed=cfg.seed), batch_size=cfg.batch_size, shuffle=True,
+            CachedFeatureDataset(train, seed=cfg.seed, passes=self.passes), batch_size=cfg.batch_size, shuffle=True,
             collate_fn=collate_features, generator=torch.Generator().manual_seed(cfg.seed),
         )
         eval_loader = torch.utils.data.DataLoader(CachedFeatureDataset(val), batch_size=cfg.eval_batch_size,
@@ -246,6 +247,10 @@ class Recipe:
             backbone = self.load_backbone(data.labels)
         # automatic settings (epochs) become concrete for this data; the periods and the loop read them
         self.config = cfg = self.requested_config.resolved(len(data.train))
+        self.passes = cfg.passes_per_epoch(len(data.train))
+        if self.passes > 1 and accelerator.is_main_process:
+            logger.info("An epoch is %d passes over the %d training images, so that training gets at least "
+                        "min_steps=%d optimizer steps.", self.passes, len(data.train), cfg.min_steps)
         self.data, self.backbone = data, backbone
         self.dataset_name = _dataset_name(train)
         if accelerator.is_main_process:
@@ -376,6 +381,7 @@ class Recipe:
             "encoder_groups": [g.name for g in self.backbone.parts.groups],
             "head_modules": list(self.backbone.parts.head),
             "periods": self.result.extra.get("periods", []),
+            "passes_per_epoch": self.passes,
             "kept_epoch": {"epoch": self.result.extra.get("kept_epoch"), "rule": self.config.keep_epoch},
             "trained": self.trained,
         }
