@@ -65,8 +65,8 @@ class TrainingConfig:
     )
     min_steps: int = field(
         default=300,
-        metadata={"help": "The fewest optimizer steps a trained period gets: when its epochs are too few passes "
-                  "over small data, each epoch makes several passes (0: one pass per epoch, always)."},
+        metadata={"help": "With epochs unset: the fewest optimizer steps a trained period gets; when max_epochs "
+                  "passes over small data are fewer, each epoch makes several passes (0: one pass per epoch)."},
     )
     min_epochs: int = field(default=3, metadata={"help": "With epochs unset: the fewest epochs (large data)."})
     max_epochs: int = field(
@@ -206,14 +206,17 @@ class TrainingConfig:
         return self.epochs
 
     def passes_per_epoch(self, train_examples: int) -> int:
-        """Passes over the training data per epoch (of a resolved config): 1, or more when the trained period
-        would otherwise get fewer than ``min_steps`` optimizer steps.
+        """Passes over the training data per epoch: 1 when ``epochs`` is set (an epoch is one pass, as asked), else
+        as many as it takes for the trained period to get ``min_steps`` optimizer steps within its automatic epochs.
 
         Example:
-            >>> TrainingConfig().resolved(40).passes_per_epoch(40)   # 30 epochs x 5 passes x 2 steps = 300 steps
+            >>> TrainingConfig().passes_per_epoch(40)   # 30 epochs x 5 passes x 2 steps = 300 steps
             5
         """
-        steps = self.steps_per_pass(train_examples) * max(self.trained_epochs(), 1)
+        if self.epochs is not None:
+            return 1
+        resolved = self.resolved(train_examples)
+        steps = resolved.steps_per_pass(train_examples) * max(resolved.trained_epochs(), 1)
         return max(1, math.ceil(self.min_steps / steps))
 
     def to_dict(self) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from .outputs import write_json
 BASE_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "glyph-resnet")
 
 FULL = {"per_class": 5, "epochs": None, "validation": 500}  # every recipe with its default settings
-QUICK = {"per_class": 5, "epochs": 4, "validation": 100, "min_steps": 20}  # seconds, for tests
+QUICK = {"per_class": 5, "epochs": 4, "validation": 100}  # seconds, for tests
 
 
 def base_model_path() -> str:
@@ -65,7 +65,7 @@ def run_demo(output_dir: str = "runs/demo", *, quick: bool = False, overwrite: b
     print_fn("   " + advice.report().replace("\n", "\n   ") + "\n")
 
     print_fn("2) compare: every recipe with its default settings, same data")
-    common = {"seed": 0, "feature_cache": "memory", **({"min_steps": plan["min_steps"]} if "min_steps" in plan else {})}
+    common = {"seed": 0, "feature_cache": "memory"}
     comparison = compare(base, train, validation, epochs=plan["epochs"], common=common)
     comparison.advice = advice.to_dict()
     print_fn("   " + comparison.table().replace("\n", "\n   ") + "\n")

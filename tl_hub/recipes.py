@@ -247,7 +247,7 @@ class Recipe:
             backbone = self.load_backbone(data.labels)
         # automatic settings (epochs) become concrete for this data; the periods and the loop read them
         self.config = cfg = self.requested_config.resolved(len(data.train))
-        self.passes = cfg.passes_per_epoch(len(data.train))
+        self.passes = self.requested_config.passes_per_epoch(len(data.train))
         if self.passes > 1 and accelerator.is_main_process:
             logger.info("An epoch is %d passes over the %d training images, so that training gets at least "
                         "min_steps=%d optimizer steps.", self.passes, len(data.train), cfg.min_steps)
