@@ -10,7 +10,7 @@ from torch import nn
 
 from conftest import colour_dataset, write_image_folder
 from tl_hub import FeatureExtractionRecipe, FineTuneRecipe, ScratchRecipe
-from tl_hub.config import FeatureExtractionConfig, FineTuneConfig, TrainingConfig
+from tl_hub.config import FeatureExtractionConfig, FineTuneConfig, ScratchConfig, TrainingConfig
 from tl_hub.probe import C_GRID, fit_probe, linear_inputs, linear_layer
 
 
@@ -179,10 +179,10 @@ def test_best_epoch_differs_from_last_when_training_degrades(tiny_model_dir):
 
 
 def test_defaults_resolve_to_documented_values():
-    """README "Defaults": epochs enough for min_steps=300 optimizer steps within [3, 30]; with automatic epochs small
-    data makes each epoch several passes so that the 300 steps are there."""
+    """README "Defaults": epochs enough for min_steps=500 optimizer steps (scratch: 1000) within [3, 30]; with
+    automatic epochs small data makes each epoch several passes so that those steps are there."""
     cfg = TrainingConfig()
-    assert (cfg.epochs, cfg.min_steps, cfg.min_epochs, cfg.max_epochs) == (None, 300, 3, 30)
+    assert (cfg.epochs, cfg.min_steps, cfg.min_epochs, cfg.max_epochs) == (None, 500, 3, 30)
     assert (cfg.batch_size, cfg.lr, cfg.warmup_ratio, cfg.scheduler, cfg.keep_epoch, cfg.head_solver) == (
         32, 1e-3, 0.1, "cosine", "best", "lbfgs")
     assert (cfg.augment, cfg.hflip, cfg.crop_scale) == (True, False, 0.6)
@@ -190,17 +190,18 @@ def test_defaults_resolve_to_documented_values():
     def plan(config, n):
         return config.resolved(n).epochs, config.passes_per_epoch(n)
 
-    assert plan(cfg, 10) == (30, 10)            # 1 step per pass: 30 epochs of 10 passes = 300 steps
-    assert plan(cfg, 40) == (30, 5)             # 2 steps per pass: 30 x 5 x 2 = 300 steps
+    assert plan(cfg, 10) == (30, 17)            # 1 step per pass: 30 epochs of 17 passes = 510 steps
+    assert plan(cfg, 40) == (30, 9)             # 2 steps per pass: 30 x 9 x 2 = 540 steps
     assert plan(cfg, 10_000) == (3, 1)          # 313 steps per pass: min_epochs, 939 steps
+    assert plan(ScratchConfig(), 40) == (30, 17)  # scratch: min_steps=1000, 30 x 17 x 2 = 1020 steps
     assert plan(TrainingConfig(epochs=7), 10_000) == (7, 1)
     assert plan(TrainingConfig(epochs=30), 40) == (30, 1)      # epochs given: one pass each, as asked
     assert plan(TrainingConfig(min_steps=0), 40) == (3, 1)        # no step minimum: min_epochs passes
-    assert plan(TrainingConfig(batch_size=8, gradient_accumulation_steps=2), 160) == (30, 1)
+    assert plan(TrainingConfig(batch_size=8, gradient_accumulation_steps=2), 160) == (30, 2)
     ft = FineTuneConfig()
     assert (ft.head_epochs, ft.backbone_lr_ratio, ft.unfreeze, ft.bn_policy) == (None, 0.1, "all", "frozen")
     small, large = ft.resolved(10), ft.resolved(10_000)
-    assert (small.head_epochs, small.epochs, ft.passes_per_epoch(10)) == (30, 60, 10)
+    assert (small.head_epochs, small.epochs, ft.passes_per_epoch(10)) == (30, 60, 17)
     assert (large.head_epochs, large.epochs, ft.passes_per_epoch(10_000)) == (3, 6, 1)
     assert FineTuneConfig(head_epochs=0).resolved(10_000).epochs == 3
     assert FeatureExtractionConfig().resolved(10).epochs == 30

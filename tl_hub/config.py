@@ -64,7 +64,7 @@ class TrainingConfig:
                   "min_epochs and at most max_epochs; see resolve_epochs)."},
     )
     min_steps: int = field(
-        default=300,
+        default=500,
         metadata={"help": "With epochs unset: the fewest optimizer steps a trained period gets; when max_epochs "
                   "passes over small data are fewer, each epoch makes several passes (0: one pass per epoch)."},
     )
@@ -210,8 +210,8 @@ class TrainingConfig:
         as many as it takes for the trained period to get ``min_steps`` optimizer steps within its automatic epochs.
 
         Example:
-            >>> TrainingConfig().passes_per_epoch(40)   # 30 epochs x 5 passes x 2 steps = 300 steps
-            5
+            >>> TrainingConfig().passes_per_epoch(40)   # 30 epochs x 9 passes x 2 steps = 540 steps
+            9
         """
         if self.epochs is not None:
             return 1
@@ -254,9 +254,18 @@ class FeatureExtractionConfig(TrainingConfig):
 
 @dataclass
 class ScratchConfig(TrainingConfig):
-    """Training the same architecture from random initialisation (the baseline)."""
+    """Training the same architecture from random initialisation (the baseline).
+
+    It gets twice the optimizer steps of the transfer recipes by default (``min_steps=1000``): random weights need
+    more steps than pretrained ones, and a weak baseline would inflate every "transfer beats scratch" claim.
+    """
 
     lr: float = field(default=1e-3, metadata={"help": "Peak learning rate for all parameters."})
+    min_steps: int = field(
+        default=1000,
+        metadata={"help": "With epochs unset: the fewest optimizer steps (twice the transfer recipes': random "
+                  "weights need more)."},
+    )
 
 
 @dataclass
