@@ -7,6 +7,9 @@
   the head, its AdamW state and the RNG states;
 - fine-tune period: the whole model and its AdamW state (two moments per parameter).
 
+Both also carry the best epoch's copy of the trained weights (``best.safetensors``, written by default,
+``keep_epoch="best"``), as `Recipe.fit` writes them.
+
 The last line is a JSON object with the figures and the ratio head / fine-tune.
 """
 
@@ -29,17 +32,20 @@ def measure(accelerator, module, directory: str) -> dict:
     import torch
 
     from tl_hub.checkpoint import Checkpointer, TrainingState, read_checkpoint, load_checkpoint
-    from tl_hub.loop import make_optimizer, release_prepared
+    from tl_hub.loop import BestEpoch, Period, make_optimizer, release_prepared
 
-    optimizer = make_optimizer([{"params": [p for p in module.parameters() if p.requires_grad]}], 1e-4)
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    optimizer = make_optimizer([{"params": trainable}], 1e-4)
     wrapped, optimizer = accelerator.prepare(module, optimizer)
     features = torch.randn(2, 768) if not hasattr(module, "config") else None
     out = wrapped(features) if features is not None else wrapped(pixel_values=torch.randn(2, 3, 224, 224)).logits
     out.float().sum().backward()
     optimizer.step()  # creates the AdamW moments that a checkpoint carries
     checkpointer = Checkpointer(directory, keep=1)
+    best = BestEpoch(module, [Period("period", 1, [{"params": trainable}])])
+    best.update({"epoch": 1, "accuracy": 1.0, "loss": 0.0}, TrainingState(history=[]))
     start = time.perf_counter()
-    path = checkpointer.save(accelerator, TrainingState(step=1))
+    path = checkpointer.save(accelerator, TrainingState(step=1, best_epoch=1), extra=best.save)
     saved = time.perf_counter() - start
     start = time.perf_counter()
     load_checkpoint(accelerator, read_checkpoint(path))

@@ -49,6 +49,8 @@ def main(argv=None):
     parser.add_argument("--output", default="runs/quadrants.json")
     parser.add_argument("--small", type=int, default=5)
     parser.add_argument("--large", type=int, default=150)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="Epochs of every recipe (default: each recipe's automatic epochs; for quick checks).")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     base = base_model_path()
@@ -61,7 +63,7 @@ def main(argv=None):
             accuracy = {}
             for label, (registry, settings) in RECIPES.items():
                 result = compare(base, train, val, recipes=[registry], settings={registry: settings},
-                                 common={"seed": 0, "feature_cache": "memory"})
+                                 epochs=args.epochs, common={"seed": 0, "feature_cache": "memory"})
                 accuracy[label] = result.summaries[registry]["asymptote"]
             choice = advisor_choice(advice)
             best = max(accuracy, key=accuracy.get)

@@ -60,7 +60,9 @@ def test_large_cases_follow_the_size_threshold():
     train, _ = digits_dataset(per_class=5, seed=1)
     large_similar = advise(base_model_path(), train, thresholds=Thresholds(large_per_class=4))
     assert large_similar.case == "large+similar" and large_similar.recipe == "fine-tune"
-    assert large_similar.settings["head_epochs"] > 0 and large_similar.settings["backbone_lr_ratio"] < 1
+    assert large_similar.settings == {}  # fine-tune with its defaults: the head first, pretrained groups at lr * 0.1
+    tuned = large_similar.make_recipe().config
+    assert tuned.head_epochs is None and tuned.backbone_lr_ratio < 1
     large_different = advise(base_model_path(), colour_dataset(30), thresholds=Thresholds(large_per_class=4))
     assert large_different.case == "large+different"
     assert large_different.settings["head_epochs"] == 0 and large_different.settings["backbone_lr_ratio"] == 1.0
@@ -140,7 +142,7 @@ def test_shipped_base_model_is_small_and_loadable():
 def test_quadrants_script_runs_at_reduced_size(tmp_path):
     out = tmp_path / "q.json"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "recipes", "quadrants.py"), "--output", str(out),
-                           "--small", "3", "--large", "6", "--small-epochs", "2", "--large-epochs", "2"],
+                           "--small", "3", "--large", "6", "--epochs", "2"],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.load(open(out))

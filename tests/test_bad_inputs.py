@@ -35,7 +35,9 @@ from tl_hub.data import ImageClassificationDataset, to_rgb
 from conftest import COLOURS, colour_dataset, colour_images, write_image_folder
 from test_cli import assert_one_line_error, tl_hub as tl_hub_cli
 
-FAST = dict(epochs=1, batch_size=16, eval_batch_size=32, augment=False, feature_cache="memory", seed=0)
+# the head trains by gradient epochs (not the one-step solve) where these tests count epochs, steps and checkpoints
+FAST = dict(epochs=1, batch_size=16, eval_batch_size=32, augment=False, feature_cache="memory", seed=0,
+            head_solver="adamw")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -512,7 +514,7 @@ def test_nan_loss_through_the_cli_writes_nothing(tiny_model_dir, tmp_path, image
     out = tmp_path / "out"
     proc = run_main(capsys, "train", "--recipe", "feature-extraction", "--model", tiny_model_dir("vit"), "--dataset",
                     image_folder, "--output-dir", out, "--no-progress", "--no-augment", "--epochs", "2",
-                    "--lr", "1e30", "--max-grad-norm", "none")
+                    "--lr", "1e30", "--max-grad-norm", "none", "--head-solver", "adamw")
     assert_one_line_error(proc, "Training diverged in epoch 1", "is not finite", "Lower the learning rate")
     assert not out.exists() and temp_leftovers(tmp_path) == []
 
@@ -614,7 +616,7 @@ def test_a_fresh_run_does_not_delete_an_earlier_runs_checkpoints(checkpointed, t
     # --overwrite starts again: the old checkpoints go, the new run's come
     proc = run_main(capsys, "train", "--recipe", "feature-extraction", "--model", model, "--dataset", data,
                     "--output-dir", out, "--checkpoint-dir", ck, "--no-progress", "--overwrite", "--epochs", "1",
-                    "--batch-size", "48")
+                    "--batch-size", "48", "--head-solver", "adamw")
     assert proc.returncode == 0, proc.stderr
     assert sorted(os.listdir(ck)) == ["checkpoint-1"]
 
@@ -645,7 +647,7 @@ def test_resume_from_a_damaged_checkpoint_is_one_clear_error(checkpointed, tmp_p
     proc = run_main(capsys, "train", "--recipe", "feature-extraction", "--model", model, "--dataset", data,
                     "--output-dir", out, "--checkpoint-dir", ck, "--no-progress", "--no-augment", "--epochs", "2",
                     "--batch-size", "16", "--eval-batch-size", "32", "--seed", "0", "--feature-cache", "memory",
-                    "--resume-from-checkpoint", "latest")
+                    "--head-solver", "adamw", "--resume-from-checkpoint", "latest")
     assert_one_line_error(proc, os.path.join(ck, "checkpoint-6"), fragment)
     assert not out.exists()
 

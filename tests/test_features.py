@@ -62,11 +62,13 @@ def test_captured_head_input_reproduces_the_logits(tiny_model_dir, arch):
 
 
 def test_feature_extraction_runs_the_encoder_once_per_example(tiny_model_dir, tmp_path):
-    recipe = FeatureExtractionRecipe(tiny_model_dir("vit"), epochs=5, feature_cache="memory", **FAST)
-    result, counts = fit_counting(recipe, colour_dataset(60), colour_dataset(21, seed=5))
-    assert counts == {"head": 60 + 21}  # not 5 x (60 + 21)
-    assert len(result.history) == 5
-    assert recipe.feature_store.computed_examples == 81
+    for solver, epochs in (("adamw", 5), ("lbfgs", 1)):  # gradient epochs, or one converged solve
+        recipe = FeatureExtractionRecipe(tiny_model_dir("vit"), epochs=5, feature_cache="memory", head_solver=solver,
+                                         **FAST)
+        result, counts = fit_counting(recipe, colour_dataset(60), colour_dataset(21, seed=5))
+        assert counts == {"head": 60 + 21}  # not 5 x (60 + 21)
+        assert len(result.history) == epochs
+        assert recipe.feature_store.computed_examples == 81
 
 
 def test_fine_tune_period1_is_cached_and_period2_runs_the_encoder(tiny_model_dir):
@@ -116,7 +118,8 @@ def test_cached_and_uncached_training_agree(tiny_model_dir):
     data, val = colour_dataset(48), colour_dataset(15, seed=5)
     runs = {}
     for cache in ("memory", "off"):
-        recipe = FeatureExtractionRecipe(tiny_model_dir("resnet"), epochs=3, lr=5e-2, feature_cache=cache, **FAST)
+        recipe = FeatureExtractionRecipe(tiny_model_dir("resnet"), epochs=3, lr=5e-2, feature_cache=cache,
+                                         head_solver="adamw", **FAST)
         runs[cache] = recipe.fit(data, val, progress=False).history
     for a, b in zip(runs["memory"], runs["off"]):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)

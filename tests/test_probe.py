@@ -204,6 +204,8 @@ def test_defaults_resolve_to_documented_values():
     assert (small.head_epochs, small.epochs, ft.passes_per_epoch(10)) == (30, 60, 17)
     assert (large.head_epochs, large.epochs, ft.passes_per_epoch(10_000)) == (3, 6, 1)
     assert FineTuneConfig(head_epochs=0).resolved(10_000).epochs == 3
+    assert (FineTuneConfig(epochs=4).resolved(40).head_epochs, FineTuneConfig(epochs=4).passes_per_epoch(40)) == (1, 1)
+    assert FineTuneConfig(epochs=1).resolved(40).head_epochs == 0
     assert FeatureExtractionConfig().resolved(10).epochs == 30
 
 

@@ -25,16 +25,17 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "kill_train.py")
 KEYS = ("train_loss", "loss", "accuracy", "f1")
 
 
-def train_args(model, data, out):
+def train_args(model, data, out, head_solver="adamw"):
     return ["--recipe", "fine-tune", "--model", model, "--dataset", data, "--output-dir", out,
             "--epochs", "4", "--head-epochs", "2", "--lr", "3e-3", "--batch-size", "8", "--eval-batch-size", "12",
             "--gradient-accumulation-steps", "2", "--save-steps", "2", "--save-total-limit", "2", "--seed", "3",
-            "--no-progress"]
+            "--no-progress", "--head-solver", head_solver]
 
 
-def run(point, model, data, out, extra=(), expect=0):
+def run(point, model, data, out, extra=(), expect=0, head_solver="adamw"):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, SCRIPT, point, "--", *train_args(model, data, out), *extra], env=env,
+    proc = subprocess.run([sys.executable, SCRIPT, point, "--", *train_args(model, data, out, head_solver), *extra],
+                          env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == expect, (point, proc.returncode, proc.stdout[-2000:], proc.stderr[-4000:])
     return proc
@@ -116,6 +117,22 @@ def test_sigkill_then_resume_ends_like_the_uninterrupted_run(setup, point):
     assert names(checkpoints) == names(reference + "-checkpoints")
 
 
+@pytest.mark.parametrize("point", ["period-change", "step:2"])
+def test_sigkill_with_the_default_solved_head_then_resume(setup, point):
+    """The default head is one L-BFGS solve (checkpoint-0, no optimizer step): killed after it, or in fine-tuning,
+    the resumed run ends like the uninterrupted one."""
+    model, data, root, _ = setup
+    reference = str(root / "reference-solved")
+    if not os.path.exists(reference):
+        run("none", model, data, reference, head_solver="lbfgs")
+        assert [h["period"] for h in outputs(reference)[0]] == ["head", "fine-tune", "fine-tune"]
+    out = str(root / f"out-solved-{point.replace(':', '-')}")
+    run(point, model, data, out, expect=-signal.SIGKILL, head_solver="lbfgs")
+    assert "checkpoint-0" in names(out + "-checkpoints")  # the solve's checkpoint
+    run("none", model, data, out, extra=["--resume-from-checkpoint", "latest"], head_solver="lbfgs")
+    assert_same_run(out, reference, data)
+
+
 def test_resume_from_an_explicit_checkpoint_path(setup):
     model, data, root, reference = setup
     out = str(root / "out-path")
@@ -180,7 +197,7 @@ def test_auto_starts_fresh_then_resumes(tiny_model_dir, tmp_path):
 
     data = datasets.DatasetDict({"train": colour_dataset(32, seed=1), "validation": colour_dataset(12, seed=2)})
     settings = dict(epochs=2, batch_size=16, augment=False, seed=0, feature_cache="memory",
-                    checkpoint_dir=str(tmp_path / "ck"))
+                    checkpoint_dir=str(tmp_path / "ck"), head_solver="adamw")
     first = FeatureExtractionRecipe(tiny_model_dir("vit"), **settings)
     first.fit(data, progress=False, resume_from_checkpoint="auto")
     assert names(tmp_path / "ck") == ["checkpoint-2", "checkpoint-4"]
@@ -228,7 +245,8 @@ def test_cli_checkpoints_next_to_the_output_unless_turned_off(tiny_model_dir, tm
 
     data = write_image_folder(tmp_path / "images", n=24)
     common = ["train", "--recipe", "feature-extraction", "--model", tiny_model_dir("vit"), "--dataset", data,
-              "--epochs", "2", "--batch-size", "16", "--no-progress", "--feature-cache", "memory"]
+              "--epochs", "2", "--batch-size", "16", "--no-progress", "--feature-cache", "memory",
+              "--head-solver", "adamw"]
     assert main([*common, "--output-dir", str(tmp_path / "a")]) == 0
     assert names(tmp_path / "a-checkpoints") == ["checkpoint-2", "checkpoint-4"]  # 19 training images: 2 steps an epoch
     assert main([*common, "--output-dir", str(tmp_path / "b"), "--checkpoint-dir", "none"]) == 0

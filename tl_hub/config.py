@@ -287,8 +287,8 @@ class FineTuneConfig(TrainingConfig):
     head_epochs: Optional[int] = field(
         default=None,
         metadata={"help": "Epochs of period 1 (new head only, encoder frozen) when the head trains by gradient "
-                  "steps (default: automatic, as epochs); a linear head solved by lbfgs takes one step whatever "
-                  "this is. 0 skips period 1."},
+                  "steps (default: automatic like epochs, or 1 when epochs is given); a linear head solved by lbfgs "
+                  "takes one epoch whatever this is. 0 skips period 1."},
     )
     head_lr: Optional[float] = field(default=None, metadata={"help": "Head LR in period 1 (default: lr)."})
     backbone_lr_ratio: float = field(
@@ -333,11 +333,15 @@ class FineTuneConfig(TrainingConfig):
         return self.epochs - self.head_epochs
 
     def resolved(self, train_examples: int) -> "FineTuneConfig":
-        """Concrete ``head_epochs`` and ``epochs``: each period gets `resolve_epochs` unless set."""
-        trained = TrainingConfig.resolve_epochs(dataclasses.replace(self, epochs=None), train_examples)
+        """Concrete ``head_epochs`` and ``epochs``.  With ``epochs`` unset each period gets `resolve_epochs` (period 1
+        only matters when the head trains by gradient steps); with ``epochs`` set and ``head_epochs`` unset, period 1
+        is one epoch (a solved head takes exactly one) and fine-tuning the rest."""
+        if self.epochs is not None:
+            head = self.head_epochs if self.head_epochs is not None else min(1, self.epochs - 1)
+            return dataclasses.replace(self, head_epochs=head)
+        trained = TrainingConfig.resolve_epochs(self, train_examples)
         head = self.head_epochs if self.head_epochs is not None else trained
-        return dataclasses.replace(self, head_epochs=head, epochs=self.epochs if self.epochs is not None
-                                   else head + trained)
+        return dataclasses.replace(self, head_epochs=head, epochs=head + trained)
 
 
 @dataclass
