@@ -392,14 +392,15 @@ class _EpochRunner:
         from .probe import assign, fit_probe, linear_inputs, linear_layer
 
         head = feature_loaders[0].head
+        linear = linear_layer(head)
         train, val = feature_loaders[1].dataset.cached, feature_loaders[2].dataset.cached
         x = linear_inputs(head, train.features.flatten(0, 1))
         y = train.labels.repeat(train.views)
-        result = fit_probe(x, y, linear_inputs(head, val.features[0]), val.labels,
-                           linear_layer(head).out_features, bias=linear_layer(head).bias is not None)
-        assign(linear_layer(head), result)
+        result = fit_probe(x, y, linear_inputs(head, val.features[0]), val.labels, linear.out_features,
+                           bias=linear.bias is not None)
+        assign(linear, result)
         if self.accelerator.num_processes > 1:
-            for p in linear_layer(head).parameters():
+            for p in linear.parameters():
                 p.data.copy_(broadcast(p.data.to(self.accelerator.device), from_process=0).to(p.device))
         return result.train_loss, float(x.shape[0]), {"C": result.C, "solver": "lbfgs"}
 
