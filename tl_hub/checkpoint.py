@@ -22,11 +22,12 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from .errors import ConfigError, ModelError, OutputError, first_line
-from .outputs import check_output_dir, read_json, write_json
+from .outputs import atomic_path, check_output_dir, read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -134,23 +135,22 @@ class Checkpointer:
         name = f"{PREFIX}{state.step}"
         final = os.path.join(self.directory, name)
         tmp = os.path.join(self.directory, f".{name}.tmp")
-        if accelerator.is_main_process:
+        main = accelerator.is_main_process
+        if main:
             os.makedirs(self.directory, exist_ok=True)
             for stale in os.listdir(self.directory):  # left by a run killed while writing or deleting
                 if stale.startswith(f".{PREFIX}"):
                     shutil.rmtree(os.path.join(self.directory, stale), ignore_errors=True)
-            os.makedirs(tmp)
-        accelerator.wait_for_everyone()
         try:
-            accelerator.save_state(tmp, safe_serialization=True)
-            # save_state does not wait: every process's RNG file must be in the folder before it is renamed
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                if extra is not None:
-                    extra(tmp)
-                write_json(os.path.join(tmp, STATE_FILE), {"state": dataclasses.asdict(state), "run": self.run})
-                _remove(final)  # only when resuming from an older checkpoint re-saves a step
-                os.rename(tmp, final)
+            with atomic_path(final, directory=True, temp=tmp, owner=main):
+                accelerator.wait_for_everyone()  # the folder exists before any process writes into it
+                accelerator.save_state(tmp, safe_serialization=True)
+                # save_state does not wait: every process's RNG file must be in the folder before it is renamed
+                accelerator.wait_for_everyone()
+                if main:
+                    if extra is not None:
+                        extra(tmp)
+                    write_json(os.path.join(tmp, STATE_FILE), {"state": dataclasses.asdict(state), "run": self.run})
         except OSError as e:  # e.g. the disk is full: the earlier checkpoints are still complete
             shutil.rmtree(tmp, ignore_errors=True)
             kept = self.existing()

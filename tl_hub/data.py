@@ -22,8 +22,9 @@ import math
 import os
 import random
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -316,7 +317,7 @@ class PreparedData:
                 f"validation {len(self.validation)}" + (f", test {len(self.test)}" if self.test is not None else ""))
 
 
-def _pick_splits(data) -> tuple[Any, Optional[Any], Optional[Any]]:
+def pick_splits(data) -> tuple[Any, Optional[Any], Optional[Any]]:
     import datasets
 
     if isinstance(data, datasets.Dataset):
@@ -344,9 +345,9 @@ def prepare_data(
     Raises:
         DataError: empty data, unknown columns, fewer than two classes, missing labels.
     """
-    train_ds, val_ds, test_ds = _pick_splits(load_source(train))
+    train_ds, val_ds, test_ds = pick_splits(load_source(train))
     if validation is not None:
-        val_ds, _, _ = _pick_splits(load_source(validation))
+        val_ds, _, _ = pick_splits(load_source(validation))
     if len(train_ds) == 0:
         raise DataError("The training split is empty; give a dataset with labelled images.")
     img_col = find_image_column(train_ds, image_column)
@@ -442,7 +443,24 @@ def random_resized_crop(image: Image.Image, rng: random.Random, scale=(0.6, 1.0)
     return image.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
 
 
-class ImageClassificationDataset(torch.utils.data.Dataset):
+class EpochDataset(torch.utils.data.Dataset):
+    """A dataset whose epoch is ``passes`` passes over its ``examples``; random choices are drawn per
+    ``(seed, epoch, index)``, so `set_epoch` reseeds them and any number of processes sees the same ones."""
+
+    def __init__(self, examples: int, *, seed: int = 0, passes: int = 1):
+        self.examples, self.seed, self.passes, self.epoch = examples, seed, passes, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.examples * self.passes
+
+    def rng(self, index: int) -> random.Random:
+        return random.Random(hash((self.seed, self.epoch, int(index))))
+
+
+class ImageClassificationDataset(EpochDataset):
     """Map-style dataset of ``(rgb_image, label)`` over a ``datasets.Dataset``.
 
     Augmentation (when ``augment``) draws from ``random.Random((seed, epoch, index))``: the same example
@@ -453,26 +471,14 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
 
     def __init__(self, ds, image_column: str, label_column: Optional[str], *, augment: bool = False,
                  hflip: bool = False, crop_scale: float = 0.6, seed: int = 0, passes: int = 1):
-        self.ds = ds
-        self.passes = passes
-        self.image_column = image_column
-        self.label_column = label_column
-        self.augment = augment
-        self.hflip = hflip
-        self.crop_scale = crop_scale
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.ds) * self.passes
+        super().__init__(len(ds), seed=seed, passes=passes)
+        self.ds, self.image_column, self.label_column = ds, image_column, label_column
+        self.augment, self.hflip, self.crop_scale = augment, hflip, crop_scale
 
     def _item(self, index: int, image: Any, label: Any):
         image = to_rgb(image)
         if self.augment:
-            rng = random.Random(hash((self.seed, self.epoch, int(index))))
+            rng = self.rng(index)
             image = random_resized_crop(image, rng, scale=(self.crop_scale, 1.0))
             if self.hflip and rng.random() < 0.5:
                 image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
@@ -502,10 +508,19 @@ class ImageCollator:
         return {"pixel_values": pixel_values, "labels": torch.tensor([b[1] for b in batch], dtype=torch.long)}
 
 
+def make_loader(dataset, batch_size: int, *, collate_fn, shuffle: bool = False, seed: Optional[int] = None,
+                num_workers: int = 0) -> torch.utils.data.DataLoader:
+    """The one way tl-hub builds a ``DataLoader``: shuffled loaders draw their order from ``seed``."""
+    generator = torch.Generator().manual_seed(seed) if shuffle and seed is not None else None
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_fn,
+                                       generator=generator, num_workers=num_workers, persistent_workers=False)
+
+
 def is_single_image(x: Any) -> bool:
     """True for one image (PIL image, path, bytes, HxW(xC) array); False for a collection of them."""
     return isinstance(x, (str, os.PathLike, bytes, Image.Image, dict)) or (
-        isinstance(x, (np.ndarray, torch.Tensor)) and x.ndim in (2, 3) and getattr(x, "dtype", None) != object
+        isinstance(x, (np.ndarray, torch.Tensor)) and x.ndim in (2, 3)
+        and getattr(x, "dtype", None) is not np.dtype(object)
     )
 
 

@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 from dataclasses import dataclass
 from typing import Optional
 
@@ -29,6 +28,8 @@ import torch
 from torch import nn
 
 from .backbone import Backbone
+from .data import EpochDataset
+from .outputs import atomic_path, cache_root
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ FORMAT_VERSION = "1"
 
 def default_cache_dir() -> str:
     """``$TL_HUB_CACHE/features``, default ``~/.cache/tl_hub/features``."""
-    root = os.environ.get("TL_HUB_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tl_hub")
+    root = cache_root()
     return os.path.join(root, "features")
 
 
@@ -104,26 +105,18 @@ class CachedFeatures:
         return self.features.shape[0]
 
 
-class CachedFeatureDataset(torch.utils.data.Dataset):
+class CachedFeatureDataset(EpochDataset):
     """Batches of cached features; with several views, each example's view is drawn per ``(seed, epoch, index)``
     (the same whatever the number of processes).  With ``passes=k`` an epoch holds every example k times."""
 
     def __init__(self, cached: CachedFeatures, seed: int = 0, passes: int = 1):
+        super().__init__(cached.labels.shape[0], seed=seed, passes=passes)
         self.cached = cached
-        self.passes = passes
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.cached.labels.shape[0] * self.passes
 
     def _view(self, index: int) -> int:
         if self.cached.views == 1:
             return 0
-        return random.Random(hash((self.seed, self.epoch, int(index)))).randrange(self.cached.views)
+        return self.rng(index).randrange(self.cached.views)
 
     def __getitem__(self, index: int):
         row = index % self.cached.labels.shape[0]
@@ -199,10 +192,9 @@ class FeatureStore:
         if self.accelerator.is_main_process:
             try:
                 os.makedirs(self.cache_dir, exist_ok=True)
-                tmp = f"{path}.tmp-{os.getpid()}"
-                save_file({"features": cached.features.contiguous(), "labels": cached.labels}, tmp,
-                          metadata={"format": FORMAT_VERSION, "what": what})
-                os.replace(tmp, path)
+                with atomic_path(path) as tmp:
+                    save_file({"features": cached.features.contiguous(), "labels": cached.labels}, tmp,
+                              metadata={"format": FORMAT_VERSION, "what": what})
             except OSError as e:
                 logger.warning("Could not write the feature cache to %s (%s); continuing in memory.", path, e)
         self.accelerator.wait_for_everyone()
@@ -218,7 +210,7 @@ class FeatureStore:
             return self._compute_views(ds, image_column, label_column, views, augment, what)
 
     def _compute_views(self, ds, image_column, label_column, views, augment, what) -> CachedFeatures:
-        from .data import ImageClassificationDataset, ImageCollator
+        from .data import ImageClassificationDataset, ImageCollator, make_loader
 
         accelerator = self.accelerator
         model = self.backbone.model
@@ -235,10 +227,8 @@ class FeatureStore:
             for view in range(views):
                 dataset = ImageClassificationDataset(ds, image_column, label_column, augment=view > 0, **augment)
                 dataset.set_epoch(view)  # view v > 0 uses the augmentation stream of "epoch" v
-                loader = torch.utils.data.DataLoader(
-                    dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
-                    collate_fn=ImageCollator(self.backbone.processor),
-                )
+                loader = make_loader(dataset, self.batch_size, collate_fn=ImageCollator(self.backbone.processor),
+                                     num_workers=self.num_workers)
                 loader = accelerator.prepare_data_loader(loader)
                 feats, labs = [], []
                 for batch in loader:

@@ -12,9 +12,15 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any, Optional
 
 from .errors import ModelError, OutputError
+
+
+def cache_root() -> str:
+    """tl-hub's cache folder: ``$TL_HUB_CACHE``, default ``~/.cache/tl_hub``."""
+    return os.environ.get("TL_HUB_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tl_hub")
 
 
 def check_output_dir(path: str, overwrite: bool = False, what: str = "Output") -> None:
@@ -39,35 +45,70 @@ def check_output_dir(path: str, overwrite: bool = False, what: str = "Output") -
 
 
 @contextlib.contextmanager
+def atomic_path(path: str, *, directory: bool = False, temp: Optional[str] = None, owner: bool = True) -> Iterator[str]:
+    """The one write-then-rename of tl-hub: yield a temporary sibling of ``path``; when the block completes it is
+    renamed onto ``path`` in one step (an existing file or folder there is replaced only then), and when the block
+    fails it is removed, so ``path`` is never half-written.
+
+    Args:
+        directory: yield a new empty folder (else a file path to write).
+        temp: the temporary path to use (default: a fresh unique sibling); several processes writing into one
+            folder pass the same ``temp``.
+        owner: this process creates, renames and removes the temporary path; the others only write into it.
+
+    Example:
+        >>> with atomic_path("out/metrics.json") as tmp:
+        ...     open(tmp, "w").write("{}")
+    """
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    if temp is None:
+        os.makedirs(parent, exist_ok=True)
+        temp = (tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent) if directory
+                else f"{path}.tmp-{os.getpid()}")
+    elif owner and directory:
+        os.makedirs(temp)
+    try:
+        yield temp
+    except BaseException:
+        if owner:
+            shutil.rmtree(temp, ignore_errors=True) if os.path.isdir(temp) else _unlink(temp)
+        raise
+    if not owner:
+        return
+    if directory and os.path.exists(path):  # a folder cannot be replaced in one rename: move the old one aside
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
+        os.rmdir(old)
+        os.rename(path, old)
+        os.rename(temp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(temp, path)
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+
+
+@contextlib.contextmanager
 def atomic_output_dir(path: str, overwrite: bool = False) -> Iterator[str]:
-    """Yield a temporary folder; on success it replaces ``path`` in one rename.
+    """Yield a temporary folder that replaces ``path`` when complete (see `atomic_path`); an existing non-empty
+    folder is refused unless ``overwrite``.
 
     Example:
         >>> with atomic_output_dir("out") as tmp:
         ...     model.save_pretrained(tmp)
     """
     check_output_dir(path, overwrite)
-    path = os.path.abspath(path)
-    parent = os.path.dirname(path)
-    try:
+    parent = os.path.dirname(os.path.abspath(path))
+    with contextlib.suppress(PermissionError):
         os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
-    except PermissionError:
-        raise OutputError(f"Cannot write to '{parent}' (permission denied); choose a writable output folder.") from None
-    try:
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"Cannot write to '{parent}' (permission denied); choose a writable output folder.")
+    with atomic_path(path, directory=True) as tmp:
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if os.path.exists(path):
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
-        os.rmdir(old)
-        os.rename(path, old)
-    os.rename(tmp, path)
-    _default_permissions(path)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
+        _default_permissions(tmp)
 
 
 def _default_permissions(root: str) -> None:
@@ -82,11 +123,9 @@ def _default_permissions(root: str) -> None:
 
 def write_json(path: str, obj: Any) -> None:
     """Write JSON to ``path`` through a temporary file and a rename."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def _json_default(o: Any):

@@ -1,0 +1,67 @@
+"""Where code runs: the Accelerate set-up shared by training, evaluation, prediction and the advisor.
+
+- `make_accelerator`: an ``Accelerator`` whose global batch is split across processes with a seeded data order.
+- `process_state`: the process's rank and device, without building an ``Accelerator``.
+- `release_prepared`: forget what an accelerator prepared, so that the next period can prepare its own objects.
+"""
+
+from __future__ import annotations
+
+from .errors import ConfigError, first_line
+
+
+def process_state():
+    """Accelerate's process state, honouring ``ACCELERATE_USE_CPU`` as ``Accelerator`` does (a bare
+    ``PartialState()`` created first would otherwise pin a CPU multi-process launch to one process)."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def is_main_process() -> bool:
+    """Whether this is the process that writes outputs and prints results (always true without a launcher)."""
+    return process_state().is_main_process
+
+
+def make_accelerator(mixed_precision: str = "no", gradient_accumulation_steps: int = 1, seed: int = 42,
+                     cpu: bool = False):
+    """An ``Accelerator`` whose global batch is split across processes and whose data order is seeded,
+    so that 1 and N processes see the same batches."""
+    from accelerate import Accelerator, DataLoaderConfiguration
+
+    if mixed_precision == "fp16" and (cpu or process_state().device.type == "cpu"):
+        raise ConfigError("mixed_precision='fp16' needs a GPU: on the CPU Accelerate would silently train in fp32. "
+                          "Use bf16 (supported on CPU) or no.")
+    try:
+        return Accelerator(
+            cpu=cpu,
+            mixed_precision=mixed_precision,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True, data_seed=seed),
+        )
+    except ValueError as e:
+        raise ConfigError(
+            f"Cannot set up Accelerate with mixed_precision={mixed_precision!r}: {first_line(e)} "
+            "Pass an existing `accelerator=` to fit(), or use the same precision within one process."
+        ) from None
+
+
+def check_batch_size(batch_size: int, num_processes: int, name: str = "batch_size") -> None:
+    """A global batch must split evenly across the processes."""
+    if batch_size % num_processes:
+        raise ConfigError(
+            f"`{name}` ({batch_size}) is the global batch and must be divisible by the number of processes "
+            f"({num_processes}); pass e.g. {max(num_processes, batch_size // num_processes * num_processes)}."
+        )
+
+
+def release_prepared(accelerator) -> None:
+    """Forget the models, optimizers, schedulers and loaders the accelerator prepared (what
+    ``Accelerator.free_memory`` does, without its full garbage collection, which costs a noticeable fraction
+    of a short head-training period); their memory is freed as soon as nothing else refers to them."""
+    for name in ("_models", "_optimizers", "_schedulers", "_dataloaders"):
+        held = getattr(accelerator, name, None)
+        if isinstance(held, list):
+            held.clear()
+    accelerator.step = 0
