@@ -17,7 +17,8 @@ import os
 import time
 from typing import Optional
 
-from .outputs import write_json
+from .filenames import INFO_FILE
+from .outputs import cache_root, write_json
 
 BASE_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "glyph-resnet")
 
@@ -28,6 +29,19 @@ QUICK = {"per_class": 5, "epochs": 4, "validation": 100}  # seconds, for tests
 def base_model_path() -> str:
     """The shipped base model (transformers format)."""
     return BASE_MODEL
+
+
+def demo_model(cache_dir: Optional[str] = None) -> str:
+    """The folder of the offline demo's trained model: ``runs/demo/model`` if ``tl-hub demo`` ran here, else one made
+    once (the quick demo, about 10 s) under ``cache_dir`` (default: tl-hub's cache, ``$TL_HUB_CACHE``)."""
+    local = os.path.join("runs", "demo", "model")
+    if os.path.exists(os.path.join(local, INFO_FILE)):
+        return local
+    root = cache_dir or os.path.join(cache_root(), "space-demo")
+    model = os.path.join(root, "model")
+    if not os.path.exists(os.path.join(model, INFO_FILE)):
+        run_demo(root, quick=True, print_fn=lambda *a: None)
+    return model
 
 
 def target_data(per_class: int, validation: int, seed: int = 1):

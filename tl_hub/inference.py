@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import os
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Optional, Union
 
 import torch
 from torch import nn
 
 from .data import as_images, is_single_image
-from .errors import ModelError, first_line
-from .outputs import read_json
-
-INFO_FILE = "tl_hub.json"
 
 
 class Classifier:
@@ -40,25 +36,6 @@ class Classifier:
         self.labels = list(labels)
         self.info = info or {}
 
-    @classmethod
-    def from_dir(cls, path: str) -> "Classifier":
-        """Load a folder written by ``Recipe.save`` (or any image-classification model folder)."""
-        from transformers import AutoModelForImageClassification
-
-        from .backbone import load_image_processor
-
-        if not os.path.isdir(path):
-            raise ModelError(f"'{path}' is not a folder written by tl-hub (Recipe.save / tl-hub train).")
-        if not os.path.exists(os.path.join(path, "config.json")):
-            raise ModelError(f"'{path}' has no config.json; pass the output folder of `tl-hub train`.")
-        try:
-            model = AutoModelForImageClassification.from_pretrained(path, use_safetensors=True)
-        except Exception as e:  # OSError, ValueError, SafetensorError for a damaged file, ...
-            raise ModelError(f"Could not load the model in '{path}' ({type(e).__name__}: {first_line(e)}); the folder "
-                             "may be damaged: save or download it again.") from None
-        info_path = os.path.join(path, INFO_FILE)
-        info = read_json(info_path) if os.path.exists(info_path) else {}
-        return cls(model, load_image_processor(path), info=info)
 
     @property
     def device(self) -> torch.device:
@@ -81,16 +58,17 @@ class Classifier:
 
         Labels are matched to the model's by name; columns default to those used in training, else detected.
         """
-        from .data import ImageClassificationDataset, ImageCollator, prepare_eval_data
-        from .loop import evaluate_loader, make_accelerator, release_prepared
+        from .data import ImageClassificationDataset, ImageCollator, make_loader, prepare_eval_data
+        from .loop import evaluate_loader
+        from .runtime import make_accelerator, release_prepared
 
         ds, img_col, lbl_col = prepare_eval_data(
             data, self.labels, image_column=image_column or self.info.get("image_column"),
             label_column=label_column or self.info.get("label_column"), split=split, fallback=True,
         )
         accelerator = accelerator or make_accelerator()
-        loader = torch.utils.data.DataLoader(ImageClassificationDataset(ds, img_col, lbl_col), batch_size=batch_size,
-                                             shuffle=False, collate_fn=ImageCollator(self.processor))
+        loader = make_loader(ImageClassificationDataset(ds, img_col, lbl_col), batch_size,
+                             collate_fn=ImageCollator(self.processor))
         model, loader = accelerator.prepare(self.model, loader)
         metrics = evaluate_loader(accelerator, model, loader)
         release_prepared(accelerator)

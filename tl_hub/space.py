@@ -14,9 +14,12 @@ other host.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 from PIL import Image
+
+from .model_folder import load
 
 MAX_PIXELS = 40_000_000
 MAX_FILE_SIZE = "20mb"
@@ -129,11 +132,6 @@ def example_images() -> list[str]:
     return sorted(os.path.join(folder, f) for f in os.listdir(folder)) if os.path.isdir(folder) else []
 
 
-def _metrics_from_folder(source: str) -> dict:
-    from .outputs import read_json
-
-    path = os.path.join(source, "metrics.json")
-    return read_json(path) if os.path.isdir(source) and os.path.exists(path) else {}
 
 
 def build_app(source: str, *, examples: Optional[Sequence[str]] = None, top_k: int = 5,
@@ -141,11 +139,7 @@ def build_app(source: str, *, examples: Optional[Sequence[str]] = None, top_k: i
     """The Gradio ``Blocks`` app for the classifier at ``source`` (folder or Hub repo id)."""
     import gradio as gr
 
-    from .hub import load
-
     classifier = load(source)
-    if "metrics" not in classifier.info:
-        classifier.info["metrics"] = _metrics_from_folder(source)
     app = SpaceApp(classifier, top_k=top_k, max_pixels=max_pixels)
     with gr.Blocks(title=title or "tl-hub classifier", analytics_enabled=False) as demo:
         gr.Markdown(f"# {title or 'Image classifier'}\nUpload an image; the model returns its top {app.top_k} "
@@ -185,3 +179,26 @@ def launch(demo, *, host: str = "127.0.0.1", port: Optional[int] = None, block: 
     return demo.launch(server_name=host, server_port=port, max_file_size=MAX_FILE_SIZE, show_error=True,
                        theme=local_theme(), prevent_thread_lock=not block, ssr_mode=False, footer_links=[],
                        **kwargs)
+
+
+def push_space(space_id: str, model_repo: str, *, private: Optional[bool] = None, token=None) -> str:
+    """Create or update a Gradio Space that serves ``model_repo`` with tl-hub's app (``spaces/``), in one commit."""
+    import re
+    import shutil
+    import tempfile
+
+    from .errors import TlHubError
+    from .hub import upload_space
+
+    if not os.path.exists(os.path.join(SPACE_DIR, "app.py")):
+        raise TlHubError(f"The Space files are missing ({SPACE_DIR}); install tl-hub from its source tree.")
+    with tempfile.TemporaryDirectory(prefix="tl_hub_space_") as tmp:
+        shutil.copytree(SPACE_DIR, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+        app_path = os.path.join(tmp, "app.py")
+        with open(app_path, encoding="utf-8") as f:
+            app = f.read()
+        app = re.sub(r"^DEFAULT_MODEL_ID = .*$", f"DEFAULT_MODEL_ID = {model_repo!r}", app, count=1, flags=re.MULTILINE)
+        with open(app_path, "w", encoding="utf-8") as f:
+            f.write(app)
+        return upload_space(tmp, space_id, private=private, token=token,
+                            commit_message=f"tl-hub Space for {model_repo}")

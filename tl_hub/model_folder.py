@@ -1,0 +1,175 @@
+"""The model folder: what a trained model is on disk and on the Hub, with ONE class to save, load and push it.
+
+`TrainedModel` follows huggingface_hub's ``ModelHubMixin``: ``save`` writes a folder, ``load`` reads one (local or
+from the Hub), ``push`` saves the shareable form to a temporary folder and uploads it in one commit.  A folder
+holds (names in `tl_hub.filenames`):
+
+- the weights, written by the exporter of the training kind (see `tl_hub.exporters`) and ``config.json``;
+- ``preprocessor_config.json``: the base model's image processor;
+- ``tl_hub.json``: the training record (recipe, base model and commit, settings, labels, what was trained);
+- ``metrics.json``, ``history.json`` and ``learning_curve.png``.
+
+Example:
+    >>> trained = TrainedModel.load("runs/beans")           # or a Hub repo id
+    >>> trained.classifier.predict("leaf.jpg", top_k=2)
+    >>> trained.push("your-name/vit-beans")
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from typing import Any, Optional, Union
+
+from .backbone import load_backbone, load_image_processor
+from .config import ModelSource
+from .errors import ModelError
+from .exporters import exporter_for, exporter_in
+from .filenames import CONFIG_FILE, CURVE_FILE, HISTORY_FILE, INFO_FILE, METRICS_FILE, PREPROCESSOR_FILE
+from .hub import download, upload_model
+from .inference import Classifier
+from .outputs import atomic_output_dir, read_json, write_json
+from .plots import plot_learning_curves
+
+logger = logging.getLogger(__name__)
+
+
+class TrainedModel:
+    """A trained classifier with its training record, metrics and history.
+
+    Args:
+        classifier (`Classifier`): the model, its image processor and labels; ``classifier.info`` is the record.
+        metrics (`dict`, *optional*): ``{"validation": {...}, "test": {...}}``.
+        history (`list[dict]`, *optional*): one record per epoch.
+        source (`str`, *optional*): where it was loaded from (for messages).
+    """
+
+    def __init__(self, classifier: Classifier, *, metrics: Optional[dict] = None,
+                 history: Optional[list[dict]] = None, source: Optional[str] = None):
+        self.classifier = classifier
+        self.metrics = metrics or {}
+        self.history = history or []
+        self.source = source
+
+    @property
+    def record(self) -> dict:
+        """What ``tl_hub.json`` holds (``classifier.info`` without the metrics)."""
+        return {k: v for k, v in self.classifier.info.items() if k != "metrics"}
+
+    @property
+    def kind(self) -> str:
+        return (self.record.get("trained") or {}).get("kind", "full")
+
+    def save(self, path: str, *, overwrite: bool = False, shareable: bool = False) -> dict:
+        """Write the model folder to ``path`` (through a temporary folder renamed into place); return its record.
+
+        ``shareable``: the form pushed to the Hub, with only what training changed when that is not everything.
+        """
+        exporter = exporter_for(self.kind, shareable=shareable)
+        with atomic_output_dir(path, overwrite=overwrite) as tmp:
+            record = {**self.record,
+                      "export": exporter.save(self.classifier.model, tmp, self.record.get("trained") or {})}
+            self.classifier.processor.save_pretrained(tmp)
+            write_json(os.path.join(tmp, INFO_FILE), record)
+            if self.metrics:
+                write_json(os.path.join(tmp, METRICS_FILE), self.metrics)
+            if self.history:
+                write_json(os.path.join(tmp, HISTORY_FILE), self.history)
+                name = record.get("recipe", "model")
+                plot_learning_curves({name: self.history}, os.path.join(tmp, CURVE_FILE),
+                                     title=f"{name} on {record.get('base_model', '')}")
+        return record
+
+    @classmethod
+    def load(cls, source: Union[str, ModelSource], *, token=None, require_record: bool = False,
+             **options: Any) -> TrainedModel:
+        """Load a model folder or Hub repo written by tl-hub (or any image-classification model folder).
+
+        Args:
+            source: a folder, a Hub repo id, or a `ModelSource` (revision, cache_dir, trust_remote_code, ...);
+                the options also apply to the base model that head-only and adapter folders load.
+            token (*optional*): Hub token (default: ``HF_TOKEN`` or the stored login).
+            require_record: refuse folders without ``tl_hub.json`` (those not written by tl-hub).
+        """
+        source = ModelSource.of(source, **options)
+        folder = download(source, token)
+        record = _read_record(folder, require_record)
+        if not os.path.exists(os.path.join(folder, CONFIG_FILE)):
+            raise ModelError(f"'{folder}' has no {CONFIG_FILE}; pass the output folder of `tl-hub train`.")
+        exporter = exporter_in(folder, record)
+        labels = record.get("labels")
+        model = exporter.load(folder, record, lambda: _base_model(record, source))
+        config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+        if labels is not None and [config.id2label[i] for i in range(len(config.id2label))] != list(labels):
+            raise ModelError(f"The labels of '{source.id}' do not match its head.")
+        processor = (load_image_processor(folder) if os.path.exists(os.path.join(folder, PREPROCESSOR_FILE))
+                     else load_image_processor(ModelSource.of(source, id=record["base_model"])))
+        metrics = _read_optional(folder, METRICS_FILE, {})
+        history = _read_optional(folder, HISTORY_FILE, [])
+        classifier = Classifier(model, processor, labels, info={**record, "metrics": metrics})
+        return cls(classifier, metrics=metrics, history=history, source=source.id)
+
+    def push(self, repo_id: str, *, private: Optional[bool] = None, token=None, commit_message: Optional[str] = None,
+             overwrite_card: bool = False, dataset_name: Optional[str] = None) -> str:
+        """Upload the shareable form to ``repo_id`` in one commit, with a model card; return the commit URL.
+
+        An existing README.md in the repository is kept unless ``overwrite_card=True``.
+        """
+        with tempfile.TemporaryDirectory(prefix="tl_hub_push_") as tmp:
+            folder = os.path.join(tmp, "export")
+            record = self.save(folder, shareable=True)  # checks the model before contacting the Hub
+            return upload_model(folder, repo_id, {**record, "metrics": self.metrics}, what=self.source or "the model",
+                                private=private, token=token, commit_message=commit_message,
+                                overwrite_card=overwrite_card, dataset_name=dataset_name)
+
+
+def _read_record(folder: str, required: bool) -> dict:
+    path = os.path.join(folder, INFO_FILE)
+    if os.path.exists(path):
+        return read_json(path)
+    if required:
+        raise ModelError(f"'{folder}' has no {INFO_FILE}; pass a folder written by `tl-hub train` / Recipe.save.")
+    return {}
+
+
+def _read_optional(folder: str, name: str, default):
+    path = os.path.join(folder, name)
+    return read_json(path) if os.path.exists(path) else default
+
+
+def _base_model(record: dict, source: ModelSource):
+    """The base model of a head-only or adapter folder, at its pinned commit, with a new head for the labels."""
+    base = ModelSource.of(source, id=record["base_model"], revision=record.get("base_model_revision"))
+    return load_backbone(base, record["labels"]).model
+
+
+def load(source: Union[str, ModelSource], *, token=None, **options: Any) -> Classifier:
+    """A ready `Classifier` from a trained model folder or a Hub repo (see `TrainedModel.load`).
+
+    Example:
+        >>> clf = tl_hub.load("your-name/vit-beans")
+        >>> clf.predict("leaf.jpg", top_k=3)
+    """
+    return TrainedModel.load(source, token=token, **options).classifier
+
+
+def push_to_hub(model_dir: str, repo_id: str, *, private: Optional[bool] = None, token=None,
+                commit_message: Optional[str] = None, overwrite_card: bool = False,
+                dataset_name: Optional[str] = None) -> str:
+    """Push the model folder ``model_dir`` (written by ``Recipe.save`` / ``tl-hub train``) to ``repo_id``; see
+    `TrainedModel.push`.
+
+    Raises:
+        TlHubError: the folder is not a tl-hub model folder, or the upload failed (the message names the repo and
+            what to do; ``model_dir`` is untouched).
+    """
+    trained = TrainedModel.load(model_dir, require_record=True)
+    trained.source = model_dir
+    return trained.push(repo_id, private=private, token=token, commit_message=commit_message,
+                        overwrite_card=overwrite_card, dataset_name=dataset_name)
+
+
+def export_for_hub(model_dir: str, export_dir: str) -> dict:
+    """Write the shareable form of the model folder ``model_dir`` into ``export_dir``; return its record."""
+    return TrainedModel.load(model_dir, require_record=True).save(export_dir, shareable=True)
