@@ -20,20 +20,7 @@ from tl_hub import advise, compare
 from tl_hub.demo import base_model_path
 from tl_hub.demo_data import digits_dataset, hue_dataset
 
-RECIPES = {
-    # name in the table -> (registry name, settings): every recipe with its defaults; "train all" is defined by
-    # having no head period and one learning rate for all groups (the advisor's large+different case)
-    "feature-extraction": ("feature-extraction", {}),
-    "fine-tune": ("fine-tune", {}),
-    "train-all-from-pretrained": ("fine-tune", {"backbone_lr_ratio": 1.0, "head_epochs": 0}),
-    "scratch": ("scratch", {}),
-}
-
-
-def advisor_choice(advice) -> str:
-    if advice.recipe == "fine-tune" and advice.settings.get("head_epochs") == 0:
-        return "train-all-from-pretrained"
-    return advice.recipe
+RECIPES = ("feature-extraction", "fine-tune", "train-all", "scratch")  # every recipe with its defaults
 
 
 def scenario(name, per_class):
@@ -61,11 +48,11 @@ def main(argv=None):
             train, val = scenario(target, per_class)
             advice = advise(base, train)
             accuracy = {}
-            for label, (registry, settings) in RECIPES.items():
-                result = compare(base, train, val, recipes=[registry], settings={registry: settings},
-                                 epochs=args.epochs, common={"seed": 0, "feature_cache": "memory"})
-                accuracy[label] = result.summaries[registry]["asymptote"]
-            choice = advisor_choice(advice)
+            for name in RECIPES:
+                result = compare(base, train, val, recipes=[name], epochs=args.epochs,
+                                 common={"seed": 0, "feature_cache": "memory"})
+                accuracy[name] = result.summaries[name]["asymptote"]
+            choice = advice.recipe
             best = max(accuracy, key=accuracy.get)
             row = {"intended": f"{size}+{similarity}", "target": target, "per_class": per_class,
                    "advisor_case": advice.case, "advisor_choice": choice,

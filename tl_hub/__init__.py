@@ -4,39 +4,49 @@ Wrap any ``AutoModelForImageClassification`` checkpoint in a recipe, replace its
 train it with Accelerate on one or many devices::
 
     from tl_hub import FineTuneRecipe
-    recipe = FineTuneRecipe(model="google/vit-base-patch16-224-in21k", head_epochs=1, epochs=4, lr=1e-3)
+    recipe = FineTuneRecipe("google/vit-base-patch16-224-in21k")
     result = recipe.fit(train_ds, eval_ds)
     recipe.save("out/")
+
+Everything here is the public API; the CLI (`tl_hub.cli`) and the Space (``spaces/app.py``) use nothing else.
 """
 
-__version__ = "0.1.0"
-
-from .advisor import Advice, Thresholds, advise  # noqa: E402
-from .backbone import Backbone, LayerGroup, ModelParts, load_backbone, split_model  # noqa: E402
-from .config import FeatureExtractionConfig, FineTuneConfig, LoRAConfig, ScratchConfig, TrainingConfig  # noqa: E402
-from .errors import ConfigError, DataError, ModelError, OutputError, TlHubError, TrainingError  # noqa: E402
-from .compare import Comparison, compare, curve_summary  # noqa: E402
-from .hub import load, push_to_hub  # noqa: E402
-from .inference import Classifier  # noqa: E402
-from .recipes import (  # noqa: E402
-    RECIPES,
-    FeatureExtractionRecipe,
-    FineTuneRecipe,
-    FitResult,
-    LoRARecipe,
-    Recipe,
-    ScratchRecipe,
-    get_recipe,
-    register_recipe,
+from .advisor import Advice, Thresholds, advise
+from .backbone import Backbone, LayerGroup, ModelParts, load_backbone, split_model
+from .compare import Comparison, compare, curve_summary
+from .config import (
+    FeatureExtractionConfig,
+    FineTuneConfig,
+    LoRAConfig,
+    ModelSource,
+    ScratchConfig,
+    TrainAllConfig,
+    TrainingConfig,
 )
+from .demo import demo_model, run_demo
+from .errors import ConfigError, DataError, ModelError, OutputError, TlHubError, TrainingError
+from .exporters import EXPORTERS, Exporter, register_exporter
+from .fit import FitResult
+from .inference import Classifier
+from .loop import Period
+from .model_folder import TrainedModel, export_for_hub, load, push_to_hub
+from .outputs import check_output_dir
+from .recipe import RECIPES, Recipe, get_recipe, register_recipe
+from .recipes import FeatureExtractionRecipe, FineTuneRecipe, LoRARecipe, ScratchRecipe, TrainAllRecipe, head_period
+from .runtime import is_main_process
+from .space import build_app, example_images, push_space
+from .space import launch as launch_app
+from .version import __version__
 
 __all__ = [
     "__version__",
-    "Backbone", "LayerGroup", "ModelParts", "load_backbone", "split_model",
-    "TrainingConfig", "FeatureExtractionConfig", "FineTuneConfig", "ScratchConfig", "LoRAConfig",
+    "Backbone", "LayerGroup", "ModelParts", "load_backbone", "split_model", "ModelSource",
+    "TrainingConfig", "FeatureExtractionConfig", "FineTuneConfig", "TrainAllConfig", "ScratchConfig", "LoRAConfig",
     "TlHubError", "ConfigError", "DataError", "ModelError", "OutputError", "TrainingError",
-    "Classifier", "load", "push_to_hub",
-    "Recipe", "FeatureExtractionRecipe", "FineTuneRecipe", "ScratchRecipe", "LoRARecipe", "FitResult",
-    "RECIPES", "get_recipe", "register_recipe",
+    "Classifier", "TrainedModel", "load", "push_to_hub", "export_for_hub", "EXPORTERS", "Exporter",
+    "register_exporter", "Recipe", "FeatureExtractionRecipe", "FineTuneRecipe", "TrainAllRecipe", "ScratchRecipe",
+    "LoRARecipe", "FitResult", "Period", "RECIPES", "get_recipe", "register_recipe", "head_period",
     "advise", "Advice", "Thresholds", "compare", "Comparison", "curve_summary",
+    "run_demo", "demo_model", "build_app", "example_images", "launch_app", "push_space", "check_output_dir",
+    "is_main_process",
 ]

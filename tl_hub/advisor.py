@@ -15,29 +15,30 @@ The four cases (size x similarity) and what tl-hub recommends:
 | small + similar | `FeatureExtractionRecipe`: train a new head on frozen features |
 | small + different | don't transfer: `ScratchRecipe`, the cheapest baseline, or collect more data |
 | large + similar | `FineTuneRecipe`: head first, then unfreeze with smaller LRs    |
-| large + different | `FineTuneRecipe(head_epochs=0, backbone_lr_ratio=1)`: train everything, initialised from the pretrained weights |
+| large + different | `TrainAllRecipe`: train everything at one learning rate, initialised from the pretrained weights |
 """
 
 from __future__ import annotations
 
 import logging
+import statistics
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 
+from .config import ModelSource, setting
 from .errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-# each case is a recipe with its defaults; "train all from pretrained" is fine-tuning without period 1 and with
-# one learning rate for every group (what defines the case, not a tuning)
+# each case is a recipe, with that recipe's defaults
 CASES = {
-    ("small", "similar"): ("feature-extraction", {}),
-    ("small", "different"): ("scratch", {}),
-    ("large", "similar"): ("fine-tune", {}),
-    ("large", "different"): ("fine-tune", {"head_epochs": 0, "backbone_lr_ratio": 1.0}),
+    ("small", "similar"): "feature-extraction",
+    ("small", "different"): "scratch",
+    ("large", "similar"): "fine-tune",
+    ("large", "different"): "train-all",
 }
 
 REASONS = {
@@ -66,10 +67,11 @@ class Thresholds:
         max_examples: at most this many examples (stratified) are embedded for the probe.
     """
 
-    large_per_class: int = 100
-    similarity_gap: float = 0.10
-    k: int = 5
-    max_examples: int = 2000
+    large_per_class: int = setting(100, "Median examples per class from which the data counts as large.")
+    similarity_gap: float = setting(0.10, "Pretrained minus random k-NN accuracy from which the task counts as "
+                                    "similar.")
+    k: int = setting(5, "Neighbours in the k-NN probe.")
+    max_examples: int = setting(2000, "At most this many examples (stratified) are embedded for the probe.")
 
     def __post_init__(self):
         if self.large_per_class < 2:
@@ -89,7 +91,6 @@ class Advice:
     size: str
     similarity: str
     recipe: str
-    settings: dict
     reason: str
     examples: int
     classes: int
@@ -106,13 +107,16 @@ class Advice:
 
     def make_recipe(self, **overrides):
         """The recommended recipe, ready to ``fit``."""
-        from .recipes import get_recipe
+        from .recipe import get_recipe
 
-        return get_recipe(self.recipe)(self.model, **{**self.settings, **overrides})
+        return get_recipe(self.recipe)(self.model, **overrides)
 
     def report(self) -> str:
         t = self.thresholds
-        fmt = (lambda x: "n/a" if x is None else f"{x:.3f}")
+
+        def fmt(x):
+            return "n/a" if x is None else f"{x:.3f}"
+
         lines = [
             f"data: {self.examples} examples, {self.classes} classes, median {self.median_per_class:g} per class "
             f"(min {min(self.per_class.values()) if self.per_class else 0}) -> {self.size} "
@@ -121,7 +125,7 @@ class Advice:
             f"random features {fmt(self.random_knn_accuracy)}, gap {fmt(self.similarity_gap)} -> {self.similarity} "
             f"(similar from a gap of {t['similarity_gap']})",
             f"case: {self.case}",
-            f"recommendation: {self.recipe} {self.settings}",
+            f"recommendation: {self.recipe} (its default settings)",
             f"why: {self.reason}",
         ]
         lines += [f"warning: {w}" for w in self.warnings]
@@ -149,13 +153,44 @@ def _subsample(labels: list[int], max_examples: int, seed: int) -> list[int]:
     return keep
 
 
-def advise(model: str, dataset: Any, *, thresholds: Optional[Thresholds] = None, image_column: Optional[str] = None,
-           label_column: Optional[str] = None, seed: int = 0, batch_size: int = 64, revision: Optional[str] = None,
-           trust_remote_code: bool = False, allow_pickle: bool = False, accelerator=None) -> Advice:
+def _class_counts(labels, names) -> tuple[dict, dict, list]:
+    """Examples per class, the classes that have any, and a warning for the empty ones."""
+    counts = Counter(labels)
+    per_class = {names[i]: counts.get(i, 0) for i in range(len(names))}
+    present = {n: c for n, c in per_class.items() if c > 0}
+    empty = [n for n, c in per_class.items() if c == 0]
+    warnings = [f"{len(empty)} class(es) have no examples ({empty[:5]}): a model cannot learn them; add images or "
+                "remove them from the label set. They are left out of the measurements."] if empty else []
+    if len(present) < 2:
+        raise DataError(f"Only {len(present)} class has examples ({list(present)}); a classifier needs at least two.")
+    return per_class, present, warnings
+
+
+def _knn_probe(source: ModelSource, subset, img_col: str, lbl_col: str, names, pretrained: bool, k: int, seed: int,
+               batch_size: int, accelerator) -> float:
+    """k-NN accuracy of the frozen features of ``source`` (pretrained, or a randomly initialised copy)."""
+    from accelerate.utils import set_seed
+
+    from .backbone import load_backbone
+    from .features import FeatureStore
+
+    set_seed(seed)
+    backbone = load_backbone(source, names, pretrained=pretrained)
+    store = FeatureStore(backbone, accelerator, cache="memory", batch_size=batch_size)
+    if not store.available:
+        raise DataError(f"Cannot measure similarity with {source.id}: its head has several modules.")
+    features = store.get(subset, img_col, lbl_col, what="probe").features[0]
+    return knn_accuracy(features, torch.tensor(subset[lbl_col]), k)
+
+
+def advise(model: Union[str, ModelSource], dataset: Any, *, thresholds: Optional[Thresholds] = None,
+           image_column: Optional[str] = None, label_column: Optional[str] = None, seed: int = 0, batch_size: int = 64,
+           accelerator=None, **options: Any) -> Advice:
     """Measure ``dataset`` against ``model`` and recommend a recipe.
 
     Args:
-        model (`str`): the pretrained model (Hub id or folder).
+        model (`str` or `ModelSource`): the pretrained model (Hub id or folder); ``options`` (revision,
+            trust_remote_code, allow_pickle, cache_dir) apply to a string.
         dataset: a dataset, folder or Hub id (its training split is measured).
         thresholds (`Thresholds`, *optional*): where the cases begin.
 
@@ -165,67 +200,42 @@ def advise(model: str, dataset: Any, *, thresholds: Optional[Thresholds] = None,
     Raises:
         DataError: no labelled images, or fewer than two classes with examples.
     """
-    from accelerate.utils import set_seed
+    from .data import drop_undecodable, encode_labels, find_image_column, find_label_column, load_source, pick_splits
+    from .runtime import make_accelerator
 
-    from .backbone import load_backbone
-    from .data import _pick_splits, drop_undecodable, encode_labels, find_image_column, find_label_column, load_source
-    from .features import FeatureStore
-    from .loop import make_accelerator
-
+    source = ModelSource.of(model, **options)
     thresholds = thresholds or Thresholds()
-    train, _, _ = _pick_splits(load_source(dataset))
+    train, _, _ = pick_splits(load_source(dataset))
     if len(train) == 0:
         raise DataError("The dataset is empty; give labelled images.")
     img_col = find_image_column(train, image_column)
     lbl_col = find_label_column(train, label_column, img_col)
     train, names = encode_labels(train.select_columns([img_col, lbl_col]), lbl_col)
     train, _ = drop_undecodable(train, img_col)
-    counts = Counter(train[lbl_col])
-    per_class = {names[i]: counts.get(i, 0) for i in range(len(names))}
-    present = {n: c for n, c in per_class.items() if c > 0}
-    warnings = []
-    empty = [n for n, c in per_class.items() if c == 0]
-    if empty:
-        warnings.append(f"{len(empty)} class(es) have no examples ({empty[:5]}): a model cannot learn them; add "
-                        "images or remove them from the label set. They are left out of the measurements.")
-    if len(present) < 2:
-        raise DataError(f"Only {len(present)} class has examples ({list(present)}); a classifier needs at least two.")
-    values = sorted(present.values())
-    median = float(values[len(values) // 2]) if len(values) % 2 else (values[len(values) // 2 - 1] +
-                                                                        values[len(values) // 2]) / 2
+    per_class, present, warnings = _class_counts(train[lbl_col], names)
+    median = float(statistics.median(present.values()))
     size = "large" if median >= thresholds.large_per_class else "small"
-
     pre_acc = rand_acc = gap = None
-    if max(values) < 2:
+    if max(present.values()) < 2:
         warnings.append("Every class has a single example, so no neighbour of the same class exists and similarity "
                         "cannot be measured; assuming similar (the cheapest transfer). Collect at least 2-5 "
                         "examples per class for a measured answer.")
         similarity = "similar"
     else:
-        keep = _subsample(train[lbl_col], thresholds.max_examples, seed)
-        subset = train.select(keep)
-        labels = torch.tensor(subset[lbl_col])
+        subset = train.select(_subsample(train[lbl_col], thresholds.max_examples, seed))
         accelerator = accelerator or make_accelerator(seed=seed)
-        accs = []
-        for pretrained in (True, False):
-            set_seed(seed)
-            backbone = load_backbone(model, names, pretrained=pretrained, revision=revision,
-                                     trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-            store = FeatureStore(backbone, accelerator, cache="memory", batch_size=batch_size)
-            if not store.available:
-                raise DataError(f"Cannot measure similarity with {model}: its head has several modules.")
-            feats = store.get(subset, img_col, lbl_col, what="probe").features[0]
-            accs.append(knn_accuracy(feats, labels, thresholds.k))
-        pre_acc, rand_acc = accs
+        pre_acc, rand_acc = (
+            _knn_probe(source, subset, img_col, lbl_col, names, pretrained, thresholds.k, seed, batch_size, accelerator)
+            for pretrained in (True, False))
         gap = pre_acc - rand_acc
         similarity = "similar" if gap >= thresholds.similarity_gap else "different"
-        if min(values) < 2:
+        if min(present.values()) < 2:
             warnings.append("Some classes have a single example; their neighbours can never match, which lowers both "
                             "probe accuracies equally.")
-    recipe, settings = CASES[(size, similarity)]
+    recipe = CASES[(size, similarity)]
     return Advice(
-        model=model, case=f"{size}+{similarity}", size=size, similarity=similarity, recipe=recipe,
-        settings=dict(settings), reason=REASONS[(size, similarity)], examples=len(train), classes=len(present),
+        model=source.id, case=f"{size}+{similarity}", size=size, similarity=similarity, recipe=recipe,
+        reason=REASONS[(size, similarity)], examples=len(train), classes=len(present),
         per_class=per_class, median_per_class=median, pretrained_knn_accuracy=pre_acc, random_knn_accuracy=rand_acc,
         similarity_gap=gap, thresholds=asdict(thresholds), warnings=warnings,
     )

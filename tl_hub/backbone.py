@@ -18,12 +18,14 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Union
 
 import torch
 from torch import nn
 
+from .config import ModelSource
 from .errors import ModelError, first_line
 
 logger = logging.getLogger(__name__)
@@ -133,6 +135,34 @@ def _blocks_container(encoder: nn.Module) -> Optional[str]:
     return None
 
 
+def _unwrap_single_children(encoder: nn.Module) -> str:
+    """With no block list, the encoder's children are the blocks: descend through wrappers that hold a single
+    child with parameters, and return the path of the module whose children are the blocks."""
+    path, module = "", encoder
+    while True:
+        kids = [(n, m) for n, m in module.named_children() if _n_params(m) > 0]
+        if len(kids) != 1 or any(True for _ in module.named_parameters(recurse=False)):
+            return path
+        path, module = _join(path, kids[0][0]), kids[0][1]
+
+
+def _around_blocks(encoder: nn.Module, enc_path: str, container: str):
+    """Walk the chain encoder -> ... -> container: siblings before each step are embeddings, siblings after are
+    the final norm.  Returns ``(pre_modules, post_modules, direct_params, blocks_prefix)``."""
+    pre_modules, post_modules, direct_params = [], [], []
+    module, prefix = encoder, enc_path
+    for step in container.split(".") if container else []:
+        direct_params += [_join(prefix, n) for n, _ in module.named_parameters(recurse=False)]
+        seen = False
+        for name, child in module.named_children():
+            if name == step:
+                seen = True
+            elif _n_params(child) > 0:
+                (post_modules if seen else pre_modules).append(_join(prefix, name))
+        module, prefix = module.get_submodule(step), _join(prefix, step)
+    return pre_modules, post_modules, direct_params, prefix
+
+
 def split_model(model: nn.Module) -> ModelParts:
     """Find the head and the ordered encoder layer groups of ``model``.
 
@@ -152,38 +182,11 @@ def split_model(model: nn.Module) -> ModelParts:
     encoder = model.get_submodule(enc_path)
     container = _blocks_container(encoder)
     if container is None:
-        # No block list: fall back to the encoder's children as blocks, descending
-        # through wrappers that hold a single child with parameters.
-        path = ""
-        module = encoder
-        while True:
-            kids = [(n, m) for n, m in module.named_children() if _n_params(m) > 0]
-            if len(kids) == 1 and not any(True for _ in module.named_parameters(recurse=False)):
-                path = _join(path, kids[0][0])
-                module = kids[0][1]
-                continue
-            break
-        container = path
+        container = _unwrap_single_children(encoder)
     blocks_module = encoder.get_submodule(container) if container else encoder
     block_names = [n for n, m in blocks_module.named_children() if _n_params(m) > 0]
 
-    # Walk the chain encoder -> ... -> container; siblings before each step are
-    # embeddings, siblings after are the final norm.
-    pre_modules, post_modules, direct_params = [], [], []
-    steps = container.split(".") if container else []
-    module, prefix = encoder, enc_path
-    for step in steps:
-        direct_params += [_join(prefix, n) for n, _ in module.named_parameters(recurse=False)]
-        seen = False
-        for name, child in module.named_children():
-            if name == step:
-                seen = True
-                continue
-            if _n_params(child) == 0:
-                continue
-            (post_modules if seen else pre_modules).append(_join(prefix, name))
-        module, prefix = module.get_submodule(step), _join(prefix, step)
-    blocks_prefix = prefix
+    pre_modules, post_modules, direct_params, blocks_prefix = _around_blocks(encoder, enc_path, container)
 
     def params_of(paths: Sequence[str]) -> tuple[str, ...]:
         out = []
@@ -224,10 +227,6 @@ def reset_head(model: nn.Module, parts: ModelParts, std: Optional[float] = None)
                     m.reset_parameters()
 
 
-def has_batchnorm(module: nn.Module) -> bool:
-    return any(isinstance(m, BATCHNORM_TYPES) for m in module.modules())
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Loading
 
@@ -258,15 +257,14 @@ def _processor_kwargs() -> dict:
     return {} if importlib.util.find_spec("torchvision") else {"backend": "pil"}
 
 
-def load_image_processor(name: str, *, revision: Optional[str] = None, trust_remote_code: bool = False,
-                         cache_dir: Optional[str] = None):
-    """Load the image processor that belongs to ``name`` (a Hub id or folder)."""
+def load_image_processor(source: Union[str, ModelSource], **options):
+    """Load the image processor that belongs to ``source`` (a Hub id or folder, or a `ModelSource`)."""
     from transformers import AutoImageProcessor
 
+    source = ModelSource.of(source, **options)
+    name = source.id
     try:
-        return AutoImageProcessor.from_pretrained(
-            name, revision=revision, trust_remote_code=trust_remote_code, cache_dir=cache_dir, **_processor_kwargs()
-        )
+        return AutoImageProcessor.from_pretrained(name, **source.loading_kwargs(), **_processor_kwargs())
     except (OSError, ValueError, KeyError) as e:
         raise ModelError(
             f"'{name}' has no usable image processor (preprocessor_config.json): {first_line(e)}. tl-hub "
@@ -274,15 +272,14 @@ def load_image_processor(name: str, *, revision: Optional[str] = None, trust_rem
         ) from None
 
 
-def load_config(name: str, *, revision: Optional[str] = None, trust_remote_code: bool = False,
-                cache_dir: Optional[str] = None):
+def load_config(source: ModelSource):
+    """The model's config, checked to be one transformers can build an image classifier from."""
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
+    name, trust_remote_code = source.id, source.trust_remote_code
     try:
-        config = AutoConfig.from_pretrained(
-            name, revision=revision, trust_remote_code=trust_remote_code, cache_dir=cache_dir
-        )
+        config = AutoConfig.from_pretrained(name, **source.loading_kwargs())
     except (OSError, ValueError, KeyError) as e:
         msg = first_line(e)
         if "trust_remote_code" in str(e):
@@ -321,28 +318,43 @@ def resolved_commit(name: str, revision: Optional[str] = None, cache_dir: Option
     return None
 
 
-def load_backbone(
-    name: str,
-    labels: Sequence[str],
-    *,
-    pretrained: bool = True,
-    revision: Optional[str] = None,
-    trust_remote_code: bool = False,
-    allow_pickle: bool = False,
-    cache_dir: Optional[str] = None,
-) -> Backbone:
-    """Load ``name`` with a new head for ``labels`` and its image processor.
+def _load_pretrained(source: ModelSource, id2label: dict, label2id: dict) -> nn.Module:
+    """The pretrained weights with a new head for the labels; only safetensors unless ``allow_pickle``."""
+    from transformers import AutoModelForImageClassification
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialized head" notice is expected: we log our own
+    try:
+        return AutoModelForImageClassification.from_pretrained(
+            source.id, **source.loading_kwargs(), id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True,
+            use_safetensors=None if source.allow_pickle else True,
+        )
+    except Exception as e:  # OSError, ValueError, safetensors' SafetensorError for a damaged file, ...
+        text = str(e)
+        if not source.allow_pickle and ("safetensors" in text or "model.safetensors" in text):
+            raise ModelError(
+                f"'{source.id}' has no safetensors weights, only a pickle checkpoint. Pickle files can run code "
+                "when loaded: pass allow_pickle=True (--allow-pickle) if you trust the source, or convert it "
+                "to safetensors."
+            ) from None
+        raise ModelError(f"Could not load the weights of '{source.id}' ({type(e).__name__}: {first_line(e)}); the "
+                         "file may be damaged: download or save it again.") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def load_backbone(source: Union[str, ModelSource], labels: Sequence[str], *, pretrained: bool = True,
+                  **options: Any) -> Backbone:
+    """Load ``source`` with a new head for ``labels`` and its image processor.
 
     Args:
-        name (`str`): a Hub model id (``"google/vit-base-patch16-224-in21k"``) or a local folder.
+        source (`str` or `ModelSource`): a Hub model id (``"google/vit-base-patch16-224-in21k"``) or a local
+            folder, with its loading options (revision, trust_remote_code, allow_pickle, cache_dir).
         labels (`Sequence[str]`): class names, in label-id order.
         pretrained (`bool`, defaults to `True`): load the pretrained weights; ``False`` builds the same
             architecture randomly initialised (the scratch baseline).
-        revision (`str`, *optional*): branch, tag or commit on the Hub.
-        trust_remote_code (`bool`, defaults to `False`): allow custom modelling code from the repository.
-        allow_pickle (`bool`, defaults to `False`): allow pickle (``.bin``) checkpoints; only safetensors
-            otherwise, since unpickling can run arbitrary code.
-        cache_dir (`str`, *optional*): Hub cache directory.
+        **options: loading options when ``source`` is a string (see `ModelSource`).
 
     Returns:
         `Backbone`
@@ -352,50 +364,26 @@ def load_backbone(
             ``allow_pickle``, missing image processor.
     """
     from transformers import AutoModelForImageClassification
-    from transformers.utils import logging as hf_logging
 
+    source = ModelSource.of(source, **options)
     labels = [str(l) for l in labels]
     id2label = dict(enumerate(labels))
     label2id = {l: i for i, l in id2label.items()}
-    config = load_config(name, revision=revision, trust_remote_code=trust_remote_code, cache_dir=cache_dir)
-    processor = load_image_processor(name, revision=revision, trust_remote_code=trust_remote_code, cache_dir=cache_dir)
-    commit = getattr(config, "_commit_hash", None) or resolved_commit(name, revision, cache_dir)
+    config = load_config(source)
+    processor = load_image_processor(source)
+    commit = getattr(config, "_commit_hash", None) or resolved_commit(source.id, source.revision, source.cache_dir)
     if pretrained:
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # the "newly initialized head" notice is expected: we log our own
-        try:
-            model = AutoModelForImageClassification.from_pretrained(
-                name,
-                revision=revision,
-                trust_remote_code=trust_remote_code,
-                cache_dir=cache_dir,
-                id2label=id2label,
-                label2id=label2id,
-                ignore_mismatched_sizes=True,
-                use_safetensors=None if allow_pickle else True,
-            )
-        except Exception as e:  # OSError, ValueError, safetensors' SafetensorError for a damaged file, ...
-            text = str(e)
-            if not allow_pickle and ("safetensors" in text or "model.safetensors" in text):
-                raise ModelError(
-                    f"'{name}' has no safetensors weights, only a pickle checkpoint. Pickle files can run code "
-                    "when loaded: pass allow_pickle=True (--allow-pickle) if you trust the source, or convert it "
-                    "to safetensors."
-                ) from None
-            raise ModelError(f"Could not load the weights of '{name}' ({type(e).__name__}: {first_line(e)}); the "
-                             "file may be damaged: download or save it again.") from None
-        finally:
-            hf_logging.set_verbosity(verbosity)
+        model = _load_pretrained(source, id2label, label2id)
     else:
         config.id2label, config.label2id = id2label, label2id
         config.num_labels = len(labels)
-        model = AutoModelForImageClassification.from_config(config, trust_remote_code=trust_remote_code)
+        model = AutoModelForImageClassification.from_config(config, trust_remote_code=source.trust_remote_code)
     parts = split_model(model)
     reset_head(model, parts)
     logger.info(
         "Loaded %s (%s) with a new %d-class head %s; encoder groups: %s",
-        name, "pretrained" if pretrained else "random init", len(labels), list(parts.head),
+        source.id, "pretrained" if pretrained else "random init", len(labels), list(parts.head),
         ", ".join(g.name for g in parts.groups),
     )
-    return Backbone(model=model, processor=processor, parts=parts, source=name, revision=commit,
+    return Backbone(model=model, processor=processor, parts=parts, source=source.id, revision=commit,
                     pretrained=pretrained)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Union
 
+from .config import ModelSource
 from .errors import ConfigError
 from .outputs import write_json
 from .plots import plot_learning_curves
@@ -73,14 +75,15 @@ class Comparison:
                 "advice": self.advice}
 
 
-def compare(model: str, train: Any, validation: Any = None, *,
+def compare(model: Union[str, ModelSource], train: Any, validation: Any = None, *,
             recipes: Sequence[str] = ("feature-extraction", "fine-tune", "scratch"), epochs: Optional[int] = None,
             slope_epochs: int = 3, settings: Optional[dict] = None,
             output_dir: Optional[str] = None, common: Optional[dict] = None, progress: bool = False) -> Comparison:
     """Train each recipe for the same ``epochs`` on the same data and compare their learning curves.
 
     Args:
-        model (`str`): the pretrained model (the scratch baseline uses its architecture, randomly initialised).
+        model (`str` or `ModelSource`): the pretrained model (the scratch baseline uses its architecture, randomly
+            initialised).
         train / validation: the data, as for `Recipe.fit`.
         recipes: registry names to compare (default: feature extraction, fine-tune, scratch).
         epochs (`int`, *optional*): the epochs of every recipe (default: each recipe's automatic epochs, the same
@@ -93,7 +96,7 @@ def compare(model: str, train: Any, validation: Any = None, *,
     Returns:
         `Comparison`
     """
-    from .recipes import get_recipe
+    from .recipe import get_recipe
 
     settings = settings or {}
     common = common or {}
@@ -111,7 +114,7 @@ def compare(model: str, train: Any, validation: Any = None, *,
         logger.info("%s: %s", name, summaries[name])
     comparison = Comparison(summaries, histories, trained, epochs)
     if output_dir:
-        write_comparison(comparison, output_dir, title=f"Transfer vs scratch ({model})")
+        write_comparison(comparison, output_dir, title=f"Transfer vs scratch ({ModelSource.of(model).id})")
     return comparison
 
 

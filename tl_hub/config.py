@@ -26,6 +26,11 @@ FEATURE_CACHES = ("disk", "memory", "off")
 RUN_ONLY_SETTINGS = ("num_workers", "feature_cache_dir", "checkpoint_dir", "save_steps", "save_total_limit")
 
 
+def setting(default: Any, help: str) -> Any:
+    """A config field with its default and the help text the CLI and the docs show."""
+    return field(default=default, metadata={"help": help})
+
+
 def _positive(name: str, value, allow_zero: bool = False) -> None:
     if value is None:
         return
@@ -38,6 +43,44 @@ def _positive(name: str, value, allow_zero: bool = False) -> None:
 def _choice(name: str, value, choices) -> None:
     if value not in choices:
         raise ConfigError(f"`{name}` should be one of {', '.join(map(str, choices))}; got {value!r}.")
+
+
+@dataclass
+class ModelSource:
+    """Where a model comes from and how it may be loaded; every entry point that loads a model takes one
+    (recipes, `tl_hub.load`, the advisor, the CLI's ``--model`` flags).
+
+    Example:
+        >>> ModelSource("google/vit-base-patch16-224", revision="main").id
+        'google/vit-base-patch16-224'
+    """
+
+    id: str = field(metadata={"help": "Hub model id or local folder of an image classifier.",
+                              "aliases": ["--model"]})
+    revision: Optional[str] = setting(None, "Branch, tag or commit of the model on the Hub.")
+    trust_remote_code: bool = setting(False, "Allow custom code from the model repo.")
+    allow_pickle: bool = setting(False, "Allow pickle (.bin) checkpoints; only safetensors are loaded otherwise.")
+    cache_dir: Optional[str] = setting(None, "Hub cache folder (default: the Hub's own).")
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str) or not self.id:
+            raise ConfigError("The model should be a Hub model id or the path of a model folder.")
+
+    @classmethod
+    def of(cls, model: Union[str, ModelSource], **options: Any) -> ModelSource:
+        """``model`` as a `ModelSource`: a string becomes one with ``options`` (revision, trust_remote_code, ...);
+        a `ModelSource` is returned as it is, or updated with the options given."""
+        if isinstance(model, cls):
+            return dataclasses.replace(model, **options) if options else model
+        unknown = sorted(set(options) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ConfigError(f"Unknown model option(s) {', '.join(unknown)}; valid: revision, trust_remote_code, "
+                              "allow_pickle, cache_dir.")
+        return cls(model, **options)
+
+    def loading_kwargs(self) -> dict[str, Any]:
+        """The options as keyword arguments of a transformers ``from_pretrained`` call."""
+        return {"revision": self.revision, "trust_remote_code": self.trust_remote_code, "cache_dir": self.cache_dir}
 
 
 @dataclass
@@ -58,99 +101,57 @@ class TrainingConfig:
         3
     """
 
-    epochs: Optional[int] = field(
-        default=None,
-        metadata={"help": "Training epochs (default: enough epochs for min_steps optimizer steps, at least "
-                  "min_epochs and at most max_epochs; see resolve_epochs)."},
-    )
-    min_steps: int = field(
-        default=500,
-        metadata={"help": "With epochs unset: the fewest optimizer steps a trained period gets; when max_epochs "
-                  "passes over small data are fewer, each epoch makes several passes (0: one pass per epoch)."},
-    )
-    min_epochs: int = field(default=3, metadata={"help": "With epochs unset: the fewest epochs (large data)."})
-    max_epochs: int = field(
-        default=30, metadata={"help": "With epochs unset: the most epochs (small data; an epoch is then several "
-                              "passes, see min_steps)."}
-    )
-    keep_epoch: str = field(
-        default="best",
-        metadata={"help": "Which weights the trained model keeps: 'best' (the epoch with the best validation "
-                  "accuracy, ties broken by the lower validation loss) or 'last'."},
-    )
-    head_solver: str = field(
-        default="lbfgs",
-        metadata={"help": "How a new linear head is trained on cached frozen features: 'lbfgs' (a linear probe "
-                  "solved to convergence, its L2 strength chosen on validation) or 'adamw' (epochs of gradient "
-                  "steps). Heads that are not one linear layer, or uncached features, always use AdamW."},
-    )
-    lr: float = field(default=1e-3, metadata={"help": "Peak learning rate of the new head."})
-    batch_size: int = field(
-        default=32,
-        metadata={"help": "Global training batch size; split evenly across processes, so results do not "
-                  "depend on the number of processes."},
-    )
-    eval_batch_size: int = field(default=64, metadata={"help": "Global evaluation/prediction batch size."})
-    weight_decay: float = field(
-        default=0.01, metadata={"help": "AdamW weight decay (never applied to biases, norms and tokens)."}
-    )
-    warmup_ratio: float = field(default=0.1, metadata={"help": "Fraction of each period's steps used for LR warmup."})
-    scheduler: str = field(default="cosine", metadata={"help": "LR schedule after warmup: cosine, linear or constant."})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches accumulated per optimizer step."})
-    max_grad_norm: Optional[float] = field(default=1.0, metadata={"help": "Gradient clipping norm (none to disable)."})
-    label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the cross-entropy loss."})
-    seed: int = field(default=42, metadata={"help": "Seed for initialisation, data order, splits and augmentation."})
-    mixed_precision: str = field(
-        default="no",
-        metadata={"help": "no, bf16 (recent GPUs and CPUs) or fp16 (GPUs, with loss scaling); weights stay fp32."},
-    )
-    image_column: Optional[str] = field(default=None, metadata={"help": "Image column (detected if not given)."})
-    label_column: Optional[str] = field(default=None, metadata={"help": "Label column (detected if not given)."})
-    validation_size: float = field(
-        default=0.2,
-        metadata={"help": "Fraction of the training data held out (stratified) when no validation split exists."},
-    )
-    augment: bool = field(
-        default=True, metadata={"help": "Random resized crop + horizontal flip on training images."}
-    )
-    hflip: bool = field(
-        default=False,
-        metadata={"help": "Add random horizontal flips to augmentation; only for labels that a mirror image keeps "
-                  "(not text, digits, or left/right classes)."},
-    )
-    crop_scale: float = field(
-        default=0.6, metadata={"help": "Smallest area fraction kept by the random resized crop (0 < s <= 1)."}
-    )
-    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
-    gradient_checkpointing: bool = field(
-        default=False, metadata={"help": "Recompute encoder activations in backward to save memory (slower)."}
-    )
-    feature_cache: str = field(
-        default="disk",
-        metadata={"help": "While the encoder is frozen, compute its features once and train the head on them: "
-                  "'disk' (kept in memory and under feature_cache_dir for later runs), 'memory', or 'off' "
-                  "(run the encoder every epoch, on freshly augmented images)."},
-    )
-    feature_cache_dir: Optional[str] = field(
-        default=None, metadata={"help": "Feature cache folder (default $TL_HUB_CACHE/features or "
-                                "~/.cache/tl_hub/features)."}
-    )
-    feature_views: int = field(
-        default=1,
-        metadata={"help": "Views cached per training image while the encoder is frozen: view 0 is the plain "
-                  "image, the others augmented (k views cost k encoder passes)."},
-    )
+    epochs: Optional[int] = setting(None, "Training epochs (default: enough epochs for min_steps optimizer steps, at "
+                                    "least min_epochs and at most max_epochs; see resolve_epochs).")
+    min_steps: int = setting(500, "With epochs unset: the fewest optimizer steps a trained period gets; when "
+                             "max_epochs passes over small data are fewer, each epoch makes several passes (0: one "
+                             "pass per epoch).")
+    min_epochs: int = setting(3, "With epochs unset: the fewest epochs (large data).")
+    max_epochs: int = setting(30, "With epochs unset: the most epochs (small data; an epoch is then several passes, "
+                              "see min_steps).")
+    keep_epoch: str = setting("best", "Which weights the trained model keeps: 'best' (the epoch with the best "
+                              "validation accuracy, ties broken by the lower validation loss) or 'last'.")
+    head_solver: str = setting("lbfgs", "How a new linear head is trained on cached frozen features: 'lbfgs' (a "
+                               "linear probe solved to convergence, its L2 strength chosen on validation) or 'adamw' "
+                               "(epochs of gradient steps). Heads that are not one linear layer, or uncached "
+                               "features, always use AdamW.")
+    lr: float = setting(1e-3, "Peak learning rate of the new head.")
+    batch_size: int = setting(32, "Global training batch size; split evenly across processes, so results do not "
+                              "depend on the number of processes.")
+    eval_batch_size: int = setting(64, "Global evaluation/prediction batch size.")
+    weight_decay: float = setting(0.01, "AdamW weight decay (never applied to biases, norms and tokens).")
+    warmup_ratio: float = setting(0.1, "Fraction of each period's steps used for LR warmup.")
+    scheduler: str = setting("cosine", "LR schedule after warmup: cosine, linear or constant.")
+    gradient_accumulation_steps: int = setting(1, "Batches accumulated per optimizer step.")
+    max_grad_norm: Optional[float] = setting(1.0, "Gradient clipping norm (none to disable).")
+    label_smoothing: float = setting(0.0, "Label smoothing of the cross-entropy loss.")
+    seed: int = setting(42, "Seed for initialisation, data order, splits and augmentation.")
+    mixed_precision: str = setting("no", "no, bf16 (recent GPUs and CPUs) or fp16 (GPUs, with loss scaling); weights "
+                                   "stay fp32.")
+    image_column: Optional[str] = setting(None, "Image column (detected if not given).")
+    label_column: Optional[str] = setting(None, "Label column (detected if not given).")
+    validation_size: float = setting(0.2, "Fraction of the training data held out (stratified) when no validation "
+                                     "split exists.")
+    augment: bool = setting(True, "Random resized crop + horizontal flip on training images.")
+    hflip: bool = setting(False, "Add random horizontal flips to augmentation; only for labels that a mirror image "
+                          "keeps (not text, digits, or left/right classes).")
+    crop_scale: float = setting(0.6, "Smallest area fraction kept by the random resized crop (0 < s <= 1).")
+    num_workers: int = setting(0, "DataLoader worker processes.")
+    gradient_checkpointing: bool = setting(False, "Recompute encoder activations in backward to save memory (slower).")
+    feature_cache: str = setting("disk", "While the encoder is frozen, compute its features once and train the head "
+                                 "on them: 'disk' (kept in memory and under feature_cache_dir for later runs), "
+                                 "'memory', or 'off' (run the encoder every epoch, on freshly augmented images).")
+    feature_cache_dir: Optional[str] = setting(None, "Feature cache folder (default $TL_HUB_CACHE/features or "
+                                               "~/.cache/tl_hub/features).")
+    feature_views: int = setting(1, "Views cached per training image while the encoder is frozen: view 0 is the "
+                                 "plain image, the others augmented (k views cost k encoder passes).")
 
-    checkpoint_dir: Optional[str] = field(
-        default=None,
-        metadata={"help": "Folder for resumable checkpoints (model, optimizer, LR schedule, RNG and data position), "
-                  "written at every epoch end and every save_steps steps; none: no checkpoints (the CLI "
-                  "defaults to OUTPUT_DIR-checkpoints; pass 'none' to turn them off)."},
-    )
-    save_steps: int = field(
-        default=0, metadata={"help": "Also checkpoint every N optimizer steps within epochs (0: at epoch ends only)."}
-    )
-    save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept; older ones are deleted."})
+    checkpoint_dir: Optional[str] = setting(None, "Folder for resumable checkpoints (model, optimizer, LR schedule, "
+                                            "RNG and data position), written at every epoch end and every save_steps "
+                                            "steps; none: no checkpoints (the CLI defaults to "
+                                            "OUTPUT_DIR-checkpoints; pass 'none' to turn them off).")
+    save_steps: int = setting(0, "Also checkpoint every N optimizer steps within epochs (0: at epoch ends only).")
+    save_total_limit: int = setting(2, "Checkpoints kept; older ones are deleted.")
 
     def __post_init__(self) -> None:
         for name in ("epochs", "lr", "batch_size", "eval_batch_size", "gradient_accumulation_steps",
@@ -222,7 +223,7 @@ class TrainingConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def resolved(self, train_examples: int) -> "TrainingConfig":
+    def resolved(self, train_examples: int) -> TrainingConfig:
         """A copy with every automatic setting (``epochs`` and, for fine-tuning, ``head_epochs``) made concrete."""
         return dataclasses.replace(self, epochs=self.resolve_epochs(train_examples))
 
@@ -236,7 +237,7 @@ class TrainingConfig:
         return {f.name for f in dataclasses.fields(cls)}
 
     @classmethod
-    def from_kwargs(cls, **kwargs: Any) -> "TrainingConfig":
+    def from_kwargs(cls, **kwargs: Any) -> TrainingConfig:
         """Build the config, naming unknown arguments instead of a bare ``TypeError``."""
         unknown = sorted(set(kwargs) - cls.field_names())
         if unknown:
@@ -260,12 +261,9 @@ class ScratchConfig(TrainingConfig):
     more steps than pretrained ones, and a weak baseline would inflate every "transfer beats scratch" claim.
     """
 
-    lr: float = field(default=1e-3, metadata={"help": "Peak learning rate for all parameters."})
-    min_steps: int = field(
-        default=1000,
-        metadata={"help": "With epochs unset: the fewest optimizer steps (twice the transfer recipes': random "
-                  "weights need more)."},
-    )
+    lr: float = setting(1e-3, "Peak learning rate for all parameters.")
+    min_steps: int = setting(1000, "With epochs unset: the fewest optimizer steps (twice the transfer recipes': "
+                             "random weights need more).")
 
 
 @dataclass
@@ -279,34 +277,19 @@ class FineTuneConfig(TrainingConfig):
     period 2; ``head_lr`` (default ``lr``) its LR in period 1.
     """
 
-    epochs: Optional[int] = field(
-        default=None,
-        metadata={"help": "Total epochs: head_epochs, then fine-tuning (default: head_epochs plus the automatic "
-                  "epochs of a trained period, see min_steps)."},
-    )
-    head_epochs: Optional[int] = field(
-        default=None,
-        metadata={"help": "Epochs of period 1 (new head only, encoder frozen) when the head trains by gradient "
-                  "steps (default: automatic like epochs, or 1 when epochs is given); a linear head solved by lbfgs "
-                  "takes one epoch whatever this is. 0 skips period 1."},
-    )
-    head_lr: Optional[float] = field(default=None, metadata={"help": "Head LR in period 1 (default: lr)."})
-    backbone_lr_ratio: float = field(
-        default=0.1, metadata={"help": "Pretrained groups train at lr * ratio in period 2 (discriminative LR)."}
-    )
-    layer_decay: Optional[float] = field(
-        default=None,
-        metadata={"help": "If set, layer-wise decay: group at depth d from the top trains at lr * decay**d "
-                  "(replaces backbone_lr_ratio)."},
-    )
-    unfreeze: Union[str, int] = field(
-        default="all", metadata={"help": "'all', or the number of top encoder blocks to unfreeze in period 2."}
-    )
-    bn_policy: str = field(
-        default="frozen",
-        metadata={"help": "BatchNorm in period 2: 'frozen' keeps running statistics fixed (eval mode; "
-                  "affine weights still train), 'train' updates them."},
-    )
+    epochs: Optional[int] = setting(None, "Total epochs: head_epochs, then fine-tuning (default: head_epochs plus "
+                                    "the automatic epochs of a trained period, see min_steps).")
+    head_epochs: Optional[int] = setting(None, "Epochs of period 1 (new head only, encoder frozen) when the head "
+                                         "trains by gradient steps (default: automatic like epochs, or 1 when epochs "
+                                         "is given); a linear head solved by lbfgs takes one epoch whatever this is. "
+                                         "0 skips period 1.")
+    head_lr: Optional[float] = setting(None, "Head LR in period 1 (default: lr).")
+    backbone_lr_ratio: float = setting(0.1, "Pretrained groups train at lr * ratio in period 2 (discriminative LR).")
+    layer_decay: Optional[float] = setting(None, "If set, layer-wise decay: group at depth d from the top trains at "
+                                           "lr * decay**d (replaces backbone_lr_ratio).")
+    unfreeze: Union[str, int] = setting("all", "'all', or the number of top encoder blocks to unfreeze in period 2.")
+    bn_policy: str = setting("frozen", "BatchNorm in period 2: 'frozen' keeps running statistics fixed (eval mode; "
+                             "affine weights still train), 'train' updates them.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -332,7 +315,7 @@ class FineTuneConfig(TrainingConfig):
     def trained_epochs(self) -> int:
         return self.epochs - self.head_epochs
 
-    def resolved(self, train_examples: int) -> "FineTuneConfig":
+    def resolved(self, train_examples: int) -> FineTuneConfig:
         """Concrete ``head_epochs`` and ``epochs``.  With ``epochs`` unset each period gets `resolve_epochs` (period 1
         only matters when the head trains by gradient steps); with ``epochs`` set and ``head_epochs`` unset, period 1
         is one epoch (a solved head takes exactly one) and fine-tuning the rest."""
@@ -345,12 +328,22 @@ class FineTuneConfig(TrainingConfig):
 
 
 @dataclass
+class TrainAllConfig(FineTuneConfig):
+    """Every group trains from the first epoch, at one learning rate, from the pretrained weights: fine-tuning with
+    no head period (``head_epochs=0``) and ``backbone_lr_ratio=1``."""
+
+    head_epochs: Optional[int] = setting(0, "Epochs of a head-only period first (default 0: everything trains at "
+                                         "once).")
+    backbone_lr_ratio: float = setting(1.0, "Pretrained groups train at lr * ratio (default 1: one learning rate).")
+
+
+@dataclass
 class LoRAConfig(TrainingConfig):
     """LoRA (Hu et al. 2021, via PEFT) on the encoder's linear projections, plus a new head; one period."""
 
-    lora_r: int = field(default=8, metadata={"help": "Rank of the LoRA update matrices."})
-    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch."})
+    lora_r: int = setting(8, "Rank of the LoRA update matrices.")
+    lora_alpha: float = setting(16.0, "LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = setting(0.0, "Dropout on the LoRA branch.")
 
     def __post_init__(self) -> None:
         super().__post_init__()

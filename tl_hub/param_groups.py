@@ -18,11 +18,12 @@ that changes the model.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence, Union
+from collections.abc import Iterable, Sequence
+from typing import Union
 
 from torch import nn
 
-from .backbone import LayerGroup, ModelParts
+from .backbone import BATCHNORM_TYPES, LayerGroup, ModelParts
 from .errors import ConfigError
 
 NO_DECAY_KEYWORDS = (
@@ -137,3 +138,15 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return {"trainable": trainable, "frozen": total - trainable, "total": total}
+
+
+def encoder_batchnorms(model, encoder: str, prefix: str = "") -> list[str]:
+    """Paths of the BatchNorm layers inside the encoder (kept in eval mode to freeze their statistics)."""
+    return [f"{prefix}{encoder}.{n}" for n, m in model.get_submodule(encoder).named_modules()
+            if isinstance(m, BATCHNORM_TYPES)]
+
+
+def lora_targets(model, parts) -> list[str]:
+    """Every ``nn.Linear`` inside the encoder blocks: attention and MLP projections, found without names."""
+    return [name for g in parts.blocks for path in g.modules
+            for name, m in model.get_submodule(path).named_modules(prefix=path) if isinstance(m, nn.Linear)]

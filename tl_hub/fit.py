@@ -1,0 +1,332 @@
+"""Fit orchestration: everything `Recipe.fit` does around the training loop, as short steps.
+
+1. set up Accelerate and the checkpoints (fresh run, or resume a checkpoint of the same run);
+2. prepare the data and load the model with a new head (automatic settings become concrete for this data);
+3. build the loaders: images, and cached encoder features for periods that train only the head (a linear head
+   on cached features is solved in one step, see `tl_hub.probe`);
+4. run the recipe's periods through `tl_hub.loop.train_periods`;
+5. record what was trained, the kept epoch's metrics and the run, on the recipe.
+
+A recipe supplies only ``config``, ``requested_config``, ``source``, ``name``, ``pretrained``, ``card_text`` and
+``periods(backbone)``; nothing here depends on which recipe runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from .backbone import Backbone
+from .checkpoint import Checkpointer, check_same_run, read_checkpoint, resolve_checkpoint
+from .data import ImageClassificationDataset, ImageCollator, PreparedData, make_loader, prepare_data
+from .errors import ConfigError
+from .exporters import trained_kind
+from .features import (
+    CachedFeatureDataset,
+    FeatureStore,
+    HeadModule,
+    collate_features,
+    data_fingerprint,
+    state_fingerprint,
+)
+from .inference import Classifier
+from .loop import Period, train_periods
+from .probe import can_solve, linear_inputs, linear_layer
+from .runtime import check_batch_size, make_accelerator
+from .version import __version__
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FitResult:
+    """What `Recipe.fit` returns.
+
+    Attributes:
+        metrics: validation metrics of the kept epoch (``accuracy``, ``f1``, ``loss``): the best epoch by default,
+            the last with ``keep_epoch="last"``; ``extra["kept_epoch"]`` says which.
+        history: one record per epoch (see `tl_hub.loop.train_periods`).
+        test_metrics: metrics on the dataset's ``test`` split, when it has one.
+    """
+
+    metrics: dict
+    history: list[dict]
+    test_metrics: Optional[dict] = None
+    data_summary: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def fit(recipe, train: Any, validation: Any = None, *, accelerator=None, progress: bool = True, on_period_end=None,
+        resume_from_checkpoint: Optional[str] = None, overwrite_checkpoints: bool = False) -> FitResult:
+    """Train ``recipe`` on ``train`` (what `tl_hub.recipe.Recipe.fit` does).
+
+    Args:
+        recipe: a `tl_hub.recipe.Recipe`.
+        train: a ``datasets.Dataset``/``DatasetDict``, an image folder, a saved dataset folder or a Hub dataset id.
+            A ``DatasetDict`` supplies its ``validation`` and ``test`` splits too.
+        validation (*optional*): validation data; by default the dataset's validation split, or a stratified
+            ``validation_size`` share of ``train``.
+        accelerator (*optional*): an ``accelerate.Accelerator`` to use (default: one made from the config).
+        progress (`bool`): show progress bars (main process only).
+        on_period_end (*optional*): called as ``(period, model, optimizer)`` when a period ends.
+        resume_from_checkpoint (*optional*): ``"latest"`` (the newest checkpoint in ``checkpoint_dir``) or the path
+            of a checkpoint: continue that interrupted run of this same recipe, data and settings; ``"auto"``: the
+            newest checkpoint if there is one, else a fresh start (for requeued jobs).
+        overwrite_checkpoints (`bool`): a fresh run may delete the checkpoints an earlier run left in
+            ``checkpoint_dir`` (refused otherwise, so that they are not lost by mistake).
+    """
+    cfg = recipe.requested_config
+    recipe.accelerator = accelerator = accelerator or make_accelerator(
+        cfg.mixed_precision, cfg.gradient_accumulation_steps, cfg.seed)
+    check_batch_size(cfg.batch_size, accelerator.num_processes)
+    check_batch_size(cfg.eval_batch_size, accelerator.num_processes, "eval_batch_size")
+    checkpointer, resume = open_checkpoints(cfg, resume_from_checkpoint, overwrite_checkpoints)
+    data, backbone = prepare(recipe, train, validation)
+    periods = recipe.periods(backbone)
+    loaders = Loaders.build(recipe, backbone, data, periods)
+    periods = loaders.periods
+    initial_buffers = buffers_of(backbone.model)
+    if checkpointer is not None or resume is not None:
+        start_run(recipe, backbone, data, checkpointer, resume)
+    history = train_periods(
+        accelerator, backbone.model, periods, loaders.train, loaders.eval, config=recipe.config,
+        feature_loaders=loaders.features, on_epoch_start=loaders.set_epoch, on_period_end=on_period_end,
+        progress=progress, checkpointer=checkpointer, resume=resume,
+    )
+    return finish(recipe, backbone, data, periods, history, initial_buffers)
+
+
+def open_checkpoints(cfg, resume_from_checkpoint: Optional[str], overwrite: bool):
+    """The run's `Checkpointer` (None without ``checkpoint_dir``) and the checkpoint to resume (None: fresh)."""
+    checkpointer = (Checkpointer(cfg.checkpoint_dir, save_steps=cfg.save_steps, keep=cfg.save_total_limit)
+                    if cfg.checkpoint_dir else None)
+    if resume_from_checkpoint == "auto":  # e.g. a requeued cluster job: resume if there is anything to resume
+        if checkpointer is None:
+            raise ConfigError("resume_from_checkpoint='auto' needs checkpoint_dir (--checkpoint-dir).")
+        resume_from_checkpoint = "latest" if checkpointer.existing() else None
+    if resume_from_checkpoint:
+        return checkpointer, read_checkpoint(resolve_checkpoint(resume_from_checkpoint, cfg.checkpoint_dir))
+    if checkpointer is not None and checkpointer.existing() and not overwrite:
+        raise ConfigError(
+            f"'{checkpointer.directory}' holds checkpoints of an earlier run; resume it with "
+            "resume_from_checkpoint='latest' (--resume-from-checkpoint latest), or start again with "
+            "overwrite_checkpoints=True (--overwrite), which deletes them."
+        )
+    return checkpointer, None
+
+
+def prepare(recipe, train: Any, validation: Any) -> tuple[PreparedData, Backbone]:
+    """Data and model (main process first, so that downloads and dataset caches are made once); then the config
+    with its automatic settings made concrete for this data."""
+    from accelerate.utils import set_seed
+
+    cfg, accelerator = recipe.requested_config, recipe.accelerator
+    set_seed(cfg.seed)
+    with accelerator.main_process_first():
+        data = prepare_data(train, validation, image_column=cfg.image_column, label_column=cfg.label_column,
+                            validation_size=cfg.validation_size, seed=cfg.seed)
+        set_seed(cfg.seed)
+        backbone = recipe.load_backbone(data.labels)
+    recipe.config = cfg.resolved(len(data.train))
+    recipe.passes = cfg.passes_per_epoch(len(data.train))
+    recipe.data, recipe.backbone, recipe.dataset_name = data, backbone, dataset_name(train)
+    if accelerator.is_main_process:
+        logger.info("Data: %s", data.summary())
+        if recipe.passes > 1:
+            logger.info("An epoch is %d passes over the %d training images, so that training gets at least "
+                        "min_steps=%d optimizer steps.", recipe.passes, len(data.train), cfg.min_steps)
+    if recipe.config.gradient_checkpointing:
+        if not getattr(backbone.model, "supports_gradient_checkpointing", False):
+            raise ConfigError(f"{type(backbone.model).__name__} does not support gradient checkpointing; "
+                              "turn gradient_checkpointing off.")
+        backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return data, backbone
+
+
+@dataclass
+class Loaders:
+    """The loaders of a run: images for every period, cached features for head-only periods (or None)."""
+
+    train: Any
+    eval: Any
+    features: Optional[tuple] = None
+    periods: list = field(default_factory=list)
+    epoch_datasets: list = field(default_factory=list)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed augmentation for ``epoch`` (called by the loop before each epoch)."""
+        for ds in self.epoch_datasets:
+            ds.set_epoch(epoch)
+
+    @classmethod
+    def build(cls, recipe, backbone: Backbone, data: PreparedData, periods: list[Period]) -> Loaders:
+        cfg = recipe.config
+        collate = ImageCollator(backbone.processor)
+        train_set = ImageClassificationDataset(
+            data.train, data.image_column, data.label_column, augment=cfg.augment, hflip=cfg.hflip,
+            crop_scale=cfg.crop_scale, seed=cfg.seed, passes=recipe.passes,
+        )
+        val_set = ImageClassificationDataset(data.validation, data.image_column, data.label_column)
+        loaders = cls(
+            make_loader(train_set, cfg.batch_size, collate_fn=collate, shuffle=True, seed=cfg.seed,
+                        num_workers=cfg.num_workers),
+            make_loader(val_set, cfg.eval_batch_size, collate_fn=collate, num_workers=cfg.num_workers),
+            periods=list(periods), epoch_datasets=[train_set],
+        )
+        if any(p.features for p in periods) and cfg.feature_cache != "off":
+            loaders.features = feature_loaders(recipe, backbone, data)
+            if loaders.features is not None:
+                loaders.epoch_datasets.append(loaders.features[1].dataset)
+                loaders.periods = solved_periods(cfg, loaders.periods, loaders.features)
+        return loaders
+
+
+def feature_loaders(recipe, backbone: Backbone, data: PreparedData):
+    """``(head, train_loader, eval_loader)`` over cached encoder features for the periods that train only the head
+    (None if the model's head cannot be fed from one cached tensor)."""
+    cfg, accelerator = recipe.config, recipe.accelerator
+    recipe.feature_store = store = FeatureStore(
+        backbone, accelerator, cache=cfg.feature_cache, cache_dir=cfg.feature_cache_dir,
+        batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers,
+    )
+    if not store.available:
+        logger.warning("The head of %s has several modules %s; its features are not cached and the frozen "
+                       "encoder runs every epoch.", recipe.source.id, list(backbone.parts.head))
+        return None
+    augment = {"hflip": cfg.hflip, "crop_scale": cfg.crop_scale, "seed": cfg.seed}
+    train = store.get(data.train, data.image_column, data.label_column, views=cfg.feature_views,
+                      augment=augment, what="training")
+    val = store.get(data.validation, data.image_column, data.label_column, what="validation")
+    if accelerator.is_main_process and cfg.augment and cfg.feature_views == 1:
+        logger.info("The head trains on cached features of the plain images; augmentation applies once the "
+                    "encoder trains (feature_views=k caches k views; feature_cache='off' augments every epoch).")
+    head = HeadModule(backbone.model.get_submodule(store.head_path))
+    train_loader = make_loader(CachedFeatureDataset(train, seed=cfg.seed, passes=recipe.passes), cfg.batch_size,
+                               collate_fn=collate_features, shuffle=True, seed=cfg.seed)
+    eval_loader = make_loader(CachedFeatureDataset(val), cfg.eval_batch_size, collate_fn=collate_features)
+    return head, train_loader, eval_loader
+
+
+def solved_periods(cfg, periods: list[Period], features) -> list[Period]:
+    """Head periods on cached features whose head is one linear layer become one converged solve (see
+    `tl_hub.probe`), unless ``head_solver="adamw"`` or the problem is too large for a full-batch solve."""
+    head, cached = features[0].head, features[1].dataset.cached
+    if cfg.head_solver != "lbfgs" or linear_inputs(head, cached.features[0, :2]) is None:
+        return periods
+    linear = linear_layer(head)
+    if not can_solve(cached.views * len(cached.labels), linear.in_features, linear.out_features):
+        logger.info("The head is trained by AdamW: a full-batch solve on %d x %d features is too large.",
+                    cached.views * len(cached.labels), linear.in_features)
+        return periods
+    return [dataclasses.replace(p, epochs=1, solve=True, info={**p.info, "solver": "lbfgs"})
+            if p.features and p.epochs > 0 else p for p in periods]
+
+
+def buffers_of(model: torch.nn.Module) -> dict:
+    """Copies of the model's buffers (e.g. BatchNorm statistics), to tell later which ones training moved."""
+    params = {n for n, _ in model.named_parameters()}
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if k not in params}
+
+
+def start_run(recipe, backbone: Backbone, data: PreparedData, checkpointer, resume) -> None:
+    """Check that a resumed checkpoint is of this same run, or clear an earlier run's checkpoints (allowed by
+    ``overwrite_checkpoints``); the checkpointer records the run's identity in every checkpoint."""
+    accelerator = recipe.accelerator
+    run = run_identity(recipe, backbone, data, accelerator.num_processes)
+    if resume is not None:
+        check_same_run(resume, run)
+    elif accelerator.is_main_process:
+        checkpointer.clear()
+    accelerator.wait_for_everyone()
+    if checkpointer is not None:
+        checkpointer.run = run
+
+
+def run_identity(recipe, backbone: Backbone, data: PreparedData, num_processes: int) -> dict:
+    """What makes a run the same run: recorded in its checkpoints and compared when resuming (as JSON)."""
+    run = {
+        "recipe": recipe.name,
+        "model": recipe.source.id,
+        "revision": backbone.revision or recipe.source.revision,
+        "initial_weights": state_fingerprint(backbone.model),  # a local model folder that changed is another run
+        "settings": recipe.config.training_settings(),
+        "labels": list(data.labels),
+        "data": {"train": data_fingerprint(data.train, data.image_column),
+                 "validation": data_fingerprint(data.validation, data.image_column)},
+        "processes": num_processes,
+    }
+    return json.loads(json.dumps(run, default=str))
+
+
+def finish(recipe, backbone: Backbone, data: PreparedData, periods: Sequence[Period], history: list[dict],
+           initial_buffers: dict) -> FitResult:
+    """What the run produced: the trained state, the classifier with its record, and the `FitResult`."""
+    recipe.trained = trained_state(backbone.model, backbone.parts, periods, initial_buffers, recipe.export_kind)
+    recipe.classifier = Classifier(backbone.model, backbone.processor, data.labels)
+    kept = next((h for h in history if h.get("best")), history[-1])
+    test_metrics = recipe.evaluate(data.test) if data.test is not None else None
+    recipe.result = FitResult(
+        metrics={k: kept[k] for k in ("accuracy", "f1", "loss")}, history=history, test_metrics=test_metrics,
+        data_summary=data.summary(),
+        extra={"periods": [{"name": p.name, "epochs": p.epochs, **p.info} for p in periods],
+               "kept_epoch": kept["epoch"]},
+    )
+    recipe.classifier.info = run_record(recipe)
+    return recipe.result
+
+
+def run_record(recipe) -> dict:
+    """What ``tl_hub.json`` records about a fitted recipe's run."""
+    backbone, data, result = recipe.backbone, recipe.data, recipe.result
+    return {
+        "tl_hub_version": __version__,
+        "recipe": recipe.name,
+        "recipe_text": recipe.card_text,
+        "base_model": recipe.source.id,
+        "base_model_revision": backbone.revision or recipe.source.revision,
+        "pretrained": recipe.pretrained,
+        "settings": recipe.config.training_settings(),
+        "labels": data.labels,
+        "image_column": data.image_column,
+        "label_column": data.label_column,
+        "dataset": recipe.dataset_name,
+        "data": data.summary(),
+        "skipped_images": data.skipped,
+        "encoder_groups": [g.name for g in backbone.parts.groups],
+        "head_modules": list(backbone.parts.head),
+        "periods": result.extra.get("periods", []),
+        "passes_per_epoch": recipe.passes,
+        "kept_epoch": {"epoch": result.extra.get("kept_epoch"), "rule": recipe.config.keep_epoch},
+        "trained": recipe.trained,
+    }
+
+
+def trained_state(model: torch.nn.Module, parts, periods: Sequence[Period], initial_buffers: dict,
+                  kind: Optional[str] = None) -> dict:
+    """What training changed: the parameters any period trained and the buffers (e.g. BatchNorm statistics) whose
+    values moved.  ``kind`` (given by the recipe, else `tl_hub.exporters.trained_kind`) picks the exporter;
+    ``groups`` names the encoder groups that trained."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    trained = {names[id(p)] for period in periods if period.epochs > 0
+               for g in period.param_groups for p in g["params"]}
+    buffers = [k for k, v in model.state_dict().items()
+               if k in initial_buffers and not torch.equal(v, initial_buffers[k])]
+    kind = kind or trained_kind(model, trained, set(names.values()), set(parts.head_params(model)))
+    groups = [g.name for g in parts.groups if any(n in trained for n in g.params)]
+    return {"kind": kind, "state_keys": sorted(trained) + sorted(buffers), "groups": groups}
+
+
+def dataset_name(source: Any) -> Optional[str]:
+    """A name for the model card: the Hub id or folder name given, else the dataset's own name if it has one."""
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        return os.path.basename(os.path.normpath(path)) if os.path.exists(path) else path
+    info = getattr(source, "info", None)
+    return getattr(info, "dataset_name", None) or None
