@@ -6,6 +6,8 @@ order.  At each period start it sets ``requires_grad`` from the period's groups,
 and warmup schedule and *re-prepares* model, optimizer and data loaders with Accelerate: under DDP the
 set of parameters that need gradients is fixed when the model is wrapped, so changing it mid-run needs a
 new wrapper (``find_unused_parameters=True`` would only hide the problem and slow every step).
+Each epoch then trains (or, for a ``solve`` period, fits the head in one step), is evaluated and recorded in
+the history, and may be checkpointed; at the period end the prepared objects are unwrapped and released.
 
 With a `tl_hub.checkpoint.Checkpointer`, the loop checkpoints at every epoch end and every ``save_steps``
 optimizer steps; given a `tl_hub.checkpoint.ResumePoint`, it skips the finished periods, loads the checkpoint into
@@ -19,8 +21,9 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -28,9 +31,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import Checkpointer, ResumePoint, TrainingState, load_checkpoint
-from .errors import ConfigError, TrainingError, first_line
+from .errors import TrainingError
 from .metrics import classification_metrics
 from .param_groups import count_parameters, freeze_all_but
+from .runtime import release_prepared
 
 logger = logging.getLogger(__name__)
 
@@ -60,46 +64,6 @@ class Period:
     info: dict = field(default_factory=dict)
 
 
-def make_accelerator(mixed_precision: str = "no", gradient_accumulation_steps: int = 1, seed: int = 42,
-                     cpu: bool = False):
-    """An ``Accelerator`` whose global batch is split across processes and whose data order is seeded,
-    so that 1 and N processes see the same batches."""
-    from accelerate import Accelerator, DataLoaderConfiguration
-
-    if mixed_precision == "fp16" and (cpu or process_state().device.type == "cpu"):
-        raise ConfigError("mixed_precision='fp16' needs a GPU: on the CPU Accelerate would silently train in fp32. "
-                          "Use bf16 (supported on CPU) or no.")
-    try:
-        return Accelerator(
-            cpu=cpu,
-            mixed_precision=mixed_precision,
-            gradient_accumulation_steps=gradient_accumulation_steps,
-            dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True, data_seed=seed),
-        )
-    except ValueError as e:
-        raise ConfigError(
-            f"Cannot set up Accelerate with mixed_precision={mixed_precision!r}: {first_line(e)} "
-            "Pass an existing `accelerator=` to fit(), or use the same precision within one process."
-        ) from None
-
-
-def process_state():
-    """Accelerate's process state, honouring ``ACCELERATE_USE_CPU`` as ``Accelerator`` does (a bare
-    ``PartialState()`` created first would otherwise pin a CPU multi-process launch to one process)."""
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-
-
-def check_batch_size(batch_size: int, num_processes: int, name: str = "batch_size") -> None:
-    if batch_size % num_processes:
-        raise ConfigError(
-            f"`{name}` ({batch_size}) is the global batch and must be divisible by the number of processes "
-            f"({num_processes}); pass e.g. {max(num_processes, batch_size // num_processes * num_processes)}."
-        )
-
-
 def set_train_mode(model: nn.Module, eval_modules: Sequence[str]) -> None:
     model.train()
     for path in eval_modules:
@@ -109,17 +73,6 @@ def set_train_mode(model: nn.Module, eval_modules: Sequence[str]) -> None:
 def forward_logits(model: nn.Module, batch: dict) -> torch.Tensor:
     out = model(**{k: v for k, v in batch.items() if k != "labels"})
     return out.logits if hasattr(out, "logits") else out
-
-
-def release_prepared(accelerator) -> None:
-    """Forget the models, optimizers, schedulers and loaders the accelerator prepared (what
-    ``Accelerator.free_memory`` does, without its full garbage collection, which costs a noticeable fraction
-    of a short head-training period); their memory is freed as soon as nothing else refers to them."""
-    for name in ("_models", "_optimizers", "_schedulers", "_dataloaders"):
-        held = getattr(accelerator, name, None)
-        if isinstance(held, list):
-            held.clear()
-    accelerator.step = 0
 
 
 def diverged(loss: torch.Tensor, grad_norm, *, loss_scaling: bool) -> bool:
@@ -182,33 +135,24 @@ def _evaluate(accelerator, model: nn.Module, loader, progress: bool) -> dict:
     for batch in tqdm(loader, desc="eval", leave=False, disable=not (progress and accelerator.is_local_main_process)):
         logits = forward_logits(model, batch).float()
         loss = F.cross_entropy(logits, batch["labels"], reduction="none")
-        p, r, l = accelerator.gather_for_metrics((logits.argmax(-1), batch["labels"], loss))
-        preds.append(p.cpu()), refs.append(r.cpu()), losses.append(l.cpu())
+        pred, ref, item_loss = accelerator.gather_for_metrics((logits.argmax(-1), batch["labels"], loss))
+        preds.append(pred.cpu()), refs.append(ref.cpu()), losses.append(item_loss.cpu())
     preds_t, refs_t = torch.cat(preds), torch.cat(refs)
     metrics = classification_metrics(preds_t.tolist(), refs_t.tolist())
     metrics["loss"] = float(torch.cat(losses).mean())
     return metrics
 
 
-def train_periods(
-    accelerator,
-    model: nn.Module,
-    periods: Sequence[Period],
-    train_loader,
-    eval_loader,
-    *,
-    config,
-    feature_loaders: Optional[tuple[nn.Module, Any, Any]] = None,
-    on_epoch_start: Optional[Callable[[int], None]] = None,
-    on_period_end: Optional[Callable[[Period, nn.Module, Any], None]] = None,
-    progress: bool = True,
-    checkpointer: Optional[Checkpointer] = None,
-    resume: Optional[ResumePoint] = None,
-) -> list[dict]:
+def train_periods(accelerator, model: nn.Module, periods: Sequence[Period], train_loader, eval_loader, *, config,
+                  feature_loaders: Optional[tuple[nn.Module, Any, Any]] = None,
+                  on_epoch_start: Optional[Callable[[int], None]] = None,
+                  on_period_end: Optional[Callable[[Period, nn.Module, Any], None]] = None,
+                  progress: bool = True, checkpointer: Optional[Checkpointer] = None,
+                  resume: Optional[ResumePoint] = None) -> list[dict]:
     """Run ``periods`` in order; return the per-epoch history.
 
     Args:
-        accelerator: an ``accelerate.Accelerator`` (see `make_accelerator`).
+        accelerator: an ``accelerate.Accelerator`` (see `tl_hub.runtime.make_accelerator`).
         model: the unwrapped model; its forward takes the batch without ``labels`` and returns logits.
         periods: what to train, see `Period`.
         train_loader / eval_loader: plain ``DataLoader`` objects (prepared here, per period).
@@ -234,81 +178,92 @@ def train_periods(
     best = BestEpoch(model, periods, enabled=config.keep_epoch == "best")
     if resume is not None:
         best.load(resume.path, state)
-    epoch = sum(p.epochs for p in periods[:state.period] if p.epochs > 0) + state.period_epoch
+    epoch = sum(p.epochs for p in periods[:state.period] if p.epochs > 0) + state.period_epoch  # global index
     for index, period in enumerate(periods):
         if period.epochs <= 0 or index < state.period:
             continue
-        freeze_all_but(model, period.param_groups)
-        counts = count_parameters(model)
-        if accelerator.is_main_process:
-            lrs = sorted({f"{g['name'].split('/')[0]}={g['lr']:.2e}" for g in period.param_groups})
-            logger.info("Period '%s': %s, %s trainable / %s frozen parameters; %s", period.name,
-                        "one solve" if period.solve else f"{period.epochs} epochs", f"{counts['trainable']:,}",
-                        f"{counts['frozen']:,}", "linear probe, C chosen on validation" if period.solve else
-                        f"LRs {lrs}")
-        module, period_train, period_eval = (
-            feature_loaders if period.features and feature_loaders is not None else (model, train_loader, eval_loader)
-        )
-        optimizer = make_optimizer(period.param_groups, config.lr)
-        steps_per_epoch = math.ceil(len(period_train) / accelerator.gradient_accumulation_steps)
-        total = steps_per_epoch * period.epochs
-        scheduler = _scheduler(config.scheduler, optimizer, warmup_steps(config, total), total)
-        wrapped, optimizer, train_dl, eval_dl, scheduler = accelerator.prepare(
-            module, optimizer, period_train, period_eval, scheduler
-        )
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        if resume is not None and index == resume.state.period:
-            load_checkpoint(accelerator, resume)
-            if accelerator.is_main_process:
-                logger.info("Resumed from %s: period '%s', epoch %d, %d batches into it, step %d", resume.path,
-                            period.name, epoch + 1, state.batches, state.step)
-        else:
-            state.period, state.period_epoch, state.batches = index, 0, 0
-        run = _EpochRunner(accelerator, model, wrapped, module, period, optimizer, scheduler, trainable, config,
-                           checkpointer, state, best, progress)
+        prepared = _prepare_period(accelerator, model, period, train_loader, eval_loader, feature_loaders, config)
+        _resume_or_start(accelerator, period, index, state, resume, epoch)
+        run = _EpochRunner(accelerator, model, prepared, config, checkpointer, state, best, progress)
         for _ in range(state.period_epoch, period.epochs):
             if on_epoch_start is not None:
                 on_epoch_start(epoch)
-            start = time.perf_counter()
-            if period.solve:
-                train_loss, images, extra = run.solve(feature_loaders, epoch)
-            else:
-                train_dl.set_epoch(epoch)
-                train_loss, images, extra = run.train_epoch(train_dl, epoch)
-            train_seconds = time.perf_counter() - start
-            record = {
-                "epoch": epoch + 1,
-                "period": period.name,
-                "train_loss": train_loss,
-                **evaluate_loader(accelerator, wrapped, eval_dl),
-                "lr": None if period.solve else optimizer.param_groups[0]["lr"],
-                "seconds": time.perf_counter() - start,
-                "train_images_per_second": images / train_seconds if train_seconds > 0 else None,
-                "trainable_params": counts["trainable"],
-                "frozen_params": counts["frozen"],
-                **extra,
-            }
-            state.history.append(record)
-            best.update(record, state)
-            if accelerator.is_main_process:
-                logger.info(
-                    "epoch %d [%s] train_loss %.4f  eval_loss %.4f  accuracy %.4f  f1 %.4f  (%.1fs)",
-                    record["epoch"], period.name, record["train_loss"], record["loss"], record["accuracy"],
-                    record["f1"], record["seconds"],
-                )
-            epoch += 1
-            state.period_epoch += 1
-            state.batches, state.loss_sum, state.seen = 0, 0.0, 0.0
+            trained = run.train(epoch, feature_loaders)
+            run.evaluate_and_record(epoch, trained)
             if checkpointer is not None:
-                run.save(loss=None, epoch=epoch - 1)
-        accelerator.wait_for_everyone()
-        if on_period_end is not None:
-            on_period_end(period, model, optimizer)
-        accelerator.unwrap_model(wrapped, keep_fp32_wrapper=False)  # undo the mixed-precision forward patch
-        release_prepared(accelerator)  # drop wrappers; the next period re-prepares with its own trainable set
+                run.save(loss=None, epoch=epoch)
+            epoch += 1
+        _end_period(accelerator, model, prepared, on_period_end)
     best.restore(state.history)
     model.eval()
     return state.history
+
+
+@dataclass
+class _PreparedPeriod:
+    """One period's objects after ``accelerator.prepare``, with what the epochs need besides them."""
+
+    period: Period
+    module: nn.Module  # what trains: the model, or the head over cached features
+    wrapped: nn.Module  # ``module`` as prepared by Accelerate
+    optimizer: Any
+    scheduler: Any
+    train_dl: Any
+    eval_dl: Any
+    trainable: list  # the model's parameters that need gradients in this period
+    counts: dict  # trainable / frozen parameter counts
+
+
+def _prepare_period(accelerator, model, period: Period, train_loader, eval_loader, feature_loaders,
+                    config) -> _PreparedPeriod:
+    """Freeze all but the period's groups, build its optimizer and warmup schedule and prepare them with its
+    module and loaders (those over cached features for a ``features`` period)."""
+    freeze_all_but(model, period.param_groups)
+    counts = count_parameters(model)
+    _log_period(accelerator, period, counts)
+    module, period_train, period_eval = (
+        feature_loaders if period.features and feature_loaders is not None else (model, train_loader, eval_loader)
+    )
+    optimizer = make_optimizer(period.param_groups, config.lr)
+    steps_per_epoch = math.ceil(len(period_train) / accelerator.gradient_accumulation_steps)
+    total = steps_per_epoch * period.epochs
+    scheduler = _scheduler(config.scheduler, optimizer, warmup_steps(config, total), total)
+    wrapped, optimizer, train_dl, eval_dl, scheduler = accelerator.prepare(
+        module, optimizer, period_train, period_eval, scheduler
+    )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return _PreparedPeriod(period, module, wrapped, optimizer, scheduler, train_dl, eval_dl, trainable, counts)
+
+
+def _log_period(accelerator, period: Period, counts: dict) -> None:
+    """Log what the period trains, how long, and at which learning rates (on the main process)."""
+    if accelerator.is_main_process:
+        lrs = sorted({f"{g['name'].split('/')[0]}={g['lr']:.2e}" for g in period.param_groups})
+        logger.info("Period '%s': %s, %s trainable / %s frozen parameters; %s", period.name,
+                    "one solve" if period.solve else f"{period.epochs} epochs", f"{counts['trainable']:,}",
+                    f"{counts['frozen']:,}", "linear probe, C chosen on validation" if period.solve else
+                    f"LRs {lrs}")
+
+
+def _resume_or_start(accelerator, period: Period, index: int, state: TrainingState,
+                     resume: Optional[ResumePoint], epoch: int) -> None:
+    """Load the resume checkpoint into the prepared objects if it is of this period; else start at its first epoch."""
+    if resume is not None and index == resume.state.period:
+        load_checkpoint(accelerator, resume)
+        if accelerator.is_main_process:
+            logger.info("Resumed from %s: period '%s', epoch %d, %d batches into it, step %d", resume.path,
+                        period.name, epoch + 1, state.batches, state.step)
+    else:
+        state.period, state.period_epoch, state.batches = index, 0, 0
+
+
+def _end_period(accelerator, model, prepared: _PreparedPeriod, on_period_end) -> None:
+    """Call ``on_period_end``, then unwrap and release the period's prepared objects."""
+    accelerator.wait_for_everyone()
+    if on_period_end is not None:
+        on_period_end(prepared.period, model, prepared.optimizer)
+    accelerator.unwrap_model(prepared.wrapped, keep_fp32_wrapper=False)  # undo the mixed-precision forward patch
+    release_prepared(accelerator)  # drop wrappers; the next period re-prepares with its own trainable set
 
 
 def warmup_steps(config, total: int) -> int:
@@ -374,16 +329,62 @@ class BestEpoch:
         history[self.epoch - 1]["best"] = True
 
 
-class _EpochRunner:
-    """One period's steps: train an epoch (or solve the head), and checkpoint."""
+class _Trained(NamedTuple):
+    """What one epoch's training gave: the mean loss, the images trained on, extra record entries, and timing."""
 
-    def __init__(self, accelerator, model, wrapped, module, period, optimizer, scheduler, trainable, config,
-                 checkpointer, state, best, progress):
-        self.accelerator, self.model, self.wrapped, self.module = accelerator, model, wrapped, module
-        self.period, self.optimizer, self.scheduler, self.trainable = period, optimizer, scheduler, trainable
+    loss: float
+    images: float
+    extra: dict
+    start: float  # ``time.perf_counter()`` when the epoch started
+    seconds: float  # training time, evaluation excluded
+
+
+class _EpochRunner:
+    """One period's epochs: train an epoch (or solve the head), evaluate and record it, and checkpoint."""
+
+    def __init__(self, accelerator, model, prepared: _PreparedPeriod, config, checkpointer, state, best, progress):
+        self.accelerator, self.model, self.prepared, self.period = accelerator, model, prepared, prepared.period
         self.config, self.checkpointer, self.state = config, checkpointer, state
         self.best, self.progress = best, progress
         self.last_loss = None
+
+    def train(self, epoch: int, feature_loaders) -> _Trained:
+        """Train one epoch, or fit the head for a ``solve`` period, and time it."""
+        start = time.perf_counter()
+        if self.period.solve:
+            loss, images, extra = self.solve(feature_loaders, epoch)
+        else:
+            self.prepared.train_dl.set_epoch(epoch)
+            loss, images, extra = self.train_epoch(self.prepared.train_dl, epoch)
+        return _Trained(loss, images, extra, start, time.perf_counter() - start)
+
+    def evaluate_and_record(self, epoch: int, trained: _Trained) -> dict:
+        """Evaluate, add the epoch's record to the history, update the best epoch, log it, and mark the epoch done
+        in the training state."""
+        accelerator, prepared, state = self.accelerator, self.prepared, self.state
+        record = {
+            "epoch": epoch + 1,
+            "period": self.period.name,
+            "train_loss": trained.loss,
+            **evaluate_loader(accelerator, prepared.wrapped, prepared.eval_dl),
+            "lr": None if self.period.solve else prepared.optimizer.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - trained.start,
+            "train_images_per_second": trained.images / trained.seconds if trained.seconds > 0 else None,
+            "trainable_params": prepared.counts["trainable"],
+            "frozen_params": prepared.counts["frozen"],
+            **trained.extra,
+        }
+        state.history.append(record)
+        self.best.update(record, state)
+        if accelerator.is_main_process:
+            logger.info(
+                "epoch %d [%s] train_loss %.4f  eval_loss %.4f  accuracy %.4f  f1 %.4f  (%.1fs)",
+                record["epoch"], self.period.name, record["train_loss"], record["loss"], record["accuracy"],
+                record["f1"], record["seconds"],
+            )
+        state.period_epoch += 1
+        state.batches, state.loss_sum, state.seen = 0, 0.0, 0.0
+        return record
 
     def solve(self, feature_loaders, epoch: int) -> tuple[float, float, dict]:
         """Fit the linear head on the cached features (see `tl_hub.probe`); identical on every process."""
@@ -407,7 +408,7 @@ class _EpochRunner:
     def train_epoch(self, train_dl, epoch: int) -> tuple[float, float, dict]:
         """One pass over the training data; returns the mean training loss and the images trained on."""
         accelerator, state = self.accelerator, self.state
-        set_train_mode(self.module, ())
+        set_train_mode(self.prepared.module, ())
         set_train_mode(self.model, self.period.eval_modules)
         # the running loss of the epoch; a resumed epoch starts from the checkpoint's (counted once, on main)
         own = accelerator.is_main_process and state.batches
@@ -438,29 +439,28 @@ class _EpochRunner:
 
     def step(self, batch, epoch: int) -> torch.Tensor:
         """Forward, backward, divergence check, optimizer and schedule step (under gradient accumulation)."""
-        accelerator, config = self.accelerator, self.config
-        with accelerator.accumulate(self.wrapped):
-            logits = forward_logits(self.wrapped, batch).float()
+        accelerator, config, prepared = self.accelerator, self.config, self.prepared
+        with accelerator.accumulate(prepared.wrapped):
+            logits = forward_logits(prepared.wrapped, batch).float()
             loss = F.cross_entropy(logits, batch["labels"], label_smoothing=config.label_smoothing)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 # the norm of the synchronised gradients is the same on every process, so all of them stop
                 # together if it is not finite; the optimizer step that would spoil the weights never runs
-                norm = accelerator.clip_grad_norm_(self.trainable, config.max_grad_norm or float("inf"))
+                norm = accelerator.clip_grad_norm_(prepared.trainable, config.max_grad_norm or float("inf"))
                 if diverged(loss, norm, loss_scaling=accelerator.scaler is not None):
-                    raise non_finite_error(loss, norm, epoch, self.period, self.trainable, config, self.checkpointer)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+                    raise non_finite_error(loss, norm, epoch, self.period, prepared.trainable, config,
+                                           self.checkpointer)
+            prepared.optimizer.step()
+            prepared.scheduler.step()
+            prepared.optimizer.zero_grad(set_to_none=True)
         self.last_loss = loss
         return loss
 
     def save(self, loss, epoch: int) -> None:
         """Checkpoint, unless an absurd update has made weights non-finite: the checkpoints on disk stay good."""
         loss = loss if loss is not None else (self.last_loss if self.last_loss is not None else torch.tensor(0.0))
-        if any(not torch.isfinite(p).all() for p in self.trainable):
-            raise non_finite_error(loss, float("nan"), epoch, self.period, self.trainable, self.config,
-                                   self.checkpointer)
+        trainable = self.prepared.trainable
+        if any(not torch.isfinite(p).all() for p in trainable):
+            raise non_finite_error(loss, float("nan"), epoch, self.period, trainable, self.config, self.checkpointer)
         self.checkpointer.save(self.accelerator, self.state, extra=self.best.save)
-
-
