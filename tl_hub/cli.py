@@ -1,13 +1,21 @@
-"""``tl-hub`` command line: a thin layer over the Python API.
+"""``tl-hub`` command line: a thin layer over the public Python API (``tl_hub.__all__``, nothing else).
 
-    tl-hub train --recipe feature-extraction|fine-tune|lora|scratch --model M --dataset D --output-dir OUT [...]
-                 [--resume-from-checkpoint latest|auto|PATH]
+    tl-hub train --recipe feature-extraction|fine-tune|train-all|lora|scratch --model M --dataset D --output-dir OUT
+                 [--resume-from-checkpoint latest|auto|PATH] [training settings ...]
     tl-hub evaluate OUT --dataset D [--split test]
     tl-hub predict OUT img.jpg [img2.png ...] [--top-k 3]
+    tl-hub advise --model M --dataset D [--json]
+    tl-hub compare --model M --dataset D [--recipes ...] [--epochs N]
+    tl-hub push OUT REPO_ID  |  tl-hub push --space SPACE_ID --model REPO
+    tl-hub serve OUT|REPO_ID [--port 7860]
+    tl-hub demo [--quick]
 
-The training flags are generated from the recipe config dataclasses, so they always match the Python
-arguments (``--head-epochs`` is ``head_epochs``).  User errors print one line (``error: ...``) and exit
-with status 2; nothing is left half-written.  Under ``accelerate launch`` use
+Every flag is generated from a dataclass field (`add_dataclass_arguments`): its type from the resolved annotation,
+its help from ``metadata["help"]``, its name from the field (``--head-epochs`` is ``head_epochs``).  The training
+settings are the fields of the recipe config classes (unset flags stay absent, so each recipe's own defaults
+apply), model loading is `ModelSource` (``--model``, ``--revision``, ...), the advisor's thresholds are
+`Thresholds`, and each command's own arguments are the ``*Arguments`` dataclasses below.  User errors print one
+line (``error: ...``) and exit with status 2; nothing is left half-written.  Under ``accelerate launch`` use
 ``accelerate launch -m tl_hub.cli train ...``.
 """
 
@@ -19,12 +27,46 @@ import json
 import logging
 import os
 import sys
-from typing import Optional, Sequence
+import types
+import typing
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
 
-from .config import TrainingConfig
-from .errors import ConfigError, TlHubError
+from . import (
+    RECIPES,
+    ConfigError,
+    DataError,
+    ModelSource,
+    Thresholds,
+    TlHubError,
+    TrainingConfig,
+    advise,
+    build_app,
+    check_output_dir,
+    compare,
+    example_images,
+    get_recipe,
+    is_main_process,
+    launch_app,
+    load,
+    push_space,
+    push_to_hub,
+    run_demo,
+)
 
 logger = logging.getLogger("tl_hub")
+
+# namespace prefixes of the argument groups that are not a command's own (training settings, model, thresholds)
+SETTING, SOURCE, THRESHOLD = "cfg_", "source_", "threshold_"
+SETTINGS_TITLE = "training settings (defaults depend on the recipe)"
+DATASET_HELP = "Image folder, save_to_disk folder or Hub dataset id."
+MODEL_DIR_HELP = "A folder written by `tl-hub train`."
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Flags from dataclass fields.  Field metadata: "help"; "aliases" (the flag's spellings instead of --the-name);
+# "positional" (with "nargs" such as "?" or "+"); "metavar"; "choices" (a list, or a function returning one).
 
 
 def _flag(name: str) -> str:
@@ -35,271 +77,340 @@ def _optional_float(text: str) -> Optional[float]:
     return None if text.lower() in ("none", "null", "off") else float(text)
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, *config_classes: type[TrainingConfig]) -> None:
-    """Add one flag per config field (of all given classes); unset flags are absent from the namespace (config
-    defaults apply)."""
-    group = parser.add_argument_group("training settings (defaults depend on the recipe)")
-    fields = {}
-    for cls in config_classes:
+def _parse_type(hint: Any) -> tuple[Callable[[str], Any], Optional[str]]:
+    """The argparse ``type`` and ``nargs`` of a field's resolved type hint (a bool is handled by its caller)."""
+    origin, params = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (list, tuple, Sequence):
+        return _parse_type(params[0])[0], "+"
+    if origin in (Union, types.UnionType):
+        options = [p for p in params if p is not type(None)]
+        if len(options) > 1:  # e.g. Union[str, int]: passed on as text, the dataclass converts it
+            return str, None
+        return (_optional_float if options[0] is float else _parse_type(options[0])[0]), None
+    if hint in (int, float, str):
+        return hint, None
+    raise TypeError(f"No command-line type for a field of type {hint!r}.")
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def _add_field(parser, f: dataclasses.Field, hint: Any, prefix: str, suppress: bool) -> None:
+    meta, default = f.metadata, _default(f)
+    kwargs: dict[str, Any] = {"help": meta.get("help")}
+    if hint is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction if suppress or default is True else "store_true"
+    else:
+        kwargs["type"], kwargs["nargs"] = _parse_type(hint)
+    choices = meta.get("choices")
+    if choices is not None:
+        kwargs["choices"] = choices() if callable(choices) else choices
+    if "metavar" in meta:
+        kwargs["metavar"] = meta["metavar"]
+    if meta.get("positional"):
+        kwargs["nargs"] = meta.get("nargs", kwargs.get("nargs"))
+        if default is not dataclasses.MISSING:
+            kwargs["default"] = default
+        parser.add_argument(prefix + f.name, **kwargs)
+        return
+    flags = list(meta.get("aliases") or [_flag(f.name)])
+    if default is dataclasses.MISSING:
+        kwargs["required"] = True
+    else:
+        kwargs["default"] = argparse.SUPPRESS if suppress else default
+    if "action" not in kwargs and "choices" not in kwargs and "metavar" not in kwargs:
+        kwargs["metavar"] = max(flags, key=len).lstrip("-").replace("-", "_").upper()
+    parser.add_argument(*flags, dest=prefix + f.name, **kwargs)
+
+
+def add_dataclass_arguments(parser, *classes: type, prefix: str = "", suppress: bool = False,
+                            only: Optional[Collection[str]] = None) -> None:
+    """Add one argument per field of ``classes`` to ``parser`` (a field of several classes: the first one's).
+
+    ``prefix`` starts each destination in the namespace (read back with `dataclass_values`).  With ``suppress``,
+    a flag left unset is absent from the namespace, so the dataclass' own default applies; bools are then
+    ``--x/--no-x``.  ``only`` selects fields by name.
+    """
+    chosen: dict[str, tuple[dataclasses.Field, Any]] = {}
+    for cls in classes:
+        hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            fields.setdefault(f.name, f)
-    for f in fields.values():
-        kwargs: dict = {"default": argparse.SUPPRESS, "help": f.metadata.get("help", "")}
-        if str(f.type) != "bool":
-            kwargs["metavar"] = f.name.upper()
-        kind = str(f.type)
-        if kind == "bool":
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif kind in ("int", "Optional[int]"):
-            kwargs["type"] = int
-        elif kind == "float":
-            kwargs["type"] = float
-        elif kind == "Optional[float]":
-            kwargs["type"] = _optional_float
-        else:
-            kwargs["type"] = str
-        group.add_argument(_flag(f.name), dest=f"cfg_{f.name}", **kwargs)
+            if f.name not in chosen and (only is None or f.name in only):
+                chosen[f.name] = (f, hints[f.name])
+    for f, hint in chosen.values():
+        _add_field(parser, f, hint, prefix, suppress)
 
 
-def _settings(args: argparse.Namespace) -> dict:
-    return {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_")}
+def dataclass_values(args: argparse.Namespace, cls: Optional[type] = None, prefix: str = "") -> dict[str, Any]:
+    """The parsed values under ``prefix`` (only the fields of ``cls`` if given), without the prefix."""
+    values = {k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix)}
+    if cls is None:
+        return values
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in values.items() if k in names}
+
+
+def _from_args(args: argparse.Namespace, cls: type, prefix: str = "") -> Any:
+    return cls(**dataclass_values(args, cls, prefix))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The commands' own arguments
+
+
+@dataclass
+class LoggingArguments:
+    quiet: bool = field(default=False, metadata={"help": "Only print warnings and results.",
+                                                  "aliases": ["-q", "--quiet"]})
+
+
+@dataclass
+class RecipeArguments:
+    recipe: str = field(metadata={"help": "What to train (see README).", "choices": lambda: sorted(RECIPES)})
+
+
+@dataclass
+class TrainArguments:
+    dataset: str = field(metadata={"help": "Image folder (<class>/<image>), save_to_disk folder or Hub dataset id."})
+    output_dir: str = field(metadata={"help": "Where to save the trained model."})
+    validation_dataset: Optional[str] = field(default=None,
+                                              metadata={"help": "Separate validation data (optional)."})
+    overwrite: bool = field(default=False, metadata={
+        "help": "Replace an existing non-empty output folder and delete an earlier run's checkpoints."})
+    resume_from_checkpoint: Optional[str] = field(default=None, metadata={
+        "metavar": "latest|auto|PATH",
+        "help": "Continue an interrupted run from its newest checkpoint in --checkpoint-dir ('latest') or from a "
+                "checkpoint folder, with the same model, data and settings; 'auto': resume if there is a "
+                "checkpoint, else start (for requeued cluster jobs)."})
+    no_progress: bool = field(default=False, metadata={"help": "Hide progress bars."})
+
+
+@dataclass
+class EvaluateArguments:
+    model_dir: str = field(metadata={"help": MODEL_DIR_HELP, "positional": True})
+    dataset: str = field(metadata={"help": DATASET_HELP})
+    split: Optional[str] = field(
+        default=None, metadata={"help": "Split to evaluate (default: test, else validation, else train)."})
+    image_column: Optional[str] = field(default=None, metadata={"help": "Image column (detected if not given)."})
+    label_column: Optional[str] = field(default=None, metadata={"help": "Label column (detected if not given)."})
+    batch_size: int = field(default=64, metadata={"help": "Evaluation batch size."})
+
+
+@dataclass
+class PredictArguments:
+    model_dir: str = field(metadata={"help": MODEL_DIR_HELP, "positional": True})
+    images: list[str] = field(metadata={"help": "Image files.", "positional": True})
+    top_k: int = field(default=1, metadata={"help": "Labels per image."})
+    json: bool = field(default=False, metadata={"help": "Print one JSON object per image."})
+
+
+@dataclass
+class AdviseArguments:
+    dataset: str = field(metadata={"help": DATASET_HELP})
+    json: bool = field(default=False, metadata={"help": "Print the result as JSON."})
+
+
+@dataclass
+class CompareArguments:
+    dataset: str = field(metadata={"help": DATASET_HELP})
+    validation_dataset: Optional[str] = field(default=None,
+                                              metadata={"help": "Separate validation data (optional)."})
+    recipes: list[str] = field(
+        default_factory=lambda: ["feature-extraction", "fine-tune", "scratch"],
+        metadata={"help": "The recipes to compare.", "choices": lambda: sorted(RECIPES)})
+    output_dir: str = field(default="runs/compare", metadata={"help": "Where results.json and the PNG go."})
+
+
+@dataclass
+class PushArguments:
+    model_dir: Optional[str] = field(default=None, metadata={"help": MODEL_DIR_HELP, "positional": True,
+                                                             "nargs": "?"})
+    repo_id: Optional[str] = field(default=None, metadata={
+        "help": "Target repository, e.g. your-name/vit-beans.", "positional": True, "nargs": "?"})
+    space: Optional[str] = field(
+        default=None, metadata={"help": "Create or update this Gradio Space (e.g. your-name/beans-demo)."})
+    model: Optional[str] = field(default=None, metadata={"help": "With --space: the model repo the Space serves."})
+    private: bool = field(default=False, metadata={"help": "Create the repository as private."})
+    overwrite_card: bool = field(default=False, metadata={"help": "Replace an existing README.md in the repo."})
+    dataset_name: Optional[str] = field(default=None, metadata={"help": "Dataset name for the model card."})
+
+
+@dataclass
+class ServeArguments:
+    model: str = field(metadata={"help": "A folder written by `tl-hub train`, or a Hub repo id.", "positional": True})
+    host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on."})
+    port: int = field(default=7860, metadata={"help": "Port to listen on."})
+
+
+@dataclass
+class DemoArguments:
+    output_dir: str = field(default="runs/demo", metadata={"help": "Where the demo writes its models and results."})
+    quick: bool = field(default=False, metadata={"help": "A few epochs only (for tests)."})
+
+
+# name: (its arguments, help, description)
+SUBCOMMANDS: dict[str, tuple[type, str, Optional[str]]] = {
+    "train": (RecipeArguments, "Train a recipe and save the model folder.",
+              "Train a recipe on a dataset and save the model folder (weights, config with labels, image "
+              "processor, metrics, history, learning curve)."),
+    "evaluate": (EvaluateArguments, "Evaluate a trained model folder on a dataset.", None),
+    "advise": (AdviseArguments, "Measure a dataset against a model and recommend a recipe.",
+               "Measure examples per class and how well the pretrained features separate the classes (vs random "
+               "features), then pick one of four cases."),
+    "compare": (CompareArguments, "Train transfer recipes and scratch with the same budget; compare curves.", None),
+    "serve": (ServeArguments, "Serve a trained model (folder or Hub repo) with the Gradio app.", None),
+    "demo": (DemoArguments, "Offline demo: letters -> handwritten digits, advise + compare + save.", None),
+    "push": (PushArguments, "Push a trained model folder to the Hugging Face Hub (only what training changed, in "
+                            "one commit, with a model card), or a Space for a model.",
+             "tl-hub push OUTPUT_DIR REPO_ID  |  tl-hub push --space SPACE_ID --model REPO"),
+    "predict": (PredictArguments, "Predict labels of image files with a trained model folder.", None),
+}
+
+
+def add_train_arguments(parser, *config_classes: type[TrainingConfig]) -> None:
+    """Flags of a training run: the model (`ModelSource`), data, output and the settings of ``config_classes``."""
+    add_dataclass_arguments(parser, ModelSource, prefix=SOURCE)
+    add_dataclass_arguments(parser, TrainArguments)
+    group = parser.add_argument_group(SETTINGS_TITLE)
+    add_dataclass_arguments(group, *config_classes, prefix=SETTING, suppress=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .recipes import RECIPES
-
     parser = argparse.ArgumentParser(
         prog="tl-hub",
         description="Transfer learning for image classification: reuse any pretrained image classifier "
                     "(ViT, DeiT, ConvNeXt, ResNet, Swin, DINOv2, ...) on your own labels.",
     )
-    parser.add_argument("-q", "--quiet", action="store_true", help="Only print warnings and results.")
+    add_dataclass_arguments(parser, LoggingArguments)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    train = sub.add_parser("train", help="Train a recipe and save the model folder.",
-                           description="Train a recipe on a dataset and save the model folder (weights, config "
-                                       "with labels, image processor, metrics, history, learning curve).")
-    train.add_argument("--recipe", required=True, choices=sorted(RECIPES), help="What to train (see README).")
-    add_train_arguments(train, *(cls.config_class for cls in RECIPES.values()))
-
-    ev = sub.add_parser("evaluate", help="Evaluate a trained model folder on a dataset.")
-    ev.add_argument("model_dir", help="A folder written by `tl-hub train`.")
-    ev.add_argument("--dataset", required=True, help="Image folder, save_to_disk folder or Hub dataset id.")
-    ev.add_argument("--split", default=None, help="Split to evaluate (default: test, else validation, else train).")
-    ev.add_argument("--image-column", default=None)
-    ev.add_argument("--label-column", default=None)
-    ev.add_argument("--batch-size", type=int, default=64)
-
-    adv = sub.add_parser("advise", help="Measure a dataset against a model and recommend a recipe.",
-                         description="Measure examples per class and how well the pretrained features separate "
-                                     "the classes (vs random features), then pick one of four cases.")
-    adv.add_argument("--model", required=True, help="Hub model id or local folder of an image classifier.")
-    adv.add_argument("--dataset", required=True, help="Image folder, save_to_disk folder or Hub dataset id.")
-    adv.add_argument("--large-per-class", type=int, default=None, help="Median examples per class for 'large'.")
-    adv.add_argument("--similarity-gap", type=float, default=None,
-                     help="Pretrained minus random k-NN accuracy from which the task counts as similar.")
-    adv.add_argument("--json", action="store_true", help="Print the result as JSON.")
-    add_model_arguments(adv)
-
-    cmp = sub.add_parser("compare", help="Train transfer recipes and scratch with the same budget; compare curves.")
-    cmp.add_argument("--model", required=True, help="Hub model id or local folder of an image classifier.")
-    cmp.add_argument("--dataset", required=True, help="Image folder, save_to_disk folder or Hub dataset id.")
-    cmp.add_argument("--validation-dataset", default=None)
-    cmp.add_argument("--epochs", type=int, default=None,
-                     help="Epochs of every recipe (default: the recipes' automatic epochs).")
-    cmp.add_argument("--recipes", nargs="+", default=["feature-extraction", "fine-tune", "scratch"],
-                     choices=sorted(RECIPES))
-    cmp.add_argument("--batch-size", type=int, default=32)
-    cmp.add_argument("--output-dir", default="runs/compare", help="Where results.json and the PNG go.")
-
-    serve = sub.add_parser("serve", help="Serve a trained model (folder or Hub repo) with the Gradio app.")
-    serve.add_argument("model", help="A folder written by `tl-hub train`, or a Hub repo id.")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=7860)
-
-    demo = sub.add_parser("demo", help="Offline demo: letters -> handwritten digits, advise + compare + save.")
-    demo.add_argument("--output-dir", default="runs/demo")
-    demo.add_argument("--quick", action="store_true", help="A few epochs only (for tests).")
-
-    push = sub.add_parser("push", help="Push a trained model folder to the Hugging Face Hub (only what training "
-                                       "changed, in one commit, with a model card), or a Space for a model.",
-                          description="tl-hub push OUTPUT_DIR REPO_ID  |  tl-hub push --space SPACE_ID --model REPO")
-    push.add_argument("model_dir", nargs="?", help="A folder written by `tl-hub train`.")
-    push.add_argument("repo_id", nargs="?", help="Target repository, e.g. your-name/vit-beans.")
-    push.add_argument("--space", default=None, help="Create or update this Gradio Space (e.g. your-name/beans-demo).")
-    push.add_argument("--model", default=None, help="With --space: the model repo the Space serves.")
-    push.add_argument("--private", action="store_true", help="Create the repository as private.")
-    push.add_argument("--overwrite-card", action="store_true", help="Replace an existing README.md in the repo.")
-    push.add_argument("--dataset-name", default=None, help="Dataset name for the model card.")
-
-    pr = sub.add_parser("predict", help="Predict labels of image files with a trained model folder.")
-    pr.add_argument("model_dir", help="A folder written by `tl-hub train`.")
-    pr.add_argument("images", nargs="+", help="Image files.")
-    pr.add_argument("--top-k", type=int, default=1, help="Labels per image.")
-    pr.add_argument("--json", action="store_true", help="Print one JSON object per image.")
+    for name, (arguments, help_text, description) in SUBCOMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=description)
+        if name in ("advise", "compare"):  # the model and its loading options
+            add_dataclass_arguments(command, ModelSource, prefix=SOURCE)
+        add_dataclass_arguments(command, arguments)
+        if name == "train":
+            add_train_arguments(command, *(cls.config_class for cls in RECIPES.values()))
+        elif name == "advise":
+            add_dataclass_arguments(command, Thresholds, prefix=THRESHOLD, suppress=True)
+        elif name == "compare":
+            add_dataclass_arguments(command, TrainingConfig, prefix=SETTING, suppress=True,
+                                    only={"epochs", "batch_size"})
     return parser
 
 
-def add_train_arguments(parser: argparse.ArgumentParser, *config_classes: type[TrainingConfig]) -> None:
-    """Flags of a training run: model, data, output, loading options and the settings of ``config_class``."""
-    parser.add_argument("--model", required=True, help="Hub model id or local folder of an image classifier.")
-    parser.add_argument("--dataset", required=True,
-                        help="Image folder (<class>/<image>), save_to_disk folder or Hub dataset id.")
-    parser.add_argument("--validation-dataset", default=None, help="Separate validation data (optional).")
-    parser.add_argument("--output-dir", required=True, help="Where to save the trained model.")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="Replace an existing non-empty output folder and delete an earlier run's checkpoints.")
-    parser.add_argument("--resume-from-checkpoint", default=None, metavar="latest|auto|PATH",
-                        help="Continue an interrupted run from its newest checkpoint in --checkpoint-dir ('latest') "
-                             "or from a checkpoint folder, with the same model, data and settings; 'auto': resume "
-                             "if there is a checkpoint, else start (for requeued cluster jobs).")
-    parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
-    add_model_arguments(parser)
-    add_config_arguments(parser, *config_classes)
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--revision", default=None, help="Branch, tag or commit of the model on the Hub.")
-    parser.add_argument("--trust-remote-code", action="store_true", help="Allow custom code from the model repo.")
-    parser.add_argument("--allow-pickle", action="store_true",
-                        help="Allow pickle (.bin) checkpoints; only safetensors are loaded otherwise.")
+# ---------------------------------------------------------------------------------------------------------------------
+# Commands
 
 
 def recipe_from_args(args: argparse.Namespace):
     """Build the recipe named by ``--recipe`` from parsed flags, rejecting flags it does not use."""
-    from .recipes import get_recipe
-
-    cls = get_recipe(args.recipe)
-    settings = _settings(args)
-    checkpoints = settings.get("checkpoint_dir", args.output_dir.rstrip("/\\") + "-checkpoints")
+    name, output_dir = _from_args(args, RecipeArguments).recipe, _from_args(args, TrainArguments).output_dir
+    cls = get_recipe(name)
+    settings = dataclass_values(args, prefix=SETTING)
+    checkpoints = settings.get("checkpoint_dir", output_dir.rstrip("/\\") + "-checkpoints")
     settings["checkpoint_dir"] = None if checkpoints.lower() in ("none", "off", "") else checkpoints
     unused = sorted(set(settings) - cls.config_class.field_names())
     if unused:
         raise ConfigError(
-            f"{', '.join(_flag(u) for u in unused)} is not a setting of the {args.recipe} recipe; remove it "
-            f"(see `tl-hub train --recipe {args.recipe} --help`)."
+            f"{', '.join(_flag(u) for u in unused)} is not a setting of the {name} recipe; remove it "
+            f"(see `tl-hub train --recipe {name} --help`)."
         )
-    return cls(args.model, revision=args.revision, trust_remote_code=args.trust_remote_code,
-               allow_pickle=args.allow_pickle, **settings)
+    return cls(_from_args(args, ModelSource, SOURCE), **settings)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .loop import process_state
-    from .outputs import check_output_dir
-
+    train = _from_args(args, TrainArguments)
     recipe = recipe_from_args(args)
-    check_output_dir(args.output_dir, overwrite=args.overwrite)
-    result = recipe.fit(args.dataset, args.validation_dataset, progress=not args.no_progress,
-                        resume_from_checkpoint=args.resume_from_checkpoint, overwrite_checkpoints=args.overwrite)
-    recipe.save(args.output_dir, overwrite=args.overwrite)
-    if process_state().is_main_process:
+    check_output_dir(train.output_dir, overwrite=train.overwrite)
+    result = recipe.fit(train.dataset, train.validation_dataset, progress=not train.no_progress,
+                        resume_from_checkpoint=train.resume_from_checkpoint, overwrite_checkpoints=train.overwrite)
+    recipe.save(train.output_dir, overwrite=train.overwrite)
+    if is_main_process():
         m = result.metrics
         print(f"validation accuracy {m['accuracy']:.4f}  macro-F1 {m['f1']:.4f}  loss {m['loss']:.4f}")
         if result.test_metrics:
             t = result.test_metrics
             print(f"test accuracy {t['accuracy']:.4f}  macro-F1 {t['f1']:.4f}")
-        print(f"saved to {os.path.abspath(args.output_dir)}")
+        print(f"saved to {os.path.abspath(train.output_dir)}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .hub import load
-
-    clf = load(args.model_dir)
-    metrics = clf.evaluate(args.dataset, split=args.split, image_column=args.image_column,
-                           label_column=args.label_column, batch_size=args.batch_size)
+    a = _from_args(args, EvaluateArguments)
+    metrics = load(a.model_dir).evaluate(a.dataset, split=a.split, image_column=a.image_column,
+                                         label_column=a.label_column, batch_size=a.batch_size)
     print(json.dumps(metrics))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .errors import DataError
-    from .hub import load
-
-    for path in args.images:
+    a = _from_args(args, PredictArguments)
+    for path in a.images:
         if not os.path.isfile(path):
             raise DataError(f"Image file '{path}' does not exist.")
-    clf = load(args.model_dir)
-    results = clf.predict(list(args.images), top_k=args.top_k)
-    for path, preds in zip(args.images, results):
-        if args.json:
+    results = load(a.model_dir).predict(list(a.images), top_k=a.top_k)
+    for path, preds in zip(a.images, results):
+        if a.json:
             print(json.dumps({"image": path, "predictions": preds}))
         else:
             print(f"{path}: " + ", ".join(f"{p['label']} ({p['score']:.3f})" for p in preds))
     return 0
 
 
-def script_main(recipe: str, description: str, argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of the runnable scripts in ``recipes/``: ``tl-hub train --recipe <recipe>`` with the
-    flags of that recipe only.  Works under ``python`` and ``accelerate launch``."""
-    from .recipes import get_recipe
-
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("-q", "--quiet", action="store_true", help="Only print warnings and results.")
-    add_train_arguments(parser, get_recipe(recipe).config_class)
-    args = parser.parse_args(argv)
-    args.recipe = recipe
-    setup_logging(args.quiet)
-    try:
-        return cmd_train(args)
-    except TlHubError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
 def cmd_advise(args: argparse.Namespace) -> int:
-    from .advisor import Thresholds, advise
-
-    overrides = {k: v for k, v in (("large_per_class", args.large_per_class),
-                                    ("similarity_gap", args.similarity_gap)) if v is not None}
-    advice = advise(args.model, args.dataset, thresholds=Thresholds(**overrides), revision=args.revision,
-                    trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
-    print(json.dumps(advice.to_dict(), indent=2) if args.json else advice.report())
+    a = _from_args(args, AdviseArguments)
+    advice = advise(_from_args(args, ModelSource, SOURCE), a.dataset,
+                    thresholds=_from_args(args, Thresholds, THRESHOLD))
+    print(json.dumps(advice.to_dict(), indent=2) if a.json else advice.report())
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare
-
-    if args.epochs is not None and args.epochs < 2:
-        raise ConfigError(f"`--epochs` should be at least 2 to measure a slope, got {args.epochs}.")
-    result = compare(args.model, args.dataset, args.validation_dataset, recipes=args.recipes, epochs=args.epochs,
-                     output_dir=args.output_dir, common={"batch_size": args.batch_size})
+    a = _from_args(args, CompareArguments)
+    source = _from_args(args, ModelSource, SOURCE)
+    common = dataclass_values(args, prefix=SETTING)  # --epochs and --batch-size, where given
+    epochs = common.pop("epochs", None)
+    if epochs is not None and epochs < 2:
+        raise ConfigError(f"`--epochs` should be at least 2 to measure a slope, got {epochs}.")
+    result = compare(source, a.dataset, a.validation_dataset, recipes=a.recipes, epochs=epochs,
+                     output_dir=a.output_dir, common=common)
     print(result.table())
-    print(f"results: {os.path.join(os.path.abspath(args.output_dir), 'results.json')}")
-    print(f"curves:  {os.path.join(os.path.abspath(args.output_dir), 'learning_curves.png')}")
+    print(f"results: {os.path.join(os.path.abspath(a.output_dir), 'results.json')}")
+    print(f"curves:  {os.path.join(os.path.abspath(a.output_dir), 'learning_curves.png')}")
     return 0
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from .hub import push_space, push_to_hub
-
-    if args.space:
-        if not args.model or args.model_dir or args.repo_id:
+    a = _from_args(args, PushArguments)
+    if a.space:
+        if not a.model or a.model_dir or a.repo_id:
             raise ConfigError("Use `tl-hub push --space SPACE_ID --model MODEL_REPO` (no positional arguments).")
-        url = push_space(args.space, args.model, private=args.private or None)
-        print(f"pushed the Space {args.space} serving {args.model}: {url}")
+        url = push_space(a.space, a.model, private=a.private or None)
+        print(f"pushed the Space {a.space} serving {a.model}: {url}")
         return 0
-    if not (args.model_dir and args.repo_id):
+    if not (a.model_dir and a.repo_id):
         raise ConfigError("Use `tl-hub push OUTPUT_DIR REPO_ID`, or `tl-hub push --space SPACE_ID --model REPO`.")
-    url = push_to_hub(args.model_dir, args.repo_id, private=args.private or None,
-                      overwrite_card=args.overwrite_card, dataset_name=args.dataset_name)
-    print(f"pushed {args.model_dir} to {args.repo_id}: {url}")
+    url = push_to_hub(a.model_dir, a.repo_id, private=a.private or None, overwrite_card=a.overwrite_card,
+                      dataset_name=a.dataset_name)
+    print(f"pushed {a.model_dir} to {a.repo_id}: {url}")
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .space import build_app, example_images, launch
-
-    launch(build_app(args.model, examples=example_images()), host=args.host, port=args.port)
+    a = _from_args(args, ServeArguments)
+    launch_app(build_app(a.model, examples=example_images()), host=a.host, port=a.port)
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
+    a = _from_args(args, DemoArguments)
     logging.getLogger("tl_hub").setLevel(logging.WARNING)  # the demo prints its own summary
-    run_demo(args.output_dir, quick=args.quick)
+    run_demo(a.output_dir, quick=a.quick)
     return 0
 
 
@@ -313,18 +424,33 @@ def setup_logging(quiet: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _run(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run ``command``: a user error is one ``error: ...`` line and status 2; Ctrl-C is status 130."""
     setup_logging(args.quiet)
     try:
-        return COMMANDS[args.command](args)
+        return command(args)
     except TlHubError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def script_main(recipe: str, description: str, argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the runnable scripts in ``recipes/``: ``tl-hub train --recipe <recipe>`` with the
+    flags of that recipe only.  Works under ``python`` and ``accelerate launch``."""
+    parser = argparse.ArgumentParser(description=description)
+    add_dataclass_arguments(parser, LoggingArguments)
+    add_train_arguments(parser, get_recipe(recipe).config_class)
+    args = parser.parse_args(argv)
+    args.recipe = recipe
+    return _run(cmd_train, args)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return _run(COMMANDS[args.command], args)
 
 
 if __name__ == "__main__":
