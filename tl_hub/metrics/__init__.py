@@ -8,10 +8,24 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 METRICS_DIR = os.path.dirname(os.path.abspath(__file__))
 AVAILABLE = ("accuracy", "f1")
+
+
+def label_metric_info(description: str, inputs_description: str):
+    """The ``evaluate.MetricInfo`` of a metric over integer label predictions and references (used by the shipped
+    metric modules); ``inputs_description`` documents its other arguments, what it returns and an example."""
+    import datasets
+    import evaluate
+
+    inputs_description = ("\nArgs:\n    predictions (`list[int]`): predicted label ids.\n"
+                          "    references (`list[int]`): true label ids." + inputs_description)
+    return evaluate.MetricInfo(
+        description=description, citation="", inputs_description=inputs_description,
+        features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
+    )
 
 
 def metric_path(name: str) -> str:
@@ -20,7 +34,7 @@ def metric_path(name: str) -> str:
     return os.path.join(METRICS_DIR, name, f"{name}.py")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_metric(name: str):
     """``evaluate.load`` of a shipped metric module (cached per process)."""
     import evaluate

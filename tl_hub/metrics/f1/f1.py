@@ -2,15 +2,13 @@
 offline with ``evaluate.load(path)``).  ``average="macro"`` averages the per-class F1 over ``labels`` (by
 default the classes that occur in predictions or references, as scikit-learn does)."""
 
-import datasets
 import evaluate
 import numpy as np
 
+from tl_hub.metrics import label_metric_info
+
 _DESCRIPTION = "F1 = 2 * precision * recall / (precision + recall), per class, then averaged."
 _KWARGS = """
-Args:
-    predictions (`list[int]`): predicted label ids.
-    references (`list[int]`): true label ids.
     average (`str`, defaults to `"macro"`): "macro", "micro", "weighted" or None (per-class scores).
     labels (`list[int]`, *optional*): the classes to average over.
 Returns:
@@ -23,14 +21,7 @@ Example:
 
 class F1(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS,
-            features=datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            ),
-        )
+        return label_metric_info(_DESCRIPTION, _KWARGS)
 
     def _compute(self, predictions, references, average="macro", labels=None):
         p, r = np.asarray(predictions), np.asarray(references)
