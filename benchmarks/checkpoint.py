@@ -31,8 +31,9 @@ def folder_mb(path: str) -> float:
 def measure(accelerator, module, directory: str) -> dict:
     import torch
 
-    from tl_hub.checkpoint import Checkpointer, TrainingState, read_checkpoint, load_checkpoint
-    from tl_hub.loop import BestEpoch, Period, make_optimizer, release_prepared
+    from tl_hub.checkpoint import Checkpointer, TrainingState, load_checkpoint, read_checkpoint
+    from tl_hub.loop import BestEpoch, Period, make_optimizer
+    from tl_hub.runtime import release_prepared
 
     trainable = [p for p in module.parameters() if p.requires_grad]
     optimizer = make_optimizer([{"params": trainable}], 1e-4)
@@ -64,7 +65,7 @@ def main():
     from transformers import ViTConfig, ViTForImageClassification
 
     from tl_hub.features import HeadModule
-    from tl_hub.loop import make_accelerator
+    from tl_hub.runtime import make_accelerator
 
     root = args.output_dir or tempfile.mkdtemp(prefix="tl_hub_ckpt_bench_")
     torch.manual_seed(0)

@@ -38,8 +38,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 N_TRAIN, N_VAL, N_CLASSES, SIZE = 1000, 100, 10, 64
 BATCH, EVAL_BATCH, FE_EPOCHS = 32, 64, 10

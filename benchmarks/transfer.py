@@ -191,11 +191,11 @@ def run_task(name, base_key, target, per_class, similar, seeds) -> dict:
             out = tlhub(recipe, base, data, seed)
             runs[recipe].append(out["test"])
             seconds[recipe].append(out["seconds"])
-        for label, fn in (("hand fine-tune", lambda: hand_reference(base, data, seed, True)),
-                          ("hand scratch", lambda: hand_reference(base, data, seed, False)),
-                          ("probe", lambda: probe_reference(base, data))):
+        for label, fn, args in (("hand fine-tune", hand_reference, (base, data, seed, True)),
+                                ("hand scratch", hand_reference, (base, data, seed, False)),
+                                ("probe", probe_reference, (base, data))):
             start = time.perf_counter()
-            runs[label].append(fn())
+            runs[label].append(fn(*args))
             seconds[label].append(time.perf_counter() - start)
         print(f"  {name} seed {seed}: " + ", ".join(f"{m} {v[-1]:.3f}" for m, v in runs.items()), flush=True)
     return {"runs": runs, "seconds": {m: statistics.median(v) for m, v in seconds.items()}}

@@ -30,8 +30,13 @@ PLANS = {
 
 def make_initial_model(path, arch, plan):
     """The untrained architecture and its image processor, the starting point of pretraining."""
-    from transformers import (ResNetConfig, ResNetForImageClassification, ViTConfig, ViTForImageClassification,
-                              ViTImageProcessor)
+    from transformers import (
+        ResNetConfig,
+        ResNetForImageClassification,
+        ViTConfig,
+        ViTForImageClassification,
+        ViTImageProcessor,
+    )
 
     if arch == "resnet":
         sizes = plan["hidden_sizes"]

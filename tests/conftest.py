@@ -13,19 +13,29 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import pytest
+from PIL import Image
 
 COLOURS = ["red", "green", "blue"]
 
 
 def _tiny_models():
     from transformers import (
-        ConvNextConfig, ConvNextForImageClassification, ConvNextImageProcessor,
-        DeiTConfig, DeiTForImageClassification, Dinov2Config, Dinov2ForImageClassification,
-        ResNetConfig, ResNetForImageClassification, SwinConfig, SwinForImageClassification,
-        ViTConfig, ViTForImageClassification, ViTImageProcessor,
+        ConvNextConfig,
+        ConvNextForImageClassification,
+        ConvNextImageProcessor,
+        DeiTConfig,
+        DeiTForImageClassification,
+        Dinov2Config,
+        Dinov2ForImageClassification,
+        ResNetConfig,
+        ResNetForImageClassification,
+        SwinConfig,
+        SwinForImageClassification,
+        ViTConfig,
+        ViTForImageClassification,
+        ViTImageProcessor,
     )
 
     vit_like = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,

@@ -8,14 +8,13 @@ import sys
 import datasets
 import pytest
 import torch
+from conftest import colour_dataset
 
 from tl_hub import DataError
 from tl_hub.advisor import Thresholds, advise, knn_accuracy
 from tl_hub.compare import compare, curve_summary
 from tl_hub.demo import base_model_path
 from tl_hub.demo_data import digits_dataset
-
-from conftest import colour_dataset
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -60,12 +59,13 @@ def test_large_cases_follow_the_size_threshold():
     train, _ = digits_dataset(per_class=5, seed=1)
     large_similar = advise(base_model_path(), train, thresholds=Thresholds(large_per_class=4))
     assert large_similar.case == "large+similar" and large_similar.recipe == "fine-tune"
-    assert large_similar.settings == {}  # fine-tune with its defaults: the head first, pretrained groups at lr * 0.1
     tuned = large_similar.make_recipe().config
     assert tuned.head_epochs is None and tuned.backbone_lr_ratio < 1
     large_different = advise(base_model_path(), colour_dataset(30), thresholds=Thresholds(large_per_class=4))
     assert large_different.case == "large+different"
-    assert large_different.settings["head_epochs"] == 0 and large_different.settings["backbone_lr_ratio"] == 1.0
+    assert large_different.recipe == "train-all"
+    everything = large_different.make_recipe().config  # no head period, one learning rate for every group
+    assert everything.head_epochs == 0 and everything.backbone_lr_ratio == 1.0
 
 
 def test_one_example_per_class_answers_clearly():
@@ -148,6 +148,6 @@ def test_quadrants_script_runs_at_reduced_size(tmp_path):
     rows = json.load(open(out))
     assert [r["intended"] for r in rows] == ["small+similar", "large+similar", "small+different", "large+different"]
     for r in rows:
-        assert set(r["accuracy"]) == {"feature-extraction", "fine-tune", "train-all-from-pretrained", "scratch"}
+        assert set(r["accuracy"]) == {"feature-extraction", "fine-tune", "train-all", "scratch"}
         assert r["advisor_choice"] in r["accuracy"]
     assert "quadrants" in proc.stdout

@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 import torch
+from conftest import ARCHITECTURES, save_tiny_model
 from safetensors.torch import load_file
 
-from conftest import ARCHITECTURES, save_tiny_model
 from tl_hub.backbone import load_backbone, split_model
 from tl_hub.errors import ModelError, TlHubError
 

@@ -23,17 +23,23 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from conftest import COLOURS, colour_dataset, colour_images, write_image_folder
 from PIL import Image, ImageOps
+from test_cli import assert_one_line_error
+from test_cli import tl_hub as tl_hub_cli
 
 import tl_hub
 from tl_hub import (
-    ConfigError, DataError, FeatureExtractionRecipe, FineTuneRecipe, ModelError, OutputError, TlHubError,
+    ConfigError,
+    DataError,
+    FeatureExtractionRecipe,
+    FineTuneRecipe,
+    ModelError,
+    OutputError,
+    TlHubError,
     TrainingError,
 )
 from tl_hub.data import ImageClassificationDataset, to_rgb
-
-from conftest import COLOURS, colour_dataset, colour_images, write_image_folder
-from test_cli import assert_one_line_error, tl_hub as tl_hub_cli
 
 # the head trains by gradient epochs (not the one-step solve) where these tests count epochs, steps and checkpoints
 FAST = dict(epochs=1, batch_size=16, eval_batch_size=32, augment=False, feature_cache="memory", seed=0,
@@ -60,7 +66,7 @@ def run_main(capsys, *args):
         rc, tb = main([str(a) for a in args]), ""
     except SystemExit as e:  # argparse
         rc, tb = e.code, ""
-    except BaseException:  # noqa: BLE001 - what a user would see as a traceback
+    except BaseException:
         rc, tb = 1, traceback.format_exc()
     captured = capsys.readouterr()
     return SimpleNamespace(returncode=rc, stdout=captured.out, stderr=captured.err + tb)
@@ -746,7 +752,7 @@ def run_unprivileged(*args):
     import sys
 
     from tl_hub.cli import main
-    from tl_hub.loop import make_accelerator
+    from tl_hub.runtime import make_accelerator
 
     make_accelerator()  # imports accelerate and sets up its state in the parent
     read_end, write_end = os.pipe()
@@ -761,7 +767,7 @@ def run_unprivileged(*args):
                 os.setgid(65534)
                 os.setuid(65534)
             rc = main([str(a) for a in args])
-        except BaseException:  # noqa: BLE001 - shown to the test as the traceback a user would see
+        except BaseException:
             traceback.print_exc()
         finally:
             sys.stderr.flush()

@@ -6,7 +6,6 @@ import shutil
 import subprocess
 import sys
 
-
 from conftest import COLOURS, write_image_folder
 
 TRAIN_FAST = ["--epochs", "2", "--batch-size", "16", "--no-augment", "--no-progress", "--lr", "0.02"]

@@ -8,9 +8,9 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from conftest import COLOURS, colour_dataset, write_image_folder
 from PIL import Image
 
-from conftest import COLOURS, colour_dataset, write_image_folder
 from tl_hub.data import (
     ImageClassificationDataset,
     ImageCollator,

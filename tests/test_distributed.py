@@ -9,7 +9,6 @@ import sys
 
 import datasets
 import pytest
-
 from conftest import colour_dataset
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "dist_fit.py")

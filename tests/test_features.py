@@ -5,12 +5,11 @@ import os
 
 import pytest
 import torch
+from conftest import ARCHITECTURES, COLOURS, colour_dataset, save_tiny_model
 
-from tl_hub import FeatureExtractionRecipe, FineTuneRecipe, ConfigError
+from tl_hub import ConfigError, FeatureExtractionRecipe, FineTuneRecipe
 from tl_hub.backbone import load_backbone
 from tl_hub.features import HeadModule
-
-from conftest import ARCHITECTURES, COLOURS, colour_dataset, save_tiny_model
 
 FAST = dict(batch_size=16, eval_batch_size=32, augment=False, seed=0)
 

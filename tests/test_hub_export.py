@@ -4,13 +4,14 @@ import os
 
 import pytest
 import torch
+from conftest import colour_dataset
 from safetensors.torch import load_file
 
 from tl_hub import FeatureExtractionRecipe, FineTuneRecipe, ModelError, ScratchRecipe
-from tl_hub.hub import HEAD_FILE, export_for_hub, load, model_card
+from tl_hub.filenames import HEAD_FILE
+from tl_hub.hub import model_card
+from tl_hub.model_folder import export_for_hub, load
 from tl_hub.outputs import read_json
-
-from conftest import colour_dataset
 
 FAST = dict(batch_size=16, augment=False, seed=0, feature_cache="memory")
 

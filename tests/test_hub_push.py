@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from hub_server import LocalHub
-from tl_hub import FeatureExtractionRecipe, FineTuneRecipe, LoRARecipe, ScratchRecipe
-
 from conftest import colour_dataset
+from hub_server import LocalHub
+
+from tl_hub import FeatureExtractionRecipe, FineTuneRecipe, LoRARecipe, ScratchRecipe
 
 TOKEN = "hf_tlhubTestSecretToken0123456789"
 FAST = dict(batch_size=16, augment=False, seed=0, feature_cache="memory")

@@ -18,7 +18,6 @@ import urllib.error
 import urllib.request
 
 import pytest
-
 from hub_server import LocalHub
 
 PRELUDE = r'''

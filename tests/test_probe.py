@@ -6,9 +6,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import colour_dataset, write_image_folder
 from torch import nn
 
-from conftest import colour_dataset, write_image_folder
 from tl_hub import FeatureExtractionRecipe, FineTuneRecipe, ScratchRecipe
 from tl_hub.config import FeatureExtractionConfig, FineTuneConfig, ScratchConfig, TrainingConfig
 from tl_hub.probe import C_GRID, fit_probe, linear_inputs, linear_layer

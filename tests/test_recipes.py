@@ -6,13 +6,19 @@ import os
 
 import pytest
 import torch
+from conftest import COLOURS, colour_dataset
 
 from tl_hub import (
-    ConfigError, FeatureExtractionRecipe, FineTuneRecipe, OutputError, ScratchRecipe, TlHubError, get_recipe, load,
+    ConfigError,
+    FeatureExtractionRecipe,
+    FineTuneRecipe,
+    OutputError,
+    ScratchRecipe,
+    TlHubError,
+    get_recipe,
+    load,
 )
 from tl_hub.backbone import BATCHNORM_TYPES
-
-from conftest import COLOURS, colour_dataset
 
 FAST = dict(batch_size=16, eval_batch_size=32, augment=False, seed=0)
 
@@ -72,6 +78,7 @@ def test_head_changes_while_encoder_stays(tiny_model_dir):
     assert not torch.equal(captured["head"], recipe.backbone.model.classifier.weight * 0)
     # the head after training differs from the freshly initialised one: rebuild the init with the same seed
     from accelerate.utils import set_seed
+
     from tl_hub.backbone import load_backbone
     set_seed(0)
     fresh = load_backbone(tiny_model_dir("vit"), COLOURS).model
@@ -209,7 +216,7 @@ def test_save_refuses_existing_output_and_keeps_it(tiny_model_dir, tmp_path):
 def test_failed_save_leaves_nothing_half_written(tiny_model_dir, tmp_path, monkeypatch):
     recipe = FeatureExtractionRecipe(tiny_model_dir("vit"), epochs=1, **FAST)
     recipe.fit(colour_dataset(30), progress=False)
-    import tl_hub.recipes as recipes_mod
+    import tl_hub.model_folder as recipes_mod
 
     def boom(*a, **k):
         raise RuntimeError("disk full")

@@ -15,9 +15,8 @@ import subprocess
 import sys
 
 import numpy as np
-import torch
 import pytest
-
+import torch
 from conftest import write_image_folder
 from test_distributed import free_port
 
@@ -191,9 +190,9 @@ def test_auto_starts_fresh_then_resumes(tiny_model_dir, tmp_path):
     """``auto`` (for requeued cluster jobs): no checkpoint -> a fresh run; then the same call resumes the finished
     run from its last checkpoint and trains nothing more."""
     import datasets
+    from conftest import colour_dataset
 
     from tl_hub import FeatureExtractionRecipe
-    from conftest import colour_dataset
 
     data = datasets.DatasetDict({"train": colour_dataset(32, seed=1), "validation": colour_dataset(12, seed=2)})
     settings = dict(epochs=2, batch_size=16, augment=False, seed=0, feature_cache="memory",
@@ -219,9 +218,9 @@ def test_every_recipe_resumes_mid_epoch_exactly(tiny_model_dir, tmp_path, recipe
     """In one process: resume from a mid-epoch checkpoint of the last period; the rest of the run, the final
     weights and the BatchNorm statistics are those of the uninterrupted run."""
     import datasets
-
-    from tl_hub.recipes import get_recipe
     from conftest import colour_dataset
+
+    from tl_hub import get_recipe
 
     data = datasets.DatasetDict({"train": colour_dataset(40, seed=1), "validation": colour_dataset(12, seed=2)})
     base = dict(batch_size=8, save_steps=3, save_total_limit=100, seed=0, lr=3e-3, **{"augment": False, **settings})

@@ -8,11 +8,10 @@ import subprocess
 import sys
 
 import pytest
-
-from tl_hub import FineTuneRecipe, TrainingError
-
 from conftest import colour_dataset
 from test_distributed import SCRIPT, free_port, run
+
+from tl_hub import FineTuneRecipe, TrainingError
 
 BASE = dict(augment=False, seed=0, feature_cache="memory", eval_batch_size=32)
 

@@ -10,15 +10,14 @@ import zlib
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="gradio_tmp_"))
 
-import gradio as gr  # noqa: E402
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
+import gradio as gr
+import pytest
+from conftest import colour_dataset
+from PIL import Image
+from test_distributed import free_port
 
-from tl_hub import FeatureExtractionRecipe  # noqa: E402
-from tl_hub.space import SpaceApp, build_app, example_images, launch  # noqa: E402
-
-from conftest import colour_dataset  # noqa: E402
-from test_distributed import free_port  # noqa: E402
+from tl_hub import FeatureExtractionRecipe
+from tl_hub.space import SpaceApp, build_app, example_images, launch
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 import functools
 import os
 import string
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
@@ -31,7 +32,7 @@ FONT_FILES = (
 )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _font_paths() -> tuple[str, ...]:
     import matplotlib
 
@@ -81,7 +82,7 @@ def glyph_dataset(per_class: int, seed: int = 0, classes: Sequence[str] = GLYPH_
 
     rng = np.random.default_rng(seed)
     images, labels = [], []
-    for i in range(per_class):
+    for _ in range(per_class):
         for label, char in enumerate(classes):
             images.append(render_glyph(char, rng, size))
             labels.append(label)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 
 def plot_learning_curves(histories: Mapping[str, Sequence[dict]], path: str, title: str = "Learning curves") -> str:
