@@ -27,6 +27,7 @@ from torch import nn
 
 from .config import ModelSource
 from .errors import ModelError, first_line
+from .filenames import CONFIG_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -309,7 +310,7 @@ def resolved_commit(name: str, revision: Optional[str] = None, cache_dir: Option
     try:
         from transformers.utils import cached_file
 
-        path = cached_file(name, "config.json", revision=revision, cache_dir=cache_dir)
+        path = cached_file(name, CONFIG_FILE, revision=revision, cache_dir=cache_dir)
     except Exception:  # not resolvable: nothing to pin
         return None
     parts = os.path.normpath(path).split(os.sep) if path else []
