@@ -65,7 +65,8 @@ def test_split_model_groups_in_order(arch, loaded):
     n = expected_blocks(arch, model.config)
     assert n == (2 if arch in VIT_LIKE + ("swin",) else 4)
 
-    assert parts.head == ("classifier",)
+    # the head is the layer that makes the logits: ResNet's classifier is Sequential(Flatten, Linear)
+    assert parts.head == (("classifier.1",) if arch == "resnet" else ("classifier",))
     assert parts.encoder == model.base_model_prefix == arch
     expected = ["embeddings"] + [f"block.{i}" for i in range(n)] + ([] if arch == "resnet" else ["norm"])
     assert [g.name for g in parts.groups] == expected
@@ -91,9 +92,11 @@ def test_split_model_partitions_all_parameters(arch, loaded):
     head = parts.head_params(model)
     groups = parts.encoder_params()
     assert head and all(h.startswith("classifier.") for h in head)
-    together = head + groups
+    together = head + groups + list(parts.unused)
     assert len(together) == len(set(together)), "a parameter is in two groups"
     assert set(together) == set(all_names), "some parameters are in no group"
+    # only parameters the forward never uses are left out of the groups (DINOv2's mask token: no masked inputs)
+    assert list(parts.unused) == (["dinov2.embeddings.mask_token"] if arch == "dinov2" else [])
     # the groups themselves do not overlap
     seen = set()
     for g in parts.groups:
@@ -237,3 +240,24 @@ def test_missing_image_processor_is_a_model_error(tiny_model_dir, tmp_path):
     assert path in msg
     assert "no usable image processor" in msg and "preprocessor_config.json" in msg
     assert "save the processor" in msg
+
+
+@pytest.mark.parametrize("model_type,blocks,joined", [
+    ("convnext", 18, {3: "convnext.encoder.stages.1.downsampling_layer", 6: "convnext.encoder.stages.2.downsampling_layer",
+                      15: "convnext.encoder.stages.3.downsampling_layer"}),
+    ("swin", 12, {2: "swin.encoder.layers.0.downsample", 4: "swin.encoder.layers.1.downsample",
+                  10: "swin.encoder.layers.2.downsample"}),
+    ("resnet", 16, {}),
+])
+def test_staged_models_get_one_group_per_block(model_type, blocks, joined):
+    """ConvNeXt 3-3-9-3, Swin 2-2-6-2 and ResNet 3-4-6-3: depth counts blocks across stages, and a stage's
+    downsampling layer goes with the block that runs after it (it was one group per stage)."""
+    import arch_zoo
+
+    model, _ = arch_zoo.build_tiny(model_type)
+    parts = split_model(model)
+    assert len(parts.blocks) == blocks
+    for index, module in joined.items():
+        assert module in parts.group(f"block.{index}").modules
+    top2 = {p for g in parts.blocks[-2:] for p in g.params}
+    assert len(top2) < len(parts.encoder_params()) / 2  # unfreeze=2 no longer means most of the encoder

@@ -1,16 +1,8 @@
-"""Load any image-classification model and find its structure.
+"""Load any image-classification model with a new head for your labels, and its own image processor.
 
-`load_backbone` loads an ``AutoModelForImageClassification`` checkpoint (a Hub
-id or a local folder) with a fresh head for the new labels, plus the model's own
-image processor.  `split_model` finds, without per-architecture tables, which
-modules form the head and the ordered encoder layer groups::
-
-    embeddings, block.0, ..., block.{N-1}, norm
-
-The blocks are the largest ``ModuleList``/``Sequential`` inside the base model
-(``vit.layers``, ``dinov2.encoder.layer``, ``convnext.encoder.stages``,
-``swin.encoder.layers``, ``resnet.encoder.stages``...).  Parameters registered
-before it are the embeddings, those after it the final norm.
+`load_backbone` loads an ``AutoModelForImageClassification`` checkpoint (a Hub id or a local folder, see
+`tl_hub.config.ModelSource`), finds its structure with `tl_hub.structure.split_model` (head, ordered encoder
+groups, unused parameters) and re-initialises only the layers that produce the logits.
 """
 
 from __future__ import annotations
@@ -22,211 +14,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
-import torch
 from torch import nn
 
 from .config import ModelSource
 from .errors import ModelError, first_line
 from .filenames import CONFIG_FILE
+from .structure import BATCHNORM_TYPES, LayerGroup, ModelParts, example_inputs, reset_head, split_model
+
+__all__ = ["BATCHNORM_TYPES", "Backbone", "LayerGroup", "ModelParts", "load_backbone", "load_image_processor",
+           "split_model"]
 
 logger = logging.getLogger(__name__)
-
-BATCHNORM_TYPES = (nn.modules.batchnorm._BatchNorm,)
-
-
-@dataclass(frozen=True)
-class LayerGroup:
-    """One unit of freezing and learning-rate scaling.
-
-    Attributes:
-        name: ``"embeddings"``, ``"block.<i>"`` or ``"norm"``.
-        kind: ``"embeddings"``, ``"block"`` or ``"norm"``.
-        modules: dotted paths of the modules that belong wholly to the group.
-        params: dotted names of the parameters of the group.
-    """
-
-    name: str
-    kind: str
-    modules: tuple[str, ...]
-    params: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class ModelParts:
-    """Where the encoder and the head of a classification model are.
-
-    Attributes:
-        encoder: dotted path of the encoder (the base model), e.g. ``"vit"``.
-        head: dotted paths of the head modules, e.g. ``("classifier",)``.
-        groups: encoder layer groups ordered from the input up.
-    """
-
-    encoder: str
-    head: tuple[str, ...]
-    groups: tuple[LayerGroup, ...]
-
-    @property
-    def blocks(self) -> tuple[LayerGroup, ...]:
-        return tuple(g for g in self.groups if g.kind == "block")
-
-    def group(self, name: str) -> LayerGroup:
-        for g in self.groups:
-            if g.name == name:
-                return g
-        raise KeyError(name)
-
-    def head_params(self, model: nn.Module) -> list[str]:
-        names = []
-        for h in self.head:
-            names += [f"{h}.{n}" for n, _ in model.get_submodule(h).named_parameters()]
-        return names
-
-    def encoder_params(self) -> list[str]:
-        return [p for g in self.groups for p in g.params]
-
-
-def _n_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
-
-
-def find_head(model: nn.Module) -> tuple[str, tuple[str, ...]]:
-    """Return ``(encoder_path, head_paths)`` of a classification model.
-
-    The model is asked first (``base_model_prefix`` of transformers models,
-    ``get_classifier()`` as in timm); otherwise the last child with parameters
-    is taken as the head and the rest as the encoder.
-    """
-    children = [(n, m) for n, m in model.named_children() if _n_params(m) > 0]
-    prefix = getattr(model, "base_model_prefix", "")
-    if prefix and hasattr(model, prefix) and isinstance(getattr(model, prefix), nn.Module):
-        head = tuple(n for n, _ in children if n != prefix)
-        if head:
-            return prefix, head
-    get_classifier = getattr(model, "get_classifier", None)
-    if callable(get_classifier):
-        clf = get_classifier()
-        for n, m in model.named_modules():
-            if m is clf and n:
-                rest = [c for c, _ in children if c != n.split(".")[0]]
-                if len(rest) == 1:
-                    return rest[0], (n,)
-    if len(children) < 2:
-        raise ModelError(
-            f"Could not tell the head from the encoder of {type(model).__name__}: it should have an encoder "
-            "module and a classifier module. Use an AutoModelForImageClassification architecture."
-        )
-    return children[0][0], tuple(n for n, _ in children[1:])
-
-
-def _blocks_container(encoder: nn.Module) -> Optional[str]:
-    """Dotted path (relative to ``encoder``) of the module list holding the blocks."""
-    total = _n_params(encoder)
-    best, best_n = None, 0
-    for name, module in encoder.named_modules():
-        if isinstance(module, (nn.ModuleList, nn.Sequential)) and len(module) >= 2:
-            n = _n_params(module)
-            if n > best_n or (n == best_n and best is not None and name.count(".") < best.count(".")):
-                best, best_n = name, n
-    if best is not None and best_n >= 0.5 * total:
-        return best
-    return None
-
-
-def _unwrap_single_children(encoder: nn.Module) -> str:
-    """With no block list, the encoder's children are the blocks: descend through wrappers that hold a single
-    child with parameters, and return the path of the module whose children are the blocks."""
-    path, module = "", encoder
-    while True:
-        kids = [(n, m) for n, m in module.named_children() if _n_params(m) > 0]
-        if len(kids) != 1 or any(True for _ in module.named_parameters(recurse=False)):
-            return path
-        path, module = _join(path, kids[0][0]), kids[0][1]
-
-
-def _around_blocks(encoder: nn.Module, enc_path: str, container: str):
-    """Walk the chain encoder -> ... -> container: siblings before each step are embeddings, siblings after are
-    the final norm.  Returns ``(pre_modules, post_modules, direct_params, blocks_prefix)``."""
-    pre_modules, post_modules, direct_params = [], [], []
-    module, prefix = encoder, enc_path
-    for step in container.split(".") if container else []:
-        direct_params += [_join(prefix, n) for n, _ in module.named_parameters(recurse=False)]
-        seen = False
-        for name, child in module.named_children():
-            if name == step:
-                seen = True
-            elif _n_params(child) > 0:
-                (post_modules if seen else pre_modules).append(_join(prefix, name))
-        module, prefix = module.get_submodule(step), _join(prefix, step)
-    return pre_modules, post_modules, direct_params, prefix
-
-
-def split_model(model: nn.Module) -> ModelParts:
-    """Find the head and the ordered encoder layer groups of ``model``.
-
-    Args:
-        model (`nn.Module`): an image-classification model, e.g. ``ViTForImageClassification``.
-
-    Returns:
-        `ModelParts`: the encoder path, head paths and groups
-        ``embeddings, block.0 .. block.{N-1}, norm`` (empty groups are left out).
-
-    Example:
-        >>> parts = split_model(model)
-        >>> [g.name for g in parts.groups]
-        ['embeddings', 'block.0', 'block.1', 'norm']
-    """
-    enc_path, head = find_head(model)
-    encoder = model.get_submodule(enc_path)
-    container = _blocks_container(encoder)
-    if container is None:
-        container = _unwrap_single_children(encoder)
-    blocks_module = encoder.get_submodule(container) if container else encoder
-    block_names = [n for n, m in blocks_module.named_children() if _n_params(m) > 0]
-
-    pre_modules, post_modules, direct_params, blocks_prefix = _around_blocks(encoder, enc_path, container)
-
-    def params_of(paths: Sequence[str]) -> tuple[str, ...]:
-        out = []
-        for p in paths:
-            out += [_join(p, n) for n, _ in model.get_submodule(p).named_parameters()]
-        return tuple(out)
-
-    groups = []
-    emb_params = tuple(direct_params) + params_of(pre_modules)
-    if emb_params:
-        groups.append(LayerGroup("embeddings", "embeddings", tuple(pre_modules), emb_params))
-    for i, name in enumerate(block_names):
-        path = _join(blocks_prefix, name)
-        groups.append(LayerGroup(f"block.{i}", "block", (path,), params_of([path])))
-    if post_modules:
-        groups.append(LayerGroup("norm", "norm", tuple(post_modules), params_of(post_modules)))
-    if not any(g.kind == "block" for g in groups):
-        raise ModelError(f"Found no encoder blocks in {type(model).__name__}; it cannot be fine-tuned by groups.")
-    return ModelParts(encoder=enc_path, head=head, groups=tuple(groups))
-
-
-def reset_head(model: nn.Module, parts: ModelParts, std: Optional[float] = None) -> None:
-    """Re-initialise the head (even when the checkpoint's head had the right shape).
-
-    Linear and convolution weights get a truncated normal with the model's
-    ``initializer_range`` (0.02 by default), biases zeros; norm layers are reset.
-    """
-    if std is None:
-        std = float(getattr(getattr(model, "config", None), "initializer_range", 0.02) or 0.02)
-    with torch.no_grad():
-        for path in parts.head:
-            for m in model.get_submodule(path).modules():
-                if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv1d)):
-                    nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
-                    if m.bias is not None:
-                        nn.init.zeros_(m.bias)
-                elif isinstance(m, (nn.LayerNorm, nn.GroupNorm) + BATCHNORM_TYPES):
-                    m.reset_parameters()
-
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Loading
@@ -379,7 +177,7 @@ def load_backbone(source: Union[str, ModelSource], labels: Sequence[str], *, pre
         config.id2label, config.label2id = id2label, label2id
         config.num_labels = len(labels)
         model = AutoModelForImageClassification.from_config(config, trust_remote_code=source.trust_remote_code)
-    parts = split_model(model)
+    parts = split_model(model, example_inputs(model, processor), num_labels=len(labels))
     reset_head(model, parts)
     logger.info(
         "Loaded %s (%s) with a new %d-class head %s; encoder groups: %s",

@@ -180,7 +180,7 @@ class Loaders:
             make_loader(val_set, cfg.eval_batch_size, collate_fn=collate, num_workers=cfg.num_workers),
             periods=list(periods), epoch_datasets=[train_set],
         )
-        if any(p.features for p in periods) and cfg.feature_cache != "off":
+        if any(p.features and p.epochs > 0 for p in periods) and cfg.feature_cache != "off":
             loaders.features = feature_loaders(recipe, backbone, data)
             if loaders.features is not None:
                 loaders.epoch_datasets.append(loaders.features[1].dataset)
@@ -318,7 +318,7 @@ def trained_state(model: torch.nn.Module, parts, periods: Sequence[Period], init
                for g in period.param_groups for p in g["params"]}
     buffers = [k for k, v in model.state_dict().items()
                if k in initial_buffers and not torch.equal(v, initial_buffers[k])]
-    kind = kind or trained_kind(model, trained, set(names.values()), set(parts.head_params(model)))
+    kind = kind or trained_kind(model, trained, set(names.values()) - set(parts.unused), set(parts.head_params(model)))
     groups = [g.name for g in parts.groups if any(n in trained for n in g.params)]
     return {"kind": kind, "state_keys": sorted(trained) + sorted(buffers), "groups": groups}
 

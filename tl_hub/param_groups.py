@@ -19,12 +19,12 @@ that changes the model.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Union
+from typing import Optional, Union
 
 from torch import nn
 
-from .backbone import BATCHNORM_TYPES, LayerGroup, ModelParts
 from .errors import ConfigError
+from .structure import BATCHNORM_TYPES, LayerGroup, ModelParts
 
 NO_DECAY_KEYWORDS = (
     "cls_token", "position_embedding", "pos_embed", "mask_token", "register_tokens", "distillation_token",
@@ -121,9 +121,13 @@ def named_param_groups(model: nn.Module, name: str, param_names: Iterable[str], 
     return _split_decay(model, name, param_names, lr, 1.0, weight_decay)
 
 
-def full_param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0) -> list[dict]:
-    """Every parameter at ``lr`` (training from scratch, or everything at one LR)."""
-    return _split_decay(model, "all", [n for n, _ in model.named_parameters()], lr, 1.0, weight_decay)
+def full_param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0,
+                      parts: Optional[ModelParts] = None) -> list[dict]:
+    """Every parameter at ``lr`` (training from scratch, or everything at one LR), except those the forward never
+    uses (``parts.unused``)."""
+    unused = set(parts.unused) if parts is not None else set()
+    return _split_decay(model, "all", [n for n, _ in model.named_parameters() if n not in unused], lr, 1.0,
+                        weight_decay)
 
 
 def freeze_all_but(model: nn.Module, param_groups: Sequence[dict]) -> None:
@@ -140,10 +144,11 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     return {"trainable": trainable, "frozen": total - trainable, "total": total}
 
 
-def encoder_batchnorms(model, encoder: str, prefix: str = "") -> list[str]:
-    """Paths of the BatchNorm layers inside the encoder (kept in eval mode to freeze their statistics)."""
-    return [f"{prefix}{encoder}.{n}" for n, m in model.get_submodule(encoder).named_modules()
-            if isinstance(m, BATCHNORM_TYPES)]
+def encoder_batchnorms(model: nn.Module, parts: ModelParts, prefix: str = "") -> list[str]:
+    """Paths of the BatchNorm layers outside the head (kept in eval mode to freeze their statistics); ``prefix``
+    for a wrapped model (PEFT's ``base_model.model.``)."""
+    return [f"{prefix}{n}" for n, m in model.named_modules()
+            if isinstance(m, BATCHNORM_TYPES) and not any(n == h or n.startswith(h + ".") for h in parts.head)]
 
 
 def lora_targets(model, parts) -> list[str]:

@@ -37,7 +37,7 @@ def head_period(backbone: Backbone, epochs: int, lr: float, weight_decay: float)
     """Only the new head trains, on the frozen encoder (its features may be cached)."""
     parts = backbone.parts
     return Period("head", epochs, head_param_groups(backbone.model, parts, lr, weight_decay),
-                  eval_modules=(parts.encoder,), features=True, info={"trains": ["head"]})
+                  eval_modules=parts.body, features=True, info={"trains": ["head"]})
 
 
 @register_recipe("feature-extraction")
@@ -85,7 +85,7 @@ class FineTuneRecipe(Recipe):
                                                  cfg.unfreeze)
         eval_modules = [m for g in parts.groups if g not in unfrozen for m in g.modules]
         if cfg.bn_policy == "frozen":
-            eval_modules += encoder_batchnorms(model, parts.encoder)
+            eval_modules += encoder_batchnorms(model, parts)
         tune = Period("fine-tune", cfg.epochs - cfg.head_epochs, groups, eval_modules=tuple(eval_modules),
                       info={"trains": ["head"] + [g.name for g in unfrozen], "bn_policy": cfg.bn_policy})
         return [head, tune]
@@ -110,7 +110,7 @@ class ScratchRecipe(Recipe):
 
     def periods(self, backbone: Backbone) -> list[Period]:
         cfg = self.config
-        return [Period("full", cfg.epochs, full_param_groups(backbone.model, cfg.lr, cfg.weight_decay),
+        return [Period("full", cfg.epochs, full_param_groups(backbone.model, cfg.lr, cfg.weight_decay, backbone.parts),
                        info={"trains": ["all"]})]
 
 
@@ -135,7 +135,7 @@ class LoRARecipe(Recipe):
         if not targets:
             raise ConfigError(f"{type(model).__name__} has no linear layers in its encoder blocks for LoRA; use "
                               "fine-tune with unfreeze=k instead.")
-        bn = encoder_batchnorms(model, parts.encoder, prefix="base_model.model.")
+        bn = encoder_batchnorms(model, parts, prefix="base_model.model.")
         backbone.model = peft_model = get_peft_model(model, LoraConfig(
             r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
             modules_to_save=list(parts.head)))
