@@ -496,16 +496,33 @@ class ImageClassificationDataset(EpochDataset):
         return [self._item(i, img, y) for i, img, y in zip(indices, rows[self.image_column], labels)]
 
 
+def preprocess(processor, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
+    """The model inputs for ``images``: everything the processor returns (``pixel_values``, and e.g. SigLIP 2's
+    ``pixel_attention_mask`` and ``spatial_shapes`` or ImageGPT's ``input_ids``).  A processor that keeps each
+    image's aspect ratio returns images of different sizes; they are padded (bottom and right, with zeros) to the
+    largest height and width of the batch, as fully convolutional models accept."""
+    try:
+        return dict(processor(images=list(images), return_tensors="pt"))
+    except ValueError as e:
+        if "inhomogeneous" not in str(e) and "same size" not in str(e):
+            raise
+    out = dict(processor(images=list(images)))
+    values = [torch.as_tensor(np.asarray(v)) for v in out["pixel_values"]]
+    height, width = max(v.shape[-2] for v in values), max(v.shape[-1] for v in values)
+    out["pixel_values"] = torch.stack([torch.nn.functional.pad(v, (0, width - v.shape[-1], 0, height - v.shape[-2]))
+                                       for v in values])
+    return {k: v if torch.is_tensor(v) else torch.as_tensor(np.asarray(v)) for k, v in out.items()}
+
+
 class ImageCollator:
-    """Preprocess a list of ``(image, label)`` with the model's image processor, as one batch."""
+    """Preprocess a list of ``(image, label)`` with the model's image processor, as one batch (see `preprocess`)."""
 
     def __init__(self, processor):
         self.processor = processor
 
     def __call__(self, batch: Sequence[tuple[Image.Image, int]]) -> dict[str, torch.Tensor]:
-        images = [b[0] for b in batch]
-        pixel_values = self.processor(images=images, return_tensors="pt")["pixel_values"]
-        return {"pixel_values": pixel_values, "labels": torch.tensor([b[1] for b in batch], dtype=torch.long)}
+        inputs = preprocess(self.processor, [b[0] for b in batch])
+        return {**inputs, "labels": torch.tensor([b[1] for b in batch], dtype=torch.long)}
 
 
 def make_loader(dataset, batch_size: int, *, collate_fn, shuffle: bool = False, seed: Optional[int] = None,

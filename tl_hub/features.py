@@ -30,6 +30,7 @@ from torch import nn
 from .backbone import Backbone
 from .data import EpochDataset
 from .outputs import atomic_path, cache_root
+from .structure import model_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ class HeadModule(nn.Module):
         self.head = head
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(features)
+        out = self.head(features)
+        return out.flatten(1) if out.ndim > 2 else out  # (batch, 1, labels) or (batch, labels, 1, 1) heads
 
 
 class _Captured(Exception):
@@ -63,15 +65,38 @@ def single_head(backbone: Backbone) -> Optional[str]:
     return backbone.parts.head[0] if len(backbone.parts.head) == 1 else None
 
 
-def encoder_fingerprint(model: nn.Module, encoder_path: str) -> str:
-    """Hash of every encoder parameter and buffer (names, dtypes, shapes, values)."""
-    return state_fingerprint(model.get_submodule(encoder_path))
+LABEL_KEYS = ("id2label", "label2id", "num_labels", "_name_or_path", "transformers_version")
+
+
+def encoder_fingerprint(model: nn.Module, head: tuple[str, ...]) -> str:
+    """Hash of everything that decides the features: every parameter and buffer outside the ``head`` layers (names,
+    dtypes, shapes, values), the config without the labels, and the attention implementation."""
+    h = hashlib.blake2b(digest_size=16)
+    outside = {k: v for k, v in model.state_dict().items() if not any(k.startswith(p + ".") for p in head)}
+    h.update(_state_digest(outside).encode())
+    config = getattr(model, "config", None)
+    if config is not None:
+        settings = {k: v for k, v in config.to_dict().items() if k not in LABEL_KEYS}
+        h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+        h.update(str(getattr(config, "_attn_implementation", None)).encode())
+    return h.hexdigest()
+
+
+def _major_versions() -> str:
+    """The torch and transformers major versions: a new major release may compute other features."""
+    import transformers
+
+    return f"torch {torch.__version__.split('.')[0]}, transformers {transformers.__version__.split('.')[0]}"
 
 
 def state_fingerprint(module: nn.Module) -> str:
     """Hash of every parameter and buffer of ``module`` (names, dtypes, shapes, values)."""
+    return _state_digest(module.state_dict())
+
+
+def _state_digest(state: dict) -> str:
     h = hashlib.blake2b(digest_size=16)
-    for name, tensor in sorted(module.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         t = tensor.detach().to("cpu").contiguous().reshape(-1)
         h.update(f"{name}:{t.dtype}:{tuple(tensor.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
@@ -166,8 +191,9 @@ class FeatureStore:
 
     def key(self, ds, image_column: str, views: int, augment: dict) -> str:
         if self._encoder_fp is None:
-            self._encoder_fp = encoder_fingerprint(self.backbone.model, self.backbone.parts.encoder)
+            self._encoder_fp = encoder_fingerprint(self.backbone.model, self.backbone.parts.head)
         parts = [FORMAT_VERSION, self._encoder_fp, processor_fingerprint(self.backbone.processor),
+                 str(self.accelerator.mixed_precision), _major_versions(),
                  data_fingerprint(ds, image_column), self.head_path, str(views),
                  json.dumps(augment if views > 1 else {}, sort_keys=True)]
         return hashlib.blake2b("|".join(parts).encode(), digest_size=20).hexdigest()
@@ -234,7 +260,7 @@ class FeatureStore:
                 for batch in loader:
                     try:
                         with accelerator.autocast():
-                            model(pixel_values=batch["pixel_values"])
+                            model(**model_inputs(model, batch))
                         raise RuntimeError(f"The head {self.head_path!r} was not called by the model's forward.")
                     except _Captured as c:
                         f = c.value.float()

@@ -8,7 +8,8 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from .data import as_images, is_single_image
+from .data import as_images, is_single_image, preprocess
+from .structure import logits_of
 
 
 class Classifier:
@@ -47,8 +48,10 @@ class Classifier:
         images = as_images(images)
         out = []
         for i in range(0, len(images), batch_size):
-            pixel_values = self.processor(images=images[i:i + batch_size], return_tensors="pt")["pixel_values"]
-            logits = self.model(pixel_values=pixel_values.to(self.device, dtype=self.model.dtype)).logits
+            inputs = preprocess(self.processor, images[i:i + batch_size])
+            inputs = {k: v.to(self.device, dtype=self.model.dtype) if v.is_floating_point() else v.to(self.device)
+                      for k, v in inputs.items()}
+            logits = logits_of(self.model(**inputs))
             out.append(logits.float().softmax(-1).cpu())
         return torch.cat(out) if out else torch.empty(0, len(self.labels))
 

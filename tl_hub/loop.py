@@ -35,6 +35,7 @@ from .errors import TrainingError
 from .metrics import classification_metrics
 from .param_groups import count_parameters, freeze_all_but
 from .runtime import release_prepared
+from .structure import logits_of, model_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +72,7 @@ def set_train_mode(model: nn.Module, eval_modules: Sequence[str]) -> None:
 
 
 def forward_logits(model: nn.Module, batch: dict) -> torch.Tensor:
-    out = model(**{k: v for k, v in batch.items() if k != "labels"})
-    return out.logits if hasattr(out, "logits") else out
+    return logits_of(model(**model_inputs(model, batch)))
 
 
 def diverged(loss: torch.Tensor, grad_norm, *, loss_scaling: bool) -> bool:
