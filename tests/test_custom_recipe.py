@@ -44,7 +44,7 @@ def test_custom_lp_ft_mlp_recipe_trains_saves_pushes_and_loads(hub, tiny_model_d
     loaded = run_python(f'''
 import json, os, custom_recipe, tl_hub
 from PIL import Image
-clf = tl_hub.load("me/mlp")
+clf = tl_hub.load("me/mlp", base_model={tiny_model_dir("vit")!r})
 assert type(clf.model.get_submodule("classifier")).__name__ == "MLPHead"
 images = [Image.open(os.path.join({str(images_dir)!r}, f)) for f in sorted(os.listdir({str(images_dir)!r}))]
 print("RESULT:" + json.dumps(clf.predict_proba(images).tolist()))

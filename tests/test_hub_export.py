@@ -101,3 +101,22 @@ def test_model_card_carries_metrics(tiny_model_dir, tmp_path):
     values = {m["type"]: m["value"] for r in index[0]["results"] for m in r["metrics"]}
     assert values["accuracy"] == pytest.approx(round(recipe.result.metrics["accuracy"], 4))
     assert "tl_hub.load(\"someone/colours\")" in card.text
+
+
+def test_a_pickled_adapter_loads_only_with_allow_pickle(tiny_model_dir, tmp_path):
+    """A LoRA folder whose adapter is a pickle (``adapter_model.bin``) is refused unless the caller opts in."""
+    from safetensors.torch import load_file
+
+    from tl_hub import LoRARecipe
+
+    recipe = LoRARecipe(tiny_model_dir("vit"), epochs=1, **FAST)
+    recipe.fit(colour_dataset(30), progress=False)
+    out = tmp_path / "out"
+    recipe.save(str(out))
+    torch.save(load_file(str(out / "adapter_model.safetensors")), out / "adapter_model.bin")
+    os.remove(out / "adapter_model.safetensors")
+    with pytest.raises(ModelError, match="pickle weights"):
+        load(str(out))
+    images = colour_dataset(6, seed=4)["image"]
+    loaded = load(str(out), allow_pickle=True)
+    assert torch.allclose(loaded.predict_proba(images), recipe.classifier.predict_proba(images), atol=1e-6)

@@ -50,11 +50,11 @@ def tl_hub_cli(args, env, cwd):
     return run_python(f"import sys; from tl_hub.cli import main; sys.exit(main({list(map(str, args))!r}))", env, cwd)
 
 
-def predictions_in_fresh_cache(hub, repo, images_dir, tmp_path):
+def predictions_in_fresh_cache(hub, repo, images_dir, tmp_path, base=None):
     code = f'''
 import json, os, tl_hub
 from PIL import Image
-clf = tl_hub.load({repo!r})
+clf = tl_hub.load({repo!r}, base_model={base!r})
 images = [Image.open(os.path.join({str(images_dir)!r}, f)) for f in sorted(os.listdir({str(images_dir)!r}))]
 print("RESULT:" + json.dumps(clf.predict_proba(images).tolist()))
 '''
@@ -106,7 +106,13 @@ def test_push_then_load_in_a_fresh_cache(hub, tiny_model_dir, tmp_path, make):
     assert {"README.md", "tl_hub.json", "config.json", "preprocessor_config.json"} <= files
     from PIL import Image
     local = recipe.classifier.predict_proba([Image.open(images_dir / f) for f in sorted(os.listdir(images_dir))])
-    remote, load_proc = predictions_in_fresh_cache(hub, "me/colours", images_dir, tmp_path)
+    base = None
+    if recipe.trained["kind"] != "full":
+        # the repo names a folder of this machine as its base: refused unless the caller names it
+        base = tiny_model_dir("vit")
+        refused = run_python("import tl_hub; tl_hub.load('me/colours')", client_env(hub, tmp_path / "other"), tmp_path)
+        assert refused.returncode != 0 and "names the local folder" in refused.stderr, refused.stderr[-2000:]
+    remote, load_proc = predictions_in_fresh_cache(hub, "me/colours", images_dir, tmp_path, base)
     assert torch.allclose(local, remote, atol=1e-6)
     # every request went to the local hub, and the writes carried the token
     writes = [r for r in hub.requests if r["method"] in ("POST", "PUT")]

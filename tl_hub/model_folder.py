@@ -83,7 +83,7 @@ class TrainedModel:
 
     @classmethod
     def load(cls, source: Union[str, ModelSource], *, token=None, require_record: bool = False,
-             **options: Any) -> TrainedModel:
+             base_model: Optional[str] = None, **options: Any) -> TrainedModel:
         """Load a model folder or Hub repo written by tl-hub (or any image-classification model folder).
 
         Args:
@@ -91,6 +91,8 @@ class TrainedModel:
                 the options also apply to the base model that head-only and adapter folders load.
             token (*optional*): Hub token (default: ``HF_TOKEN`` or the stored login).
             require_record: refuse folders without ``tl_hub.json`` (those not written by tl-hub).
+            base_model (*optional*): the base model of a head-only or adapter folder, instead of the one its record
+                names (required when a downloaded repository names a local folder as its base).
         """
         source = ModelSource.of(source, **options)
         folder = download(source, token)
@@ -98,8 +100,9 @@ class TrainedModel:
         if not os.path.exists(os.path.join(folder, CONFIG_FILE)):
             raise ModelError(f"'{folder}' has no {CONFIG_FILE}; pass the output folder of `tl-hub train`.")
         exporter = exporter_in(folder, record)
+        _refuse_pickles(folder, exporter, source)
         labels = record.get("labels")
-        model = exporter.load(folder, record, lambda: _base_model(record, source))
+        model = exporter.load(folder, record, lambda: _base_model(record, source, folder, base_model))
         config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
         if labels is not None and [config.id2label[i] for i in range(len(config.id2label))] != list(labels):
             raise ModelError(f"The labels of '{source.id}' do not match its head.")
@@ -138,20 +141,39 @@ def _read_optional(folder: str, name: str, default):
     return read_json(path) if os.path.exists(path) else default
 
 
-def _base_model(record: dict, source: ModelSource):
-    """The base model of a head-only or adapter folder, at its pinned commit, with a new head for the labels."""
-    base = ModelSource.of(source, id=record["base_model"], revision=record.get("base_model_revision"))
-    return load_backbone(base, record["labels"]).model
+def _refuse_pickles(folder: str, exporter, source: ModelSource) -> None:
+    """Pickle weights (``.bin``) can run code when loaded: only with ``allow_pickle``."""
+    if source.allow_pickle or all(os.path.exists(os.path.join(folder, f)) for f in exporter.files):
+        return
+    pickles = sorted(f for f in os.listdir(folder) if f.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt")))
+    if pickles:
+        raise ModelError(f"'{source.id}' holds pickle weights ({pickles[0]}) instead of safetensors; pickle files can "
+                         "run code when loaded: pass allow_pickle=True if you trust the source.")
 
 
-def load(source: Union[str, ModelSource], *, token=None, **options: Any) -> Classifier:
+def _base_model(record: dict, source: ModelSource, folder: str, override: Optional[str]):
+    """The base model of a head-only or adapter folder, at its pinned commit, with a new head for the labels.  A
+    downloaded repository may not point at a folder of this machine unless the caller names it."""
+    base_id = override or record["base_model"]
+    downloaded = not os.path.isdir(source.id)
+    if override is None and downloaded and (os.path.isabs(base_id) or base_id.startswith((".", "~"))
+                                            or os.path.exists(base_id)):
+        raise ModelError(f"'{source.id}' names the local folder '{base_id}' as its base model; a downloaded model "
+                         "may not load files of this machine on its own: pass base_model='...' "
+                         "if you trust it.")
+    revision = record.get("base_model_revision") if override is None else None
+    return load_backbone(ModelSource.of(source, id=base_id, revision=revision), record["labels"]).model
+
+
+def load(source: Union[str, ModelSource], *, token=None, base_model: Optional[str] = None,
+         **options: Any) -> Classifier:
     """A ready `Classifier` from a trained model folder or a Hub repo (see `TrainedModel.load`).
 
     Example:
         >>> clf = tl_hub.load("your-name/vit-beans")
         >>> clf.predict("leaf.jpg", top_k=3)
     """
-    return TrainedModel.load(source, token=token, **options).classifier
+    return TrainedModel.load(source, token=token, base_model=base_model, **options).classifier
 
 
 def push_to_hub(model_dir: str, repo_id: str, *, private: Optional[bool] = None, token=None,
