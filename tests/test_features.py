@@ -166,3 +166,67 @@ def test_a_warm_cache_gives_the_same_run_as_a_cold_one(tmp_path):
     assert computed == 0  # the second run read every feature from the cache
     assert [h["train_loss"] for h in runs[1]] == [h["train_loss"] for h in runs[0]]
     assert [h["loss"] for h in runs[1]] == [h["loss"] for h in runs[0]]
+
+
+def test_an_empty_head_period_runs_no_encoder_pass(tiny_model_dir):
+    recipe = FineTuneRecipe(tiny_model_dir("vit"), head_epochs=0, epochs=2, **FAST)
+    result = recipe.fit(colour_dataset(30), progress=False)
+    assert [h["period"] for h in result.history] == ["fine-tune", "fine-tune"]
+    assert recipe.feature_store is None  # nothing was cached for a period that does not run
+
+
+def test_features_of_another_precision_are_recomputed(tiny_model_dir, tmp_path):
+    """The cache key holds the autocast precision: features made under bf16 are not reused by an fp32 run (each run
+    in its own process, as Accelerate fixes the precision per process)."""
+    import subprocess
+    import sys
+
+    code = f"""
+import json, sys
+sys.path.insert(0, {os.path.dirname(__file__)!r})
+from conftest import colour_dataset
+from tl_hub import FeatureExtractionRecipe
+recipe = FeatureExtractionRecipe({tiny_model_dir("vit")!r}, epochs=1, batch_size=16, augment=False, seed=0,
+                                 feature_cache="disk", feature_cache_dir={str(tmp_path / "cache")!r},
+                                 mixed_precision=sys.argv[1])
+recipe.fit(colour_dataset(30), progress=False)
+print("COMPUTED", recipe.feature_store.computed_examples)
+"""
+    computed = []
+    for precision in ("bf16", "no", "no", "bf16"):
+        proc = subprocess.run([sys.executable, "-c", code, precision], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        computed.append(int(proc.stdout.split("COMPUTED")[-1]))
+    assert computed[0] > 0 and computed[1] > 0  # fp32 after bf16: recomputed
+    assert computed[2] == 0 and computed[3] == 0  # the same precision again: read from the cache
+
+
+def test_dropout_before_the_head_is_the_same_with_and_without_the_cache(tmp_path):
+    """EfficientNet drops out the pooled features before its classifier. While the encoder is frozen that dropout
+    is in eval mode whether the head trains on cached features or runs the encoder every epoch, so both give the
+    same training."""
+    import arch_zoo
+
+    folder = arch_zoo.save_tiny("efficientnet", str(tmp_path / "effnet"))
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(folder).dropout_rate > 0
+    histories = []
+    for cache in ("memory", "off"):
+        recipe = FeatureExtractionRecipe(folder, epochs=3, head_solver="adamw", lr=1e-2, feature_cache=cache, **FAST)
+        histories.append(recipe.fit(colour_dataset(30), progress=False).history)
+    for cached, uncached in zip(*histories, strict=True):
+        assert cached["train_loss"] == pytest.approx(uncached["train_loss"], abs=1e-5)
+        assert cached["loss"] == pytest.approx(uncached["loss"], abs=1e-5)
+
+
+def test_the_cache_key_follows_the_config_but_not_the_labels(tiny_model_dir):
+    from tl_hub.features import encoder_fingerprint
+
+    backbone = load_backbone(tiny_model_dir("vit"), COLOURS)
+    model, head = backbone.model, backbone.parts.head
+    before = encoder_fingerprint(model, head)
+    model.config.id2label = {0: "x", 1: "y", 2: "z"}
+    assert encoder_fingerprint(model, head) == before  # the labels do not change the features
+    model.config.layer_norm_eps = 1e-3
+    assert encoder_fingerprint(model, head) != before  # a non-weight setting that changes them does

@@ -1,0 +1,208 @@
+"""Everything tl-hub promises for one model type, checked on a tiny realistically deep checkpoint (`arch_zoo`).
+
+`check(model_type, folder)` raises AssertionError (or the library's error) at the first broken promise, and returns
+what it measured.  The test over every mapped type (`tests/test_architectures.py`) and the README table
+(``python tests/arch_check.py`` prints it) share it.
+
+The promises:
+
+1. the split: every parameter is in exactly one group (or among the unused ones), the head is exactly the layers
+   that produce the logits, every pretrained tensor (final norms included) is bit-identical after loading, and the
+   groups run in order from the input to the output;
+2. feature extraction and fine-tuning (``unfreeze=2``, ``layer_decay``) train, with augmentation on;
+3. save -> ``tl_hub.load`` gives identical probabilities; so does a LoRA adapter where PEFT supports the layers.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import arch_zoo  # noqa: E402
+from conftest import colour_dataset  # noqa: E402
+
+LABELS = ["red", "green", "blue"]
+FAST = dict(batch_size=4, eval_batch_size=8, seed=0, feature_cache="memory", checkpoint_dir=None)
+
+# model types tl-hub refuses, with the reason (they are not image classifiers with a replaceable head)
+REFUSED = {
+    "shieldgemma2": "a vision-language safety model: it needs a text policy prompt with the image and always answers "
+                    "Yes/No, so it cannot get new labels",
+}
+
+
+def check_split(folder: str, model_type: str) -> dict:
+    from tl_hub import load_backbone
+    from tl_hub.structure import trace
+
+    backbone = load_backbone(folder, LABELS)
+    model, parts = backbone.model, backbone.parts
+    names = [n for n, _ in model.named_parameters()]
+    head = parts.head_params(model)
+    placed = head + parts.encoder_params() + list(parts.unused)
+    assert sorted(placed) == sorted(names), "every parameter in exactly one group"
+    for path in parts.head:
+        assert model.get_submodule(path).weight.shape[0] == len(LABELS), f"head layer {path} makes the logits"
+    reference, _ = arch_zoo.build_tiny(model_type)
+    expected = reference.state_dict()
+    for key, value in model.state_dict().items():
+        if not any(key.startswith(h + ".") for h in parts.head):
+            assert key in expected and torch.equal(value, expected[key]), f"pretrained tensor {key} changed"
+    from tl_hub.structure import example_inputs
+
+    tr = trace(model, example_inputs(model, backbone.processor))
+    assert tr.num_logits == len(LABELS)
+    assert set(parts.unused) == set(names) - tr.used, "unused = exactly the parameters that get no gradient"
+    firsts = [min(tr.span(m)[0] for m in g.modules) for g in parts.groups]
+    assert firsts == sorted(firsts), f"groups in the order they run: {[g.name for g in parts.groups]}"
+    return {"blocks": len(parts.blocks), "head": list(parts.head), "unused": len(parts.unused)}
+
+
+def check_training(folder: str, tmp: str) -> dict:
+    import tl_hub
+
+    data, images = colour_dataset(24), colour_dataset(6, seed=3)["image"]
+    out = {}
+    recipes = {
+        "feature-extraction": tl_hub.FeatureExtractionRecipe(folder, epochs=1, **FAST),
+        "fine-tune": tl_hub.FineTuneRecipe(folder, head_epochs=1, epochs=2, unfreeze=2, layer_decay=0.8,
+                                           augment=True, head_solver="adamw", **FAST),
+    }
+    if tl_hub.recipes.lora_targets(*_model_and_parts(folder)):
+        recipes["lora"] = tl_hub.LoRARecipe(folder, epochs=1, **FAST)
+    for name, recipe in recipes.items():
+        result = recipe.fit(data, progress=False)
+        assert not set(recipe.trained["state_keys"]) & set(recipe.backbone.parts.unused), "an unused parameter trained"
+        assert all(torch.isfinite(torch.tensor(h["train_loss"])) for h in result.history), name
+        saved = os.path.join(tmp, name)
+        recipe.save(saved)
+        mine = recipe.classifier.predict_proba(images)
+        theirs = tl_hub.load(saved).predict_proba(images)
+        assert torch.allclose(mine, theirs, atol=1e-5), f"{name}: save -> load changes the probabilities"
+        out[name] = round(result.metrics["accuracy"], 3)
+    return out
+
+
+def _model_and_parts(folder: str):
+    from tl_hub import load_backbone
+
+    backbone = load_backbone(folder, LABELS)
+    return backbone.model, backbone.parts
+
+
+def check(model_type: str, tmp: str) -> dict:
+    """All promises for ``model_type``, in ``tmp``; returns what was measured."""
+    start = time.perf_counter()
+    folder = arch_zoo.save_tiny(model_type, os.path.join(tmp, "base"))
+    result = {"type": model_type, **check_split(folder, model_type), **check_training(folder, tmp)}
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    return result
+
+
+def without_dropout(folder: str) -> str:
+    """Set every dropout / drop-path / drop-connect rate of the saved config to 0 (N processes then match one)."""
+    import json
+
+    path = os.path.join(folder, "config.json")
+    config = json.load(open(path))
+
+    def zero(d):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                zero(v)
+            elif "drop" in k and isinstance(v, float):
+                d[k] = 0.0
+            elif "drop" in k and isinstance(v, list) and all(isinstance(x, float) for x in v):
+                d[k] = [0.0] * len(v)
+
+    zero(config)
+    json.dump(config, open(path, "w"))
+    return folder
+
+
+def one_vs_two_processes(types, tmp: str) -> dict:
+    """Fine-tune each type in one process and in two (one launch each, gloo on CPU); return per type the world
+    sizes, the epochs per period and the largest difference of any per-epoch metric."""
+    import json
+    import shutil
+    import socket
+    import subprocess
+
+    import datasets
+
+    models = [f"{t}={without_dropout(arch_zoo.save_tiny(t, os.path.join(tmp, t)))}" for t in types]
+    data = datasets.DatasetDict({"train": colour_dataset(24, seed=1), "validation": colour_dataset(16, seed=2)})
+    data.save_to_disk(os.path.join(tmp, "data"))
+    script = os.path.join(HERE, "scripts", "dist_arch.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([HERE, *sys.path])}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    accelerate = shutil.which("accelerate") or os.path.join(os.path.dirname(sys.executable), "accelerate")
+    for cmd, extra in (([sys.executable], {}), ([accelerate, "launch", "--multi_gpu", "--num_processes", "2",
+                                                 "--num_machines", "1", "--main_process_port", str(port),
+                                                 "--mixed_precision", "no", "--dynamo_backend", "no"],
+                                                {"ACCELERATE_USE_CPU": "true"})):
+        out = os.path.join(tmp, "two" if extra else "one")
+        proc = subprocess.run([*cmd, script, os.path.join(tmp, "data"), out, *models], env={**env, **extra},
+                              capture_output=True, text=True, timeout=1800)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    one = json.load(open(os.path.join(tmp, "one.rank0")))
+    ranks = [json.load(open(os.path.join(tmp, f"two.rank{r}"))) for r in (0, 1)]
+    result = {}
+    for t in types:
+        worst = max(abs(h2[k] - h1[k]) for rank in ranks for h1, h2 in zip(one[t]["history"], rank[t]["history"],
+                                                                            strict=True)
+                    for k in ("train_loss", "loss", "accuracy", "f1"))
+        result[t] = {"world_sizes": [one[t]["world_size"]] + [r[t]["world_size"] for r in ranks],
+                     "epochs": one[t]["epochs"], "unused": one[t]["unused"], "max_difference": worst}
+    return result
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| model type | result | blocks | head | LoRA | 2 processes (largest metric difference) |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['type']} | {r['error']} | | | | |")
+        else:
+            ddp = r.get("ddp")
+            ddp_text = "not run" if ddp is None else f"passes ({ddp['max_difference']:.1g})"
+            lines.append(f"| {r['type']} | passes | {r['blocks']} | `{', '.join(r['head'])}` | "
+                         f"{'yes' if 'lora' in r else 'no linear layers'} | {ddp_text} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    rows = []
+    for model_type in arch_zoo.TYPES:
+        if model_type in arch_zoo.SKIP:
+            rows.append({"type": model_type, "error": f"skipped: {arch_zoo.SKIP[model_type]}"})
+        elif model_type in REFUSED:
+            rows.append({"type": model_type, "error": f"refused: {REFUSED[model_type]}"})
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                try:
+                    rows.append(check(model_type, tmp))
+                except Exception as e:  # the table reports it; the test fails on it
+                    rows.append({"type": model_type, "error": f"FAILS: {type(e).__name__}: {str(e)[:120]}"})
+        print(rows[-1], flush=True)
+    passing = [r["type"] for r in rows if "error" not in r]
+    with tempfile.TemporaryDirectory() as tmp:
+        for model_type, ddp in one_vs_two_processes(passing, tmp).items():
+            ok = ddp["world_sizes"] == [1, 2, 2] and ddp["max_difference"] <= 1e-4
+            row = next(r for r in rows if r["type"] == model_type)
+            if ok:
+                row["ddp"] = ddp
+            else:
+                row.clear()
+                row.update({"type": model_type, "error": f"FAILS under 2 processes: {ddp}"})
+    print(table(rows))
