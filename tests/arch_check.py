@@ -39,6 +39,7 @@ REFUSED = {
 
 def check_split(folder: str, model_type: str) -> dict:
     from tl_hub import load_backbone
+    from tl_hub.param_groups import lora_targets
     from tl_hub.structure import trace
 
     backbone = load_backbone(folder, LABELS)
@@ -61,10 +62,11 @@ def check_split(folder: str, model_type: str) -> dict:
     assert set(parts.unused) == set(names) - tr.used, "unused = exactly the parameters that get no gradient"
     firsts = [min(tr.span(m)[0] for m in g.modules) for g in parts.groups]
     assert firsts == sorted(firsts), f"groups in the order they run: {[g.name for g in parts.groups]}"
-    return {"blocks": len(parts.blocks), "head": list(parts.head), "unused": len(parts.unused)}
+    return {"blocks": len(parts.blocks), "head": list(parts.head), "unused": len(parts.unused),
+            "lora_targets": len(lora_targets(model, parts))}
 
 
-def check_training(folder: str, tmp: str) -> dict:
+def check_training(folder: str, tmp: str, lora: bool) -> dict:
     import tl_hub
 
     data, images = colour_dataset(24), colour_dataset(6, seed=3)["image"]
@@ -74,7 +76,7 @@ def check_training(folder: str, tmp: str) -> dict:
         "fine-tune": tl_hub.FineTuneRecipe(folder, head_epochs=1, epochs=2, unfreeze=2, layer_decay=0.8,
                                            augment=True, head_solver="adamw", **FAST),
     }
-    if tl_hub.recipes.lora_targets(*_model_and_parts(folder)):
+    if lora:
         recipes["lora"] = tl_hub.LoRARecipe(folder, epochs=1, **FAST)
     for name, recipe in recipes.items():
         result = recipe.fit(data, progress=False)
@@ -89,18 +91,12 @@ def check_training(folder: str, tmp: str) -> dict:
     return out
 
 
-def _model_and_parts(folder: str):
-    from tl_hub import load_backbone
-
-    backbone = load_backbone(folder, LABELS)
-    return backbone.model, backbone.parts
-
-
 def check(model_type: str, tmp: str) -> dict:
     """All promises for ``model_type``, in ``tmp``; returns what was measured."""
     start = time.perf_counter()
     folder = arch_zoo.save_tiny(model_type, os.path.join(tmp, "base"))
-    result = {"type": model_type, **check_split(folder, model_type), **check_training(folder, tmp)}
+    split = check_split(folder, model_type)
+    result = {"type": model_type, **split, **check_training(folder, tmp, lora=split["lora_targets"] > 0)}
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
 

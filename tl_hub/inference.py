@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .data import as_images, is_single_image, preprocess
-from .structure import logits_of
+from .structure import logits_of, model_inputs
 
 
 class Classifier:
@@ -48,10 +48,8 @@ class Classifier:
         images = as_images(images)
         out = []
         for i in range(0, len(images), batch_size):
-            inputs = preprocess(self.processor, images[i:i + batch_size])
-            inputs = {k: v.to(self.device, dtype=self.model.dtype) if v.is_floating_point() else v.to(self.device)
-                      for k, v in inputs.items()}
-            logits = logits_of(self.model(**inputs))
+            inputs = {k: v.to(self.device) for k, v in preprocess(self.processor, images[i:i + batch_size]).items()}
+            logits = logits_of(self.model(**model_inputs(self.model, inputs)))
             out.append(logits.float().softmax(-1).cpu())
         return torch.cat(out) if out else torch.empty(0, len(self.labels))
 
