@@ -11,7 +11,7 @@ from torch import nn
 
 from tl_hub import FeatureExtractionRecipe, FineTuneRecipe, ScratchRecipe
 from tl_hub.config import FeatureExtractionConfig, FineTuneConfig, ScratchConfig, TrainingConfig
-from tl_hub.probe import C_GRID, fit_probe, linear_inputs, linear_layer
+from tl_hub.probe import C_GRID, PATIENCE, fit_probe, linear_inputs, linear_layer
 
 
 def _digits_split(per_class: int, seed: int = 0):
@@ -71,7 +71,23 @@ def test_probe_matches_sklearn_with_C_tuned_on_validation(source, per_class):
     ours = float((logits.argmax(-1).numpy() == test[1]).mean())
     reference = _sklearn_tuned(train, val, test)
     assert ours >= reference - 0.01, (ours, reference, result.C)
-    assert len(result.path) == len(C_GRID) and result.C in C_GRID
+    assert result.C in C_GRID
+    # the path follows the grid in order and stops only after PATIENCE values in a row fail to beat the best
+    tried = [p["C"] for p in result.path]
+    assert tried == list(C_GRID[:len(tried)])
+    best = tried.index(result.C)
+    assert len(tried) == len(C_GRID) or len(tried) - 1 - best == PATIENCE
+    keys = [(p["val_accuracy"], -p["val_loss"]) for p in result.path]
+    assert all(k <= keys[best] for k in keys[best + 1:])
+
+
+def test_probe_path_stops_early_without_changing_the_choice():
+    train, val, _ = _digits_split(10)
+    args = (torch.tensor(train[0]), torch.tensor(train[1]), torch.tensor(val[0]), torch.tensor(val[1]), 10)
+    full, early = fit_probe(*args, patience=None), fit_probe(*args)
+    assert len(full.path) == len(C_GRID)
+    assert len(early.path) < len(full.path)  # digits at 10 per class peak mid-path
+    assert early.C == full.C and torch.equal(early.weight, full.weight)
 
 
 def test_probe_is_deterministic_and_converged():
@@ -169,7 +185,7 @@ def test_kept_epoch_is_the_saved_model(tiny_model_dir, tmp_path, keep):
 def test_best_epoch_differs_from_last_when_training_degrades(tiny_model_dir):
     """A learning rate that wrecks the model late: the best epoch's weights are restored, not the last."""
     train, val = colour_dataset(60, seed=0), colour_dataset(30, seed=1)
-    recipe = FineTuneRecipe(tiny_model_dir("resnet"), epochs=4, head_epochs=1, lr=0.3, backbone_lr_ratio=1.0,
+    recipe = FineTuneRecipe(tiny_model_dir("resnet"), epochs=4, head_epochs=1, lr=0.5, backbone_lr_ratio=1.0,
                             warmup_ratio=0.0, batch_size=8, augment=False, seed=0)
     result = recipe.fit(train, val, progress=False)
     accs = [h["accuracy"] for h in result.history]
