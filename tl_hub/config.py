@@ -137,6 +137,12 @@ class TrainingConfig:
                           "keeps (not text, digits, or left/right classes).")
     crop_scale: float = setting(0.6, "Smallest area fraction kept by the random resized crop (0 < s <= 1).")
     num_workers: int = setting(0, "DataLoader worker processes.")
+    train_examples: Optional[int] = setting(None, "Streamed training data only: the examples in one epoch, needed "
+                                            "when the stream's length is unknown (no split info, not plain "
+                                            "parquet files); smaller than the stream, it makes shorter epochs.")
+    shuffle_buffer_size: int = setting(1000, "Streamed training data only: examples in the shuffle buffer "
+                                       "(reshuffled every epoch; a larger buffer mixes better and holds more "
+                                       "encoded images in memory).")
     gradient_checkpointing: bool = setting(False, "Recompute encoder activations in backward to save memory (slower).")
     feature_cache: str = setting("disk", "While the encoder is frozen, compute its features once and train the head "
                                  "on them: 'disk' (kept in memory and under feature_cache_dir for later runs), "
@@ -155,7 +161,7 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         for name in ("epochs", "lr", "batch_size", "eval_batch_size", "gradient_accumulation_steps",
-                     "save_total_limit", "min_epochs", "max_epochs"):
+                     "save_total_limit", "min_epochs", "max_epochs", "train_examples", "shuffle_buffer_size"):
             _positive(name, getattr(self, name))
         for name in ("weight_decay", "num_workers", "label_smoothing", "save_steps", "min_steps"):
             _positive(name, getattr(self, name), allow_zero=True)

@@ -310,6 +310,10 @@ class PreparedData:
     label_column: str
     skipped: int = 0
 
+    def train_size(self) -> int:
+        """Training examples in one pass (a streamed split knows it otherwise, see `tl_hub.streaming`)."""
+        return len(self.train)
+
     def summary(self) -> str:
         counts = Counter(self.train[self.label_column])
         per_class = f"{min(counts.values())}-{max(counts.values())}" if counts else "0"
@@ -443,6 +447,15 @@ def random_resized_crop(image: Image.Image, rng: random.Random, scale=(0.6, 1.0)
     return image.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
 
 
+def augment_image(image: Image.Image, rng: random.Random, *, crop_scale: float = 0.6, hflip: bool = False):
+    """The training augmentation: a random resized crop of at least ``crop_scale`` of the area, then (with ``hflip``)
+    a horizontal flip half of the time, drawn from ``rng``."""
+    image = random_resized_crop(image, rng, scale=(crop_scale, 1.0))
+    if hflip and rng.random() < 0.5:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return image
+
+
 class EpochDataset(torch.utils.data.Dataset):
     """A dataset whose epoch is ``passes`` passes over its ``examples``; random choices are drawn per
     ``(seed, epoch, index)``, so `set_epoch` reseeds them and any number of processes sees the same ones."""
@@ -478,10 +491,7 @@ class ImageClassificationDataset(EpochDataset):
     def _item(self, index: int, image: Any, label: Any):
         image = to_rgb(image)
         if self.augment:
-            rng = self.rng(index)
-            image = random_resized_crop(image, rng, scale=(self.crop_scale, 1.0))
-            if self.hflip and rng.random() < 0.5:
-                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            image = augment_image(image, self.rng(index), crop_scale=self.crop_scale, hflip=self.hflip)
         return image, int(label) if label is not None else -1
 
     def __getitem__(self, index: int):

@@ -40,6 +40,7 @@ from .inference import Classifier
 from .loop import Period, train_periods
 from .probe import can_solve, linear_inputs, linear_layer
 from .runtime import check_batch_size, make_accelerator
+from .streaming import StreamData, is_stream, make_stream_loaders, prepare_stream
 from .version import __version__
 
 logger = logging.getLogger(__name__)
@@ -70,7 +71,8 @@ def fit(recipe, train: Any, validation: Any = None, *, accelerator=None, progres
     Args:
         recipe: a `tl_hub.recipe.Recipe`.
         train: a ``datasets.Dataset``/``DatasetDict``, an image folder, a saved dataset folder or a Hub dataset id.
-            A ``DatasetDict`` supplies its ``validation`` and ``test`` splits too.
+            A ``DatasetDict`` supplies its ``validation`` and ``test`` splits too.  A streamed ``IterableDataset`` /
+            ``IterableDatasetDict`` (data larger than memory) needs a validation split: see `tl_hub.streaming`.
         validation (*optional*): validation data; by default the dataset's validation split, or a stratified
             ``validation_size`` share of ``train``.
         accelerator (*optional*): an ``accelerate.Accelerator`` to use (default: one made from the config).
@@ -90,7 +92,7 @@ def fit(recipe, train: Any, validation: Any = None, *, accelerator=None, progres
     checkpointer, resume = open_checkpoints(cfg, resume_from_checkpoint, overwrite_checkpoints)
     data, backbone = prepare(recipe, train, validation)
     periods = recipe.periods(backbone)
-    loaders = Loaders.build(recipe, backbone, data, periods)
+    loaders = (streamed_loaders if isinstance(data, StreamData) else Loaders.build)(recipe, backbone, data, periods)
     periods = loaders.periods
     initial_buffers = buffers_of(backbone.model)
     if checkpointer is not None or resume is not None:
@@ -130,18 +132,21 @@ def prepare(recipe, train: Any, validation: Any) -> tuple[PreparedData, Backbone
     cfg, accelerator = recipe.requested_config, recipe.accelerator
     set_seed(cfg.seed)
     with accelerator.main_process_first():
-        data = prepare_data(train, validation, image_column=cfg.image_column, label_column=cfg.label_column,
-                            validation_size=cfg.validation_size, seed=cfg.seed)
+        if is_stream(train) or is_stream(validation):  # see tl_hub.streaming
+            data = prepare_stream(train, validation, cfg)
+        else:
+            data = prepare_data(train, validation, image_column=cfg.image_column, label_column=cfg.label_column,
+                                validation_size=cfg.validation_size, seed=cfg.seed)
         set_seed(cfg.seed)
         backbone = recipe.load_backbone(data.labels)
-    recipe.config = cfg.resolved(len(data.train))
-    recipe.passes = cfg.passes_per_epoch(len(data.train))
+    recipe.config = cfg.resolved(data.train_size())
+    recipe.passes = cfg.passes_per_epoch(data.train_size())
     recipe.data, recipe.backbone, recipe.dataset_name = data, backbone, dataset_name(train)
     if accelerator.is_main_process:
         logger.info("Data: %s", data.summary())
         if recipe.passes > 1:
             logger.info("An epoch is %d passes over the %d training images, so that training gets at least "
-                        "min_steps=%d optimizer steps.", recipe.passes, len(data.train), cfg.min_steps)
+                        "min_steps=%d optimizer steps.", recipe.passes, data.train_size(), cfg.min_steps)
     if recipe.config.gradient_checkpointing:
         if not getattr(backbone.model, "supports_gradient_checkpointing", False):
             raise ConfigError(f"{type(backbone.model).__name__} does not support gradient checkpointing; "
@@ -229,6 +234,18 @@ def solved_periods(cfg, periods: list[Period], features) -> list[Period]:
             if p.features and p.epochs > 0 else p for p in periods]
 
 
+def streamed_loaders(recipe, backbone: Backbone, data: StreamData, periods: list[Period]) -> Loaders:
+    """The loaders of streamed data (see `tl_hub.streaming`).  Encoder features are not cached for a stream: a
+    frozen encoder runs on every batch, so ``feature_cache`` becomes 'off' and a head trains by AdamW steps."""
+    if any(p.features and p.epochs > 0 for p in periods) and recipe.config.feature_cache != "off":
+        if recipe.accelerator.is_main_process:
+            logger.info("Streamed data: encoder features are not cached (feature_cache=%r becomes 'off'); the frozen "
+                        "encoder runs every epoch and the head trains by AdamW.", recipe.config.feature_cache)
+        recipe.config = dataclasses.replace(recipe.config, feature_cache="off")
+    train, val = make_stream_loaders(recipe.accelerator, recipe.config, backbone.processor, data, recipe.passes)
+    return Loaders(train, val, periods=list(periods))
+
+
 def buffers_of(model: torch.nn.Module) -> dict:
     """Copies of the model's buffers (e.g. BatchNorm statistics), to tell later which ones training moved."""
     params = {n for n, _ in model.named_parameters()}
@@ -258,8 +275,9 @@ def run_identity(recipe, backbone: Backbone, data: PreparedData, num_processes: 
         "initial_weights": state_fingerprint(backbone.model),  # a local model folder that changed is another run
         "settings": recipe.config.training_settings(),
         "labels": list(data.labels),
-        "data": {"train": data_fingerprint(data.train, data.image_column),
-                 "validation": data_fingerprint(data.validation, data.image_column)},
+        "data": data.fingerprints() if isinstance(data, StreamData) else {
+            "train": data_fingerprint(data.train, data.image_column),
+            "validation": data_fingerprint(data.validation, data.image_column)},
         "processes": num_processes,
     }
     return json.loads(json.dumps(run, default=str))

@@ -35,6 +35,7 @@ from .errors import TrainingError
 from .metrics import classification_metrics
 from .param_groups import count_parameters, freeze_all_but
 from .runtime import release_prepared
+from .streaming import evaluation_model, gather_shards, is_streamed
 from .structure import logits_of, model_inputs
 
 logger = logging.getLogger(__name__)
@@ -130,16 +131,22 @@ def evaluate_loader(accelerator, model: nn.Module, loader, *, progress: bool = F
 
 
 def _evaluate(accelerator, model: nn.Module, loader, progress: bool) -> dict:
+    # a stream: each process evaluates its own part, of its own length, and the results are gathered once at the end
+    streamed = is_streamed(loader)
+    model = evaluation_model(accelerator, model) if streamed else model
     model.eval()
-    preds, refs, losses = [], [], []
+    preds, refs, losses = [torch.empty(0, dtype=torch.long)], [torch.empty(0, dtype=torch.long)], [torch.empty(0)]
     for batch in tqdm(loader, desc="eval", leave=False, disable=not (progress and accelerator.is_local_main_process)):
         logits = forward_logits(model, batch).float()
         loss = F.cross_entropy(logits, batch["labels"], reduction="none")
-        pred, ref, item_loss = accelerator.gather_for_metrics((logits.argmax(-1), batch["labels"], loss))
+        outputs = (logits.argmax(-1), batch["labels"], loss)
+        pred, ref, item_loss = outputs if streamed else accelerator.gather_for_metrics(outputs)
         preds.append(pred.cpu()), refs.append(ref.cpu()), losses.append(item_loss.cpu())
-    preds_t, refs_t = torch.cat(preds), torch.cat(refs)
+    preds_t, refs_t, losses_t = torch.cat(preds), torch.cat(refs), torch.cat(losses)
+    if streamed:
+        preds_t, refs_t, losses_t = gather_shards(accelerator, (preds_t, refs_t, losses_t))
     metrics = classification_metrics(preds_t.tolist(), refs_t.tolist())
-    metrics["loss"] = float(torch.cat(losses).mean())
+    metrics["loss"] = float(losses_t.mean())
     return metrics
 
 

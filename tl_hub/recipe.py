@@ -96,8 +96,10 @@ class Recipe:
 
         ``train``: a ``datasets.Dataset``/``DatasetDict`` (its ``validation`` and ``test`` splits are used), an image
         folder, a saved dataset folder or a Hub dataset id; ``validation`` defaults to the dataset's validation
-        split, else a stratified ``validation_size`` share of ``train``.  ``resume_from_checkpoint``: ``"latest"``,
-        a checkpoint path, or ``"auto"`` (resume if there is a checkpoint).  All arguments: `tl_hub.fit.fit`.
+        split, else a stratified ``validation_size`` share of ``train``.  Streamed data (an ``IterableDataset`` or
+        ``IterableDatasetDict``, larger than memory) is read process by process; see `tl_hub.streaming` for its
+        limits.  ``resume_from_checkpoint``: ``"latest"``, a checkpoint path, or ``"auto"`` (resume if there is a
+        checkpoint).  All arguments: `tl_hub.fit.fit`.
         """
         return fit(self, train, validation, accelerator=accelerator, progress=progress, on_period_end=on_period_end,
                    resume_from_checkpoint=resume_from_checkpoint, overwrite_checkpoints=overwrite_checkpoints)
