@@ -1,33 +1,54 @@
 """tl-hub against the transformers Trainer and pipeline, in one run, on the same model, data and machine.
 
-    python benchmarks/run.py            # about 2 minutes on 2 CPU cores
+    python benchmarks/run.py                 # about 12 minutes on 2 idle CPU cores (estimated; --repeats 5)
+    python benchmarks/run.py --quick         # tiny sizes, one timed run each: checks that every path runs (~2-5 min)
     python benchmarks/run.py --device cuda --mixed-precision bf16
 
-Model: a ViT-like config (64x64 input, patch 8, hidden 192, 6 layers), random "pretrained" weights.
-Data: 1,000 training and 100 validation 64x64 images of 10 classes, made in memory.
+Model: a ViT-like config (64x64 input, patch 8, hidden 192, 6 layers), random "pretrained" weights, saved to a
+temporary folder. Data: 1,000 training and 100 validation 64x64 images of 10 classes, made in memory.
 
-Measured:
-- floor: one pass over the training set (preprocessing + encoder forward under torch.inference_mode), best
-  of five;
-- feature extraction, 10 epochs: tl-hub (features cached once) vs Trainer with the encoder's parameters frozen
-  (``requires_grad=False``; it still runs the encoder every epoch); both evaluate every epoch; tl-hub's
-  time is the whole ``fit`` (data checks, model loading, feature extraction, training), best of five;
-- fine-tuning throughput (images/s of training): tl-hub period 2 (all groups, and top-2 blocks) vs Trainer
-  with everything trainable (one epoch each, three times, interleaved; best of each);
-- peak memory of the frozen period vs a full fine-tune (each in a fresh subprocess; CPU: resident set growth
-  sampled every millisecond, CUDA: max_memory_allocated);
-- inference: ``Classifier.predict`` vs ``pipeline("image-classification")``, same batch size;
-- data path: preprocessing alone (plain and with the default augmentation, one process, no workers) vs the
-  model, images/s.
+Protocol, the same for every compared figure:
+- each side runs once untimed first (warm-up: imports, thread pools, allocator, page cache), then ``--repeats``
+  timed runs (default 5), interleaved: ours, peer, ours, peer, ...;
+- both sides start from the same state: every training run (tl-hub ``fit``, Trainer) loads the model and image
+  processor from disk inside its timed region, and builds its own loaders; every inference comparison uses the
+  same already-loaded model, processor and images on both sides;
+- we report min, median and max of each side; a ratio is median against median;
+- a "peer" column is filled only where a peer ran; rows that compare tl-hub with another tl-hub configuration
+  say so in the ratio column ("vs ...") and leave the peer column empty.
 
-The last line printed is one JSON object with every figure and the ratios.
+Figures:
+- floor: model + processor loaded from disk, then one inference pass (preprocessing + encoder forward under
+  ``torch.inference_mode``, batch ``eval_batch_size``) over every image a feature-extraction run must see
+  (train + validation); also the train-only part (load + training images). The floor is the lower bound of
+  feature extraction: ``fe_vs_floor`` = median FE fit time / median floor.
+- feature extraction, 10 epochs: the whole ``FeatureExtractionRecipe.fit`` vs the Trainer with the encoder's
+  parameters frozen (``requires_grad=False``; it still runs the encoder every epoch); both evaluate every epoch.
+- fine-tuning throughput: training images/s of tl-hub's fine-tune period (all groups; one head epoch first)
+  vs a Trainer full fine-tune of one epoch (its ``train_samples_per_second``).
+- top-2 fine-tuning: ``unfreeze=2`` with ``prefix_cache=True`` vs ``prefix_cache=False`` vs all groups (the
+  run above), fine-tune period images/s and whole-fit seconds; the prefix cache's size as the recipe exposes it,
+  else computed (training images x input shape of the lowest unfrozen block x 4 bytes).
+- peak memory growth of a frozen (feature-extraction) run vs a full fine-tune, each in a fresh subprocess after a
+  warm-up (CPU: resident set sampled every millisecond; CUDA: ``max_memory_allocated``), ``--repeats`` each.
+- inference: ``Classifier.predict`` vs ``pipeline("image-classification")`` on the same model, processor, images
+  (400) and batch size; and the first call in a fresh subprocess (imports done before the timer): ``tl_hub.load``
+  + ``predict(one image)`` vs ``pipeline(...)`` built from the same folder + one call; one warm-up subprocess of
+  each side, then ``--repeats`` of each, interleaved.
+- data path (no peer): preprocessing alone (plain and augmented) and the model's forward alone, images/s.
+
+MB are 2**20 bytes. The last line printed is one JSON object with every figure (min, median, max and the runs),
+the ratios, the targets, the device, the date and the host.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import datetime
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,19 +62,72 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import numpy as np
 import torch
 
-N_TRAIN, N_VAL, N_CLASSES, SIZE = 1000, 100, 10, 64
-BATCH, EVAL_BATCH, FE_EPOCHS = 32, 64, 10
-SHORT_REPEATS, REPEATS = 5, 3  # the few-second measurements are repeated more: this machine's noise is ~10%
+N_CLASSES, SIZE, BATCH, EVAL_BATCH = 10, 64, 32, 64
+TARGETS = {"top2_cached_speedup_vs_top2": 1.5, "top2_cached_speedup_vs_full": 2.5}  # at least
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    train: int = 1000
+    val: int = 100
+    fe_epochs: int = 10
+    predict_images: int = 400
+
+
+QUICK = Sizes(train=64, val=20, fe_epochs=2, predict_images=80)
+
+
+@dataclasses.dataclass
+class Bench:
+    """What every measurement needs."""
+
+    args: argparse.Namespace
+    sizes: Sizes
+    model_dir: str
+    train: object = None
+    val: object = None
+
+    @property
+    def device(self) -> str:
+        return self.args.device
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Protocol and statistics
+
+
+def interleaved(sides: dict, repeats: int) -> dict[str, list[dict]]:
+    """One untimed warm-up run of each side, then ``repeats`` rounds of one run of each side, in turn.
+
+    ``sides`` maps a name to a function that makes one run and returns its figures (a dict)."""
+    for fn in sides.values():
+        fn()
+    runs = {name: [] for name in sides}
+    for _ in range(repeats):
+        for name, fn in sides.items():
+            runs[name].append(fn())
+    return runs
+
+
+def figure(runs: list[dict], key: str) -> list[float]:
+    return [float(r[key]) for r in runs]
+
+
+def stats(values: list[float]) -> dict:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values), "runs": list(values)}
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def autocast_dtype(mixed_precision: str):
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Setup
-
-
-def best_of(n: int, fn, key: str, worse):
-    """Run ``fn`` ``n`` times; keep the run whose ``key`` is best (``worse`` picks the value to drop)."""
-    runs = [fn() for _ in range(n)]
-    return min(runs, key=lambda r: r[key]) if worse is max else max(runs, key=lambda r: r[key])
 
 
 def make_model(path: str) -> str:
@@ -67,182 +141,297 @@ def make_model(path: str) -> str:
     return path
 
 
+def make_image(rng, y: int, base):
+    from PIL import Image
+
+    a = rng.normal(0, 40, (SIZE, SIZE, 3)) + base[y]
+    a[:: (y % 4) + 2] += 60  # class-specific stripes
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+
+
 def make_data(n: int, seed: int):
     import datasets
-    from PIL import Image
 
     rng = np.random.default_rng(seed)
     base = np.random.default_rng(123).integers(0, 255, (N_CLASSES, 3), dtype=np.int64)
-    images, labels = [], []
-    for i in range(n):
-        y = i % N_CLASSES
-        a = rng.normal(0, 40, (SIZE, SIZE, 3)) + base[y]
-        a[:: (y % 4) + 2] += 60  # class-specific stripes
-        images.append(Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)))
-        labels.append(y)
+    labels = [i % N_CLASSES for i in range(n)]
     features = datasets.Features({"image": datasets.Image(),
                                   "label": datasets.ClassLabel(names=[f"c{i}" for i in range(N_CLASSES)])})
-    return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+    return datasets.Dataset.from_dict({"image": [make_image(rng, y, base) for y in labels], "label": labels},
+                                      features=features)
 
 
-def device_kwargs(args) -> dict:
-    return {"mixed_precision": args.mixed_precision}
+def peer_processor(model_dir: str):
+    """The peer's own image processor (the PIL backend when torchvision is missing, as transformers advises)."""
+    import importlib.util
+
+    from transformers import AutoImageProcessor
+
+    options = {} if importlib.util.find_spec("torchvision") else {"backend": "pil"}
+    return AutoImageProcessor.from_pretrained(model_dir, **options)
 
 
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
+def host() -> dict:
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# The peer: transformers Trainer and pipeline
+# Floor and data path (tl-hub only)
 
 
-def trainer_run(model_dir, train, val, *, epochs, freeze_encoder, evaluate, args):
-    from transformers import AutoImageProcessor, AutoModelForImageClassification, Trainer, TrainingArguments
+def image_loader(processor, ds, batch_size: int, augment: bool = False):
+    """tl-hub's own batched reading and preprocessing (no workers)."""
+    from tl_hub.data import ImageClassificationDataset, ImageCollator, make_loader
+
+    return make_loader(ImageClassificationDataset(ds, "image", "label", augment=augment), batch_size,
+                       collate_fn=ImageCollator(processor))
+
+
+def floor_run(bench: Bench) -> dict:
+    """Load the model, then one inference pass (preprocess + encoder forward) over train, then over validation."""
+    from transformers import AutoModelForImageClassification
+
+    from tl_hub import split_model
+    from tl_hub.backbone import load_image_processor
+
+    dtype = autocast_dtype(bench.args.mixed_precision)
+    start = time.perf_counter()
+    processor = load_image_processor(bench.model_dir)
+    model = AutoModelForImageClassification.from_pretrained(bench.model_dir).to(bench.device).eval()
+    encoder = model.get_submodule(split_model(model).encoder)
+    loaded = time.perf_counter()
+    marks = []
+    with torch.inference_mode(), torch.autocast(bench.device, dtype=dtype, enabled=dtype is not None):
+        for ds in (bench.train, bench.val):
+            for batch in image_loader(processor, ds, EVAL_BATCH):
+                encoder(pixel_values=batch["pixel_values"].to(bench.device))
+            sync(bench.device)
+            marks.append(time.perf_counter())
+    return {"load": loaded - start, "train_only": marks[0] - start, "seconds": marks[1] - start}
+
+
+def data_path_run(bench: Bench) -> dict:
+    """Preprocessing alone (plain, augmented) and the model's forward alone over the training set, images/s."""
+    from transformers import AutoModelForImageClassification
+
+    from tl_hub.backbone import load_image_processor
+
+    n, processor = len(bench.train), load_image_processor(bench.model_dir)
+    start = time.perf_counter()
+    batches = [b["pixel_values"] for b in image_loader(processor, bench.train, EVAL_BATCH)]
+    plain = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in image_loader(processor, bench.train, BATCH, augment=True):
+        pass
+    augmented = time.perf_counter() - start
+    model = AutoModelForImageClassification.from_pretrained(bench.model_dir).to(bench.device).eval()
+    dtype = autocast_dtype(bench.args.mixed_precision)
+    with torch.inference_mode(), torch.autocast(bench.device, dtype=dtype, enabled=dtype is not None):
+        model(pixel_values=batches[0].to(bench.device))  # first call on this model object
+        sync(bench.device)
+        start = time.perf_counter()
+        for x in batches:
+            model(pixel_values=x.to(bench.device))
+        sync(bench.device)
+        forward = time.perf_counter() - start
+    return {"preprocess": n / plain, "preprocess_augmented": n / augmented, "forward": n / forward}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Training: tl-hub and the Trainer
+
+
+def tl_hub_fe_run(bench: Bench, keep: dict) -> dict:
+    from tl_hub import FeatureExtractionRecipe
+
+    start = time.perf_counter()
+    recipe = FeatureExtractionRecipe(bench.model_dir, epochs=bench.sizes.fe_epochs, lr=1e-3, batch_size=BATCH,
+                                     eval_batch_size=EVAL_BATCH, augment=False, feature_cache="memory", seed=0,
+                                     mixed_precision=bench.args.mixed_precision)
+    result = recipe.fit(bench.train, bench.val, progress=False)
+    sync(bench.device)
+    seconds = time.perf_counter() - start
+    keep["recipe"] = recipe  # the last fitted recipe is saved for the first-predict measurement
+    return {"seconds": seconds, "accuracy": result.metrics["accuracy"]}
+
+
+def trainer_run(bench: Bench, *, epochs: int, freeze_encoder: bool, evaluate: bool) -> dict:
+    """One Trainer run; the timer covers loading the processor and model, building the Trainer and ``train()``."""
+    from transformers import AutoModelForImageClassification, Trainer, TrainingArguments
     from transformers.trainer_callback import PrinterCallback
 
-    from tl_hub.backbone import split_model
+    from tl_hub import split_model
 
-    processor = AutoImageProcessor.from_pretrained(model_dir, backend="pil") if not _has_torchvision() else \
-        AutoImageProcessor.from_pretrained(model_dir)
-    model = AutoModelForImageClassification.from_pretrained(model_dir)
-    if freeze_encoder:
-        encoder = model.get_submodule(split_model(model).encoder)
-        for p in encoder.parameters():
-            p.requires_grad_(False)
-
-    def transform(batch):
-        out = processor(images=[im.convert("RGB") for im in batch["image"]], return_tensors="pt")
-        out["labels"] = batch["label"]
-        return out
-
-    def compute_metrics(pred):
-        return {"accuracy": float((pred.predictions.argmax(-1) == pred.label_ids).mean())}
-
+    mp = bench.args.mixed_precision
     with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        processor = peer_processor(bench.model_dir)
+        model = AutoModelForImageClassification.from_pretrained(bench.model_dir)
+        if freeze_encoder:
+            for p in model.get_submodule(split_model(model).encoder).parameters():
+                p.requires_grad_(False)
+
+        def transform(batch):
+            out = processor(images=[im.convert("RGB") for im in batch["image"]], return_tensors="pt")
+            out["labels"] = batch["label"]
+            return out
+
+        def compute_metrics(pred):
+            return {"accuracy": float((pred.predictions.argmax(-1) == pred.label_ids).mean())}
+
         targs = TrainingArguments(
             output_dir=tmp, per_device_train_batch_size=BATCH, per_device_eval_batch_size=EVAL_BATCH,
             num_train_epochs=epochs, learning_rate=1e-3, eval_strategy="epoch" if evaluate else "no",
             save_strategy="no", report_to=[], logging_strategy="no", disable_tqdm=True, seed=0,
-            remove_unused_columns=False, dataloader_num_workers=0, use_cpu=args.device == "cpu",
-            bf16=args.mixed_precision == "bf16", fp16=args.mixed_precision == "fp16",
+            remove_unused_columns=False, dataloader_num_workers=0, use_cpu=bench.device == "cpu",
+            bf16=mp == "bf16", fp16=mp == "fp16",
         )
-        trainer = Trainer(model=model, args=targs, train_dataset=train.with_transform(transform),
-                          eval_dataset=val.with_transform(transform), compute_metrics=compute_metrics)
+        trainer = Trainer(model=model, args=targs, train_dataset=bench.train.with_transform(transform),
+                          eval_dataset=bench.val.with_transform(transform), compute_metrics=compute_metrics)
         trainer.remove_callback(PrinterCallback)
-        start = time.perf_counter()
         out = trainer.train()
-        sync(args.device)
+        sync(bench.device)
         seconds = time.perf_counter() - start
-        accuracy = trainer.evaluate()["eval_accuracy"] if evaluate else None
-    return {"seconds": seconds, "images_per_second": out.metrics["train_samples_per_second"], "accuracy": accuracy}
+        evals = [h["eval_accuracy"] for h in trainer.state.log_history if "eval_accuracy" in h]
+    return {"seconds": seconds, "images_per_second": out.metrics["train_samples_per_second"],
+            "accuracy": evals[-1] if evals else float("nan")}
 
 
-def _has_torchvision() -> bool:
-    import importlib.util
+def tl_hub_ft_run(bench: Bench, unfreeze="all", prefix_cache: bool = True) -> dict:
+    """One head epoch (solved on cached features), then one fine-tune epoch; the fine-tune period's images/s."""
+    from tl_hub import FineTuneRecipe
 
-    return importlib.util.find_spec("torchvision") is not None
+    start = time.perf_counter()
+    recipe = FineTuneRecipe(bench.model_dir, head_epochs=1, epochs=2, lr=1e-3, batch_size=BATCH,
+                            eval_batch_size=EVAL_BATCH, augment=False, feature_cache="memory", unfreeze=unfreeze,
+                            prefix_cache=prefix_cache, seed=0, mixed_precision=bench.args.mixed_precision)
+    result = recipe.fit(bench.train, bench.val, progress=False)
+    sync(bench.device)
+    seconds = time.perf_counter() - start
+    rates = [h["train_images_per_second"] for h in result.history if h["period"] == "fine-tune"]
+    exposed = exposed_prefix_bytes(recipe, result)
+    return {"seconds": seconds, "images_per_second": statistics.harmonic_mean(rates),
+            "prefix_bytes": exposed[0] if exposed else None, "prefix_source": exposed[1] if exposed else None}
+
+
+def exposed_prefix_bytes(recipe, result):
+    """``(bytes, where)`` of the prefix cache if the recipe reports it (a ``*prefix*`` figure in ``result.extra`` or
+    the history, or a ``*prefix*`` attribute of the recipe or its feature store holding tensors), else None."""
+    records = [("result.extra", result.extra)] + [(f"result.history[{i}]", h) for i, h in enumerate(result.history)]
+    for where, record in records:
+        for key, value in record.items():
+            if "prefix" in key and isinstance(value, (int, float)) and not isinstance(value, bool):
+                if key.endswith("_mb"):
+                    return value * 2**20, f"{where}[{key!r}]"
+                if "bytes" in key:
+                    return value, f"{where}[{key!r}]"
+    for owner_name, owner in (("recipe", recipe), ("recipe.feature_store", recipe.feature_store)):
+        for name in dir(owner or object()):
+            if "prefix" in name and not name.startswith("__"):
+                size = tensor_bytes(getattr(owner, name, None))
+                if size:
+                    return size, f"{owner_name}.{name}"
+    return None
+
+
+def tensor_bytes(obj, depth: int = 0) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if depth > 2 or obj is None:
+        return 0
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(o, depth + 1) for o in obj)
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(o, depth + 1) for o in obj.values())
+    if dataclasses.is_dataclass(obj) or hasattr(obj, "__dict__"):
+        return sum(tensor_bytes(o, depth + 1) for o in vars(obj).values())
+    return 0
+
+
+def computed_prefix_bytes(bench: Bench, unfreeze: int = 2) -> tuple[int, str]:
+    """Training images x the input shape of the lowest unfrozen block (a forward pre-hook) x 4 bytes."""
+    from transformers import AutoModelForImageClassification
+
+    from tl_hub import split_model
+    from tl_hub.backbone import load_image_processor
+    from tl_hub.param_groups import groups_to_unfreeze
+
+    model = AutoModelForImageClassification.from_pretrained(bench.model_dir).eval()
+    lowest = next(g for g in groups_to_unfreeze(split_model(model), unfreeze) if g.kind == "block")
+    shapes = []
+
+    def capture(module, args, kwargs):
+        x = args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
+        shapes.append(tuple(x.shape[1:]))
+
+    handle = model.get_submodule(lowest.modules[0]).register_forward_pre_hook(capture, with_kwargs=True)
+    batch = next(iter(image_loader(load_image_processor(bench.model_dir), bench.val, 1)))
+    with torch.inference_mode():
+        model(pixel_values=batch["pixel_values"])
+    handle.remove()
+    per_image = int(np.prod(shapes[0])) * 4
+    return len(bench.train) * per_image, f"computed: {len(bench.train)} training images x {shapes[0]} x 4 B " \
+                                         f"(input of {lowest.modules[0]})"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Measurements
+# Inference
 
 
-def floor_and_data_path(model_dir, train, args):
-    """One inference pass over the training set; preprocessing alone; the model alone."""
-    from transformers import AutoModelForImageClassification
-
-    from tl_hub.backbone import load_image_processor
-    from tl_hub.data import ImageClassificationDataset, ImageCollator
-
-    processor = load_image_processor(model_dir)
-    model = AutoModelForImageClassification.from_pretrained(model_dir).to(args.device).eval()
-    loader = torch.utils.data.DataLoader(ImageClassificationDataset(train, "image", "label"), batch_size=EVAL_BATCH,
-                                         collate_fn=ImageCollator(processor))
-    dtype = torch.bfloat16 if args.mixed_precision == "bf16" else torch.float16 if args.mixed_precision == "fp16" \
-        else None
-
-    def forward(x):
-        with torch.autocast(args.device, dtype=dtype, enabled=dtype is not None):
-            return model(pixel_values=x.to(args.device))
-
-    with torch.inference_mode():
-        forward(next(iter(loader))["pixel_values"])  # warm-up
-        start = time.perf_counter()
-        batches = [b["pixel_values"] for b in loader]
-        prep = time.perf_counter() - start
-        start = time.perf_counter()
-        for x in batches:
-            forward(x)
-        sync(args.device)
-        model_s = time.perf_counter() - start
-    augmented = torch.utils.data.DataLoader(ImageClassificationDataset(train, "image", "label", augment=True),
-                                            batch_size=BATCH, collate_fn=ImageCollator(processor))
-    start = time.perf_counter()
-    for _ in augmented:
-        pass
-    aug_s = time.perf_counter() - start
-    return {"floor_seconds": prep + model_s, "preprocess_images_per_second": len(train) / prep,
-            "preprocess_augmented_images_per_second": len(train) / aug_s,
-            "model_inference_images_per_second": len(train) / model_s}
-
-
-def tl_hub_fe(model_dir, train, val, args):
-    from tl_hub import FeatureExtractionRecipe
-
-    recipe = FeatureExtractionRecipe(model_dir, epochs=FE_EPOCHS, lr=1e-3, batch_size=BATCH,
-                                     eval_batch_size=EVAL_BATCH, augment=False, feature_cache="memory", seed=0,
-                                     **device_kwargs(args))
-    start = time.perf_counter()
-    result = recipe.fit(train, val, progress=False)
-    sync(args.device)
-    return {"seconds": time.perf_counter() - start, "accuracy": result.metrics["accuracy"]}
-
-
-def tl_hub_finetune(model_dir, train, val, args, unfreeze="all"):
-    from tl_hub import FineTuneRecipe
-
-    recipe = FineTuneRecipe(model_dir, head_epochs=1, epochs=2, lr=1e-3, batch_size=BATCH, eval_batch_size=EVAL_BATCH,
-                            augment=False, feature_cache="memory", unfreeze=unfreeze, seed=0, **device_kwargs(args))
-    result = recipe.fit(train, val, progress=False)
-    return {"images_per_second": result.history[-1]["train_images_per_second"]}
-
-
-def predict_vs_pipeline(model_dir, val, args):
+def predict_sides(bench: Bench) -> dict:
+    """``Classifier.predict`` and the pipeline on the same loaded model, processor, images and batch size."""
     from transformers import AutoModelForImageClassification, pipeline
 
     from tl_hub import Classifier
     from tl_hub.backbone import load_image_processor
 
-    processor = load_image_processor(model_dir)
-    model = AutoModelForImageClassification.from_pretrained(model_dir).to(args.device).eval()
-    images = [im.convert("RGB") for im in val["image"]] * 4
+    processor = load_image_processor(bench.model_dir)
+    model = AutoModelForImageClassification.from_pretrained(bench.model_dir).to(bench.device).eval()
+    images = [im.convert("RGB") for im in bench.val["image"]]
+    images = (images * (bench.sizes.predict_images // len(images) + 1))[: bench.sizes.predict_images]
     clf = Classifier(model, processor)
     pipe = pipeline("image-classification", model=model, image_processor=processor, device=model.device)
-    out = {}
-    for name, fn in (("tl_hub", lambda: clf.predict(images, top_k=1, batch_size=BATCH)),
-                     ("pipeline", lambda: pipe(images, top_k=1, batch_size=BATCH))):
-        fn()  # warm-up
-        start = time.perf_counter()
-        fn()
-        sync(args.device)
-        out[name] = len(images) / (time.perf_counter() - start)
-    return out
+
+    def timed(fn):
+        def run():
+            start = time.perf_counter()
+            fn()
+            sync(bench.device)
+            return {"images_per_second": len(images) / (time.perf_counter() - start)}
+        return run
+
+    return {"tl_hub": timed(lambda: clf.predict(images, top_k=1, batch_size=BATCH)),
+            "pipeline": timed(lambda: pipe(images, top_k=1, batch_size=BATCH))}
 
 
-def warm_up(model_dir, args):
-    """Pay one-time costs (imports, metric modules, thread pools) outside the timers, as for the peer, whose
-    imports happen before its timer starts."""
-    from tl_hub import FeatureExtractionRecipe, FineTuneRecipe
-    from tl_hub.metrics import load_metric
+def first_predict(side: str, folder: str, device: str) -> float:
+    """In this fresh process: seconds from just before loading ``folder`` to after the first prediction returns."""
+    from transformers import pipeline
 
-    load_metric("accuracy"), load_metric("f1")
-    small, small_val = make_data(64, 7), make_data(20, 8)
-    common = dict(batch_size=BATCH, eval_batch_size=EVAL_BATCH, augment=False, seed=0, **device_kwargs(args))
-    FeatureExtractionRecipe(model_dir, epochs=1, feature_cache="memory", **common).fit(small, small_val, progress=False)
-    FineTuneRecipe(model_dir, head_epochs=0, epochs=1, feature_cache="off", **common).fit(small, small_val,
-                                                                                          progress=False)
+    import tl_hub  # both sides import tl_hub and transformers before the timer
+
+    image = make_image(np.random.default_rng(0), 0, np.full((N_CLASSES, 3), 100))
+    start = time.perf_counter()
+    if side == "tl_hub":
+        clf = tl_hub.load(folder)
+        clf.model.to(device)
+        clf.predict(image)
+    else:
+        pipe = pipeline("image-classification", model=folder, image_processor=peer_processor(folder), device=device)
+        pipe(image)
+    sync(device)
+    return time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Subprocess measurements: first prediction and peak memory
 
 
 class PeakMemory:
@@ -282,13 +471,27 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def memory_phase(phase, model_dir, args) -> int:
-    """Run one phase in this (fresh) process; return its peak memory growth in bytes."""
+def warm_up(model_dir: str, args) -> None:
+    """Pay one-time costs (imports, metric modules, thread pools) before a memory measurement."""
     from tl_hub import FeatureExtractionRecipe, FineTuneRecipe
 
-    train, val = make_data(N_TRAIN, 0), make_data(N_VAL, 1)
+    small, small_val = make_data(64, 7), make_data(20, 8)
+    common = dict(batch_size=BATCH, eval_batch_size=EVAL_BATCH, augment=False, seed=0,
+                  mixed_precision=args.mixed_precision)
+    FeatureExtractionRecipe(model_dir, epochs=1, feature_cache="memory", **common).fit(small, small_val, progress=False)
+    FineTuneRecipe(model_dir, head_epochs=0, epochs=1, feature_cache="off", **common).fit(small, small_val,
+                                                                                          progress=False)
+
+
+def memory_phase(phase: str, model_dir: str, args) -> int:
+    """Peak memory growth in bytes of one frozen or full run, in this (fresh) process, after a warm-up."""
+    from tl_hub import FeatureExtractionRecipe, FineTuneRecipe
+
+    sizes = QUICK if args.quick else Sizes()
+    train, val = make_data(sizes.train, 0), make_data(sizes.val, 1)
     warm_up(model_dir, args)
-    common = dict(lr=1e-3, batch_size=BATCH, eval_batch_size=EVAL_BATCH, augment=False, seed=0, **device_kwargs(args))
+    common = dict(lr=1e-3, batch_size=BATCH, eval_batch_size=EVAL_BATCH, augment=False, seed=0,
+                  mixed_precision=args.mixed_precision)
     if phase == "frozen":
         recipe = FeatureExtractionRecipe(model_dir, epochs=1, feature_cache="memory", **common)
     else:
@@ -298,111 +501,236 @@ def memory_phase(phase, model_dir, args) -> int:
     return mem.growth
 
 
-def memory_in_subprocess(phase, model_dir, args) -> int:
-    cmd = [sys.executable, __file__, "--phase", phase, "--model-dir", model_dir, "--device", args.device,
-           "--mixed-precision", args.mixed_precision]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return int(json.loads(out.stdout.strip().splitlines()[-1])["peak_growth_bytes"])
+def in_subprocess(phase: str, folder: str, args) -> float:
+    """Run ``--phase`` of this script in a fresh process; its last line is ``{"value": ...}``."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--phase", phase, "--model-dir", folder, "--device",
+           args.device, "--mixed-precision", args.mixed_precision] + (["--quick"] if args.quick else [])
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["value"])
+
+
+def run_phase(args) -> float:
+    if args.phase in ("frozen", "full"):
+        return memory_phase(args.phase, args.model_dir, args)
+    return first_predict(args.phase.removeprefix("first-predict-"), args.model_dir, args.device)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# The whole benchmark
+
+
+def announce(what: str, repeats: int) -> None:
+    print(f"- {what} (1 warm-up + {repeats} timed runs of each side, interleaved)", flush=True)
+
+
+def measure_floor(bench: Bench) -> dict:
+    announce("floor and data path", bench.args.repeats)
+    runs = interleaved({"floor": lambda: floor_run(bench), "data": lambda: data_path_run(bench)}, bench.args.repeats)
+    return {"floor_seconds": figure(runs["floor"], "seconds"),
+            "floor_train_only_seconds": figure(runs["floor"], "train_only"),
+            "floor_load_seconds": figure(runs["floor"], "load"),
+            "preprocess_images_per_second": figure(runs["data"], "preprocess"),
+            "preprocess_augmented_images_per_second": figure(runs["data"], "preprocess_augmented"),
+            "model_inference_images_per_second": figure(runs["data"], "forward")}
+
+
+def measure_fe(bench: Bench, keep: dict) -> dict:
+    epochs = bench.sizes.fe_epochs
+    announce(f"feature extraction, {epochs} epochs: tl-hub vs Trainer", bench.args.repeats)
+    runs = interleaved({"tl_hub": lambda: tl_hub_fe_run(bench, keep),
+                        "trainer": lambda: trainer_run(bench, epochs=epochs, freeze_encoder=True, evaluate=True)},
+                       bench.args.repeats)
+    return {"fe_seconds": figure(runs["tl_hub"], "seconds"), "fe_trainer_seconds": figure(runs["trainer"], "seconds"),
+            "fe_accuracy": figure(runs["tl_hub"], "accuracy"),
+            "fe_trainer_accuracy": figure(runs["trainer"], "accuracy")}
+
+
+def measure_ft(bench: Bench, notes: dict) -> dict:
+    announce("fine-tuning: tl-hub all groups vs Trainer; top-2 with and without the prefix cache", bench.args.repeats)
+    runs = interleaved({"all": lambda: tl_hub_ft_run(bench),
+                        "trainer": lambda: trainer_run(bench, epochs=1, freeze_encoder=False, evaluate=False),
+                        "top2_cached": lambda: tl_hub_ft_run(bench, 2, prefix_cache=True),
+                        "top2": lambda: tl_hub_ft_run(bench, 2, prefix_cache=False)}, bench.args.repeats)
+    f = {"ft_images_per_second": figure(runs["all"], "images_per_second"),
+         "ft_trainer_images_per_second": figure(runs["trainer"], "images_per_second"),
+         "ft_all_fit_seconds": figure(runs["all"], "seconds")}
+    for name in ("top2_cached", "top2"):
+        f[f"ft_{name}_images_per_second"] = figure(runs[name], "images_per_second")
+        f[f"ft_{name}_fit_seconds"] = figure(runs[name], "seconds")
+    exposed = [r for r in runs["top2_cached"] if r["prefix_bytes"]]
+    if exposed:
+        f["top2_prefix_cache_mb"] = [r["prefix_bytes"] / 2**20 for r in exposed]
+        notes["top2_prefix_cache_mb_source"] = f"exposed by the recipe: {exposed[0]['prefix_source']}"
+    else:
+        size, notes["top2_prefix_cache_mb_source"] = computed_prefix_bytes(bench)
+        f["top2_prefix_cache_mb"] = [size / 2**20]
+    return f
+
+
+def measure_inference(bench: Bench, folder: str) -> dict:
+    repeats = bench.args.repeats
+    announce(f"inference: Classifier.predict vs pipeline, {bench.sizes.predict_images} images", repeats)
+    runs = interleaved(predict_sides(bench), repeats)
+    f = {"predict_images_per_second": figure(runs["tl_hub"], "images_per_second"),
+         "pipeline_images_per_second": figure(runs["pipeline"], "images_per_second")}
+    announce("first prediction in a fresh process: tl_hub.load + predict vs pipeline", repeats)
+    runs = interleaved({side: lambda side=side: {"seconds": in_subprocess(f"first-predict-{side}", folder, bench.args)}
+                        for side in ("tl_hub", "pipeline")}, repeats)
+    f["first_predict_seconds"] = figure(runs["tl_hub"], "seconds")
+    f["first_predict_pipeline_seconds"] = figure(runs["pipeline"], "seconds")
+    return f
+
+
+def measure_memory(bench: Bench) -> dict:
+    """Fresh processes, interleaved; each warms up in-process before its measured fit."""
+    print(f"- peak memory growth: frozen vs full fine-tune ({bench.args.repeats} fresh processes of each, "
+          "interleaved; each warms up in-process)", flush=True)
+    mem = {"frozen": [], "full": []}
+    for _ in range(bench.args.repeats):
+        for phase in mem:
+            mem[phase].append(in_subprocess(phase, bench.model_dir, bench.args) / 2**20)
+    return {"frozen_peak_mb": mem["frozen"], "full_peak_mb": mem["full"]}
+
+
+def measure(bench: Bench, tmp: str) -> tuple[dict, dict]:
+    """Every measurement, in protocol order; returns ``(figures, notes)``: figures map a name to its runs."""
+    keep, notes = {}, {}
+    figures = {**measure_floor(bench), **measure_fe(bench, keep)}
+    folder = keep["recipe"].save(os.path.join(tmp, "fe-model"))  # the last fitted FE recipe
+    figures.update(measure_ft(bench, notes))
+    figures.update(measure_inference(bench, folder))
+    figures.update(measure_memory(bench))
+    return figures, notes
+
+
+def ratios(m: dict) -> dict:
+    """Median against median (``m`` maps a figure to its median)."""
+    return {
+        "fe_vs_floor": m["fe_seconds"] / m["floor_seconds"],
+        "fe_vs_floor_train_only": m["fe_seconds"] / m["floor_train_only_seconds"],
+        "fe_speedup_vs_trainer": m["fe_trainer_seconds"] / m["fe_seconds"],
+        "ft_throughput_vs_trainer": m["ft_images_per_second"] / m["ft_trainer_images_per_second"],
+        "top2_cached_speedup_vs_top2": m["ft_top2_cached_images_per_second"] / m["ft_top2_images_per_second"],
+        "top2_cached_speedup_vs_full": m["ft_top2_cached_images_per_second"] / m["ft_images_per_second"],
+        "top2_speedup_vs_full": m["ft_top2_images_per_second"] / m["ft_images_per_second"],
+        "top2_cached_fit_speedup_vs_top2": m["ft_top2_fit_seconds"] / m["ft_top2_cached_fit_seconds"],
+        "frozen_mem_vs_full": m["frozen_peak_mb"] / m["full_peak_mb"] if m["full_peak_mb"] else float("nan"),
+        "predict_vs_pipeline": m["predict_images_per_second"] / m["pipeline_images_per_second"],
+        "first_predict_speedup_vs_pipeline": m["first_predict_pipeline_seconds"] / m["first_predict_seconds"],
+        "preprocess_augmented_vs_ft_training": m["preprocess_augmented_images_per_second"] / m["ft_images_per_second"],
+    }
+
+
+def faster(ratio: float) -> str:
+    """A time ratio (other / ours) in words."""
+    return f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
+
+
+def cell(s: dict, unit: str = "", digits: int = 0) -> str:
+    """``median (min–max) unit``; only the median when every run gave the same value."""
+    median, low, high = (f"{s[k]:.{digits}f}" for k in ("median", "min", "max"))
+    return f"{median}{unit}" if low == high else f"{median} ({low}–{high}){unit}"
+
+
+def table(s: dict, r: dict, sizes: Sizes, prefix_source: str) -> list[tuple[str, str, str, str]]:
+    """Rows: measure, tl-hub, peer (only where a peer ran), ratio (peer ratios, or "vs" another tl-hub row)."""
+
+    def ips(key: str) -> str:
+        return cell(s[key])
+
+    def sec(key: str) -> str:
+        return cell(s[key], " s", 2)
+
+    computed = " (computed)" if prefix_source.startswith("computed") else ""
+    return [
+        ("floor: load + 1 pass over train+val (preprocess + encoder)", sec("floor_seconds"), "", ""),
+        ("floor: load + 1 pass over train only", sec("floor_train_only_seconds"), "", ""),
+        (f"feature extraction, {sizes.fe_epochs} epochs, whole fit (vs Trainer)", sec("fe_seconds"),
+         sec("fe_trainer_seconds"), f"{faster(r['fe_speedup_vs_trainer'])}; vs floor: {r['fe_vs_floor']:.2f}x "
+                                    f"(train only: {r['fe_vs_floor_train_only']:.2f}x)"),
+        ("fine-tune all groups, train images/s (vs Trainer)", ips("ft_images_per_second"),
+         ips("ft_trainer_images_per_second"), f"{r['ft_throughput_vs_trainer']:.2f}x"),
+        ("fine-tune top-2 + prefix cache, train images/s", ips("ft_top2_cached_images_per_second"), "",
+         f"{r['top2_cached_speedup_vs_top2']:.2f}x vs top-2 without; {r['top2_cached_speedup_vs_full']:.2f}x vs all"),
+        ("fine-tune top-2, no prefix cache, train images/s", ips("ft_top2_images_per_second"), "",
+         f"{r['top2_speedup_vs_full']:.2f}x vs all groups"),
+        ("fine-tune top-2 + prefix cache, whole fit", sec("ft_top2_cached_fit_seconds"), "",
+         f"{faster(r['top2_cached_fit_speedup_vs_top2'])} than top-2 without ({sec('ft_top2_fit_seconds')})"),
+        (f"prefix cache size{computed}", cell(s["top2_prefix_cache_mb"], " MB", 1), "", ""),
+        ("peak memory growth, frozen (feature extraction)", cell(s["frozen_peak_mb"], " MB"), "",
+         f"{r['frozen_mem_vs_full']:.2f}x vs full fine-tune"),
+        ("peak memory growth, full fine-tune", cell(s["full_peak_mb"], " MB"), "", ""),
+        (f"predict images/s, {sizes.predict_images} images (vs pipeline)", ips("predict_images_per_second"),
+         ips("pipeline_images_per_second"), f"{r['predict_vs_pipeline']:.2f}x"),
+        ("first predict, fresh process: load + 1 image (vs pipeline)", sec("first_predict_seconds"),
+         sec("first_predict_pipeline_seconds"), faster(r["first_predict_speedup_vs_pipeline"])),
+        ("preprocessing images/s, plain", ips("preprocess_images_per_second"), "", ""),
+        ("preprocessing images/s, augmented", ips("preprocess_augmented_images_per_second"), "",
+         f"{r['preprocess_augmented_vs_ft_training']:.1f}x vs fine-tune training images/s"),
+        ("model forward images/s (inference)", ips("model_inference_images_per_second"), "", ""),
+    ]
+
+
+def print_table(rows) -> None:
+    header = ("measure", "tl-hub median (min–max)", "peer median (min–max)", "ratio")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
+    print()
+    for row in [header, tuple("-" * w for w in widths) + ("-" * 5,)] + rows:
+        print(f"| {row[0]:<{widths[0]}} | {row[1]:>{widths[1]}} | {row[2]:>{widths[2]}} | {row[3]}")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs of each side (default 5; --quick 1)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and one timed run: a smoke test")
     parser.add_argument("--phase", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.repeats = args.repeats or (1 if args.quick else 5)
+    if args.repeats < 3 and not args.quick and not args.phase:
+        parser.error(f"--repeats should be at least 3 (a min, a median and a max), got {args.repeats}; "
+                     "for a smoke test pass --quick.")
     import logging
 
     logging.basicConfig(level=logging.WARNING)
     if args.device == "cpu":
         os.environ["ACCELERATE_USE_CPU"] = "true"
     if args.phase:
-        print(json.dumps({"peak_growth_bytes": memory_phase(args.phase, args.model_dir, args)}))
+        print(json.dumps({"value": run_phase(args)}))
         return
 
     total = time.perf_counter()
+    sizes = QUICK if args.quick else Sizes()
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"tl-hub benchmark on {where}, mixed precision {args.mixed_precision}; {sizes.train} train / {sizes.val} "
+          f"validation images of {SIZE}x{SIZE}, ViT 6x192 patch 8; {args.repeats} timed runs of each side",
+          flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = make_model(os.path.join(tmp, "vit"))
-        train, val = make_data(N_TRAIN, 0), make_data(N_VAL, 1)
-        warm_up(model_dir, args)
-        where = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-        print(f"tl-hub benchmark on {where}, mixed precision {args.mixed_precision}; "
-              f"{N_TRAIN} train / {N_VAL} validation images of {SIZE}x{SIZE}, ViT 6x192 patch 8", flush=True)
+        bench = Bench(args, sizes, make_model(os.path.join(tmp, "vit")), make_data(sizes.train, 0),
+                      make_data(sizes.val, 1))
+        figures, notes = measure(bench, tmp)
 
-        # Short measurements are repeated, interleaved with their peer, and the best of each is kept.
-        floor = best_of(SHORT_REPEATS, lambda: floor_and_data_path(model_dir, train, args), "floor_seconds", max)
-        fe = best_of(SHORT_REPEATS, lambda: tl_hub_fe(model_dir, train, val, args), "seconds", max)
-        peer_fe = trainer_run(model_dir, train, val, epochs=FE_EPOCHS, freeze_encoder=True, evaluate=True, args=args)
-        ft_runs, peer_ft_runs = [], []
-        for _ in range(REPEATS):
-            ft_runs.append(tl_hub_finetune(model_dir, train, val, args))
-            peer_ft_runs.append(trainer_run(model_dir, train, val, epochs=1, freeze_encoder=False, evaluate=False,
-                                            args=args))
-        ft = max(ft_runs, key=lambda r: r["images_per_second"])
-        peer_ft = max(peer_ft_runs, key=lambda r: r["images_per_second"])
-        ft_top2 = tl_hub_finetune(model_dir, train, val, args, unfreeze=2)
-        pred = predict_vs_pipeline(model_dir, val, args)
-        mem_frozen = memory_in_subprocess("frozen", model_dir, args)
-        mem_full = memory_in_subprocess("full", model_dir, args)
-
-    r = {
-        "device": where,
-        "mixed_precision": args.mixed_precision,
-        "floor_seconds": floor["floor_seconds"],
-        "fe_seconds": fe["seconds"],
-        "fe_trainer_seconds": peer_fe["seconds"],
-        "fe_accuracy": fe["accuracy"],
-        "fe_trainer_accuracy": peer_fe["accuracy"],
-        "ft_images_per_second": ft["images_per_second"],
-        "ft_top2_images_per_second": ft_top2["images_per_second"],
-        "ft_trainer_images_per_second": peer_ft["images_per_second"],
-        "frozen_peak_mb": mem_frozen / 2**20,
-        "full_peak_mb": mem_full / 2**20,
-        "predict_images_per_second": pred["tl_hub"],
-        "pipeline_images_per_second": pred["pipeline"],
-        "preprocess_images_per_second": floor["preprocess_images_per_second"],
-        "preprocess_augmented_images_per_second": floor["preprocess_augmented_images_per_second"],
-        "model_inference_images_per_second": floor["model_inference_images_per_second"],
-    }
-    r.update({
-        "fe_vs_floor": r["fe_seconds"] / r["floor_seconds"],
-        "fe_speedup_vs_trainer": r["fe_trainer_seconds"] / r["fe_seconds"],
-        "ft_throughput_vs_trainer": r["ft_images_per_second"] / r["ft_trainer_images_per_second"],
-        "top2_speedup_vs_full": r["ft_top2_images_per_second"] / r["ft_images_per_second"],
-        "frozen_mem_vs_full": mem_frozen / mem_full,
-        "predict_vs_pipeline": r["predict_images_per_second"] / r["pipeline_images_per_second"],
-        "preprocess_vs_training": r["preprocess_augmented_images_per_second"] / r["ft_images_per_second"],
-        "benchmark_seconds": time.perf_counter() - total,
-    })
-
-    rows = [
-        ("floor: 1 pass over train (preprocess + forward)", f"{r['floor_seconds']:.2f} s", "", ""),
-        (f"feature extraction, {FE_EPOCHS} epochs", f"{r['fe_seconds']:.2f} s", f"{r['fe_trainer_seconds']:.2f} s",
-         f"{r['fe_speedup_vs_trainer']:.1f}x faster; {r['fe_vs_floor']:.2f}x floor"),
-        ("fine-tune (all groups), train images/s", f"{r['ft_images_per_second']:.0f}",
-         f"{r['ft_trainer_images_per_second']:.0f}", f"{r['ft_throughput_vs_trainer']:.2f}x"),
-        ("fine-tune top-2 blocks, train images/s", f"{r['ft_top2_images_per_second']:.0f}", "",
-         f"{r['top2_speedup_vs_full']:.2f}x vs all groups"),
-        ("peak memory growth: frozen period vs full", f"{r['frozen_peak_mb']:.0f} MB", f"{r['full_peak_mb']:.0f} MB",
-         f"{r['frozen_mem_vs_full']:.2f}x"),
-        ("predict images/s (vs pipeline)", f"{r['predict_images_per_second']:.0f}",
-         f"{r['pipeline_images_per_second']:.0f}", f"{r['predict_vs_pipeline']:.2f}x"),
-        ("preprocessing images/s, plain", f"{r['preprocess_images_per_second']:.0f}", "", ""),
-        ("preprocessing images/s, augmented (vs fine-tune)", f"{r['preprocess_augmented_images_per_second']:.0f}",
-         f"{r['ft_images_per_second']:.0f}", f"{r['preprocess_vs_training']:.1f}x"),
-        ("model forward images/s (inference)", f"{r['model_inference_images_per_second']:.0f}", "", ""),
-    ]
-    print(f"\n| {'measure':<48} | {'tl-hub':>10} | {'peer':>10} | ratio")
-    print(f"|{'-' * 50}|{'-' * 12}|{'-' * 12}|{'-' * 30}")
-    for name, ours, peer, ratio in rows:
-        print(f"| {name:<48} | {ours:>10} | {peer:>10} | {ratio}")
-    print(f"\naccuracy after {FE_EPOCHS} feature-extraction epochs: tl-hub {r['fe_accuracy']:.3f}, "
-          f"Trainer {r['fe_trainer_accuracy']:.3f}; total {r['benchmark_seconds']:.0f} s")
-    print(json.dumps(r))
+    s = {name: stats(values) for name, values in figures.items()}
+    r = ratios({name: v["median"] for name, v in s.items()})
+    print_table(table(s, r, sizes, notes["top2_prefix_cache_mb_source"]))
+    print(f"\naccuracy after {sizes.fe_epochs} feature-extraction epochs (median): tl-hub (kept epoch) "
+          f"{s['fe_accuracy']['median']:.3f}, Trainer (last epoch) {s['fe_trainer_accuracy']['median']:.3f}; "
+          f"prefix cache size: {notes['top2_prefix_cache_mb_source']}; total {time.perf_counter() - total:.0f} s")
+    out = {"device": where, "mixed_precision": args.mixed_precision,
+           "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "host": host(),
+           "quick": args.quick, "repeats": args.repeats, "sizes": dataclasses.asdict(sizes)}
+    for name, v in s.items():
+        out.update({f"{name}_median": v["median"], f"{name}_min": v["min"], f"{name}_max": v["max"]})
+    out.update(r)
+    out.update(notes)
+    out["targets"] = {k: {"at_least": t, "value": r[k], "met": r[k] >= t} for k, t in TARGETS.items()}
+    out["runs"] = {name: v["runs"] for name, v in s.items()}
+    out["benchmark_seconds"] = time.perf_counter() - total
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":
