@@ -38,6 +38,11 @@ class EncoderCounter:
         self.period = "fine-tune"
 
 
+def feature_files(folder) -> list[str]:
+    """The cache entries in ``folder`` (one features file each, next to its labels file)."""
+    return [f for f in os.listdir(folder) if f.endswith(".features.npy")]
+
+
 def fit_counting(recipe, data, validation=None):
     counter = EncoderCounter(recipe)
     result = recipe.fit(data, validation, progress=False, on_period_end=counter.on_period_end)
@@ -82,7 +87,8 @@ def test_disk_cache_is_reused_across_runs(tiny_model_dir, tmp_path):
     data, val = colour_dataset(45), colour_dataset(15, seed=5)
     first, c1 = fit_counting(FeatureExtractionRecipe(tiny_model_dir("vit"), **kwargs), data, val)
     assert c1 == {"head": 60}
-    assert len(os.listdir(tmp_path / "cache")) == 2  # training and validation features
+    assert len(feature_files(tmp_path / "cache")) == 2  # training and validation features
+    assert len(os.listdir(tmp_path / "cache")) == 4 and not [f for f in os.listdir(tmp_path / "cache") if "tmp" in f]
     second, c2 = fit_counting(FeatureExtractionRecipe(tiny_model_dir("vit"), **kwargs), data, val)
     assert c2 == {}  # every feature came from disk
     assert [h["accuracy"] for h in second.history] == [h["accuracy"] for h in first.history]
@@ -110,7 +116,7 @@ def test_cache_is_invalidated_when_model_preprocessing_or_data_change(tmp_path):
     assert encoder_images(str(tmp_path / "m3")) == 45
     # same model and preprocessing, different training data: only the training split is recomputed
     assert encoder_images(base, colour_dataset(30, seed=9)) == 30
-    assert len(os.listdir(tmp_path / "cache")) == 2 + 2 + 2 + 1
+    assert len(feature_files(tmp_path / "cache")) == 2 + 2 + 2 + 1
 
 
 def test_cached_and_uncached_training_agree(tiny_model_dir):

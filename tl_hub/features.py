@@ -17,24 +17,27 @@ the encoder on freshly augmented images every epoch instead (one pass per image 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
+import numpy as np
 import torch
 from torch import nn
 
 from .backbone import Backbone
 from .data import EpochDataset
-from .outputs import atomic_path, cache_root
+from .outputs import cache_root
 from .structure import model_inputs
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
 
 
 def default_cache_dir() -> str:
@@ -161,13 +164,79 @@ def collate_features(batch):
     return {"features": torch.stack(feats), "labels": torch.stack(labels)}
 
 
+def first_tensor_argument(args: tuple, kwargs: dict) -> tuple[Union[int, str], torch.Tensor]:
+    """Where a module's main input is, and its value: the first tensor positional argument, else the first tensor
+    keyword argument (``hidden_states=`` in many transformers blocks)."""
+    for i, value in enumerate(args):
+        if torch.is_tensor(value):
+            return i, value
+    for name, value in kwargs.items():
+        if torch.is_tensor(value):
+            return name, value
+    raise RuntimeError("The module was called without a tensor argument; its input cannot be cached.")
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory available to new allocations (``MemAvailable``), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+# cached features larger than this share of the available memory are kept in a memory-mapped file instead
+MEMORY_SHARE = 0.5
+
+
+class _Buffer:
+    """Where one capture point's features go while they are computed: a preallocated tensor in memory, or a
+    memory-mapped ``.npy`` file (``path``) written batch by batch, so that the features are never held twice."""
+
+    def __init__(self, views: int, n: int, shape: tuple, path: Optional[str]):
+        self.shape, self.path = (views, n, *shape), path
+        if path is None:
+            self.tensor = torch.empty(self.shape, dtype=torch.float32)
+        else:
+            array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=self.shape)
+            self.array, self.tensor = array, torch.from_numpy(array)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * 4
+
+    def write(self, view: int, offset: int, values: torch.Tensor) -> None:
+        self.tensor[view, offset:offset + values.shape[0]] = values
+
+    def finish(self) -> torch.Tensor:
+        if self.path is None:
+            return self.tensor
+        self.array.flush()
+        del self.array, self.tensor
+        return open_features(self.path)
+
+
+def open_features(path: str) -> torch.Tensor:
+    """The features of a ``.npy`` cache file, memory-mapped (pages are read when used, never all at once).  The
+    mapping is copy-on-write, so nothing done to the tensor reaches the file."""
+    return torch.from_numpy(np.load(path, mmap_mode="c"))
+
+
 class FeatureStore:
     """Compute-once encoder features for the splits of one run.
+
+    Features are the input of a module of the model, by default its head; `get_many` captures several modules'
+    inputs in one pass (e.g. the head's and an encoder block's, for `tl_hub.prefix`).
 
     Args:
         backbone: the loaded model (its encoder is frozen while features are used).
         accelerator: shards the extraction across processes and gathers the result.
-        cache: ``"disk"`` (memory plus a safetensors file under ``cache_dir``), ``"memory"``.
+        cache: ``"disk"`` (a memory-mapped ``.npy`` file per split and capture point under ``cache_dir``, reused by
+            later runs), ``"memory"`` (a tensor; a memory-mapped temporary file when the features would take more
+            than `MEMORY_SHARE` of the available memory).
         cache_dir: where disk caches live (default `default_cache_dir`).
         batch_size: global extraction batch size.
         num_workers: DataLoader workers for decoding and preprocessing.
@@ -184,96 +253,184 @@ class FeatureStore:
         self.head_path = single_head(backbone)
         self._encoder_fp: Optional[str] = None
         self.computed_examples = 0  # encoder forward passes actually run (per view), for reporting and tests
+        self.sizes: dict[str, dict] = {}  # "<what> <capture point>" -> bytes and where the features are kept
 
     @property
     def available(self) -> bool:
         return self.head_path is not None
 
-    def key(self, ds, image_column: str, views: int, augment: dict) -> str:
+    def key(self, ds, image_column: str, views: int, augment: dict, at: Optional[str] = None) -> str:
         if self._encoder_fp is None:
             self._encoder_fp = encoder_fingerprint(self.backbone.model, self.backbone.parts.head)
         parts = [FORMAT_VERSION, self._encoder_fp, processor_fingerprint(self.backbone.processor),
                  str(self.accelerator.mixed_precision), _major_versions(),
-                 data_fingerprint(ds, image_column), self.head_path, str(views),
+                 data_fingerprint(ds, image_column), at or self.head_path, str(views),
                  json.dumps(augment if views > 1 else {}, sort_keys=True)]
         return hashlib.blake2b("|".join(parts).encode(), digest_size=20).hexdigest()
 
     def get(self, ds, image_column: str, label_column: str, *, views: int = 1, augment: Optional[dict] = None,
             what: str = "training") -> CachedFeatures:
-        """Features of ``ds``: from the disk cache when the key matches, else computed (and stored)."""
-        from safetensors.torch import load_file, save_file
+        """The head's input features of ``ds``: from the disk cache when the key matches, else computed."""
+        return self.get_many(ds, image_column, label_column, at=[self.head_path], views=views, augment=augment,
+                             what=what)[0]
 
+    def get_many(self, ds, image_column: str, label_column: str, *, at: Sequence[str], views: int = 1,
+                 augment: Optional[dict] = None, what: str = "training") -> list[CachedFeatures]:
+        """The input features of each module in ``at`` (dotted paths) for ``ds``, computed in one pass over the
+        data for those not found in the disk cache."""
         augment = augment or {}
-        if self.cache != "disk":
-            return self._compute(ds, image_column, label_column, views, augment, what)
-        path = os.path.join(self.cache_dir, f"{self.key(ds, image_column, views, augment)}.safetensors")
-        if os.path.exists(path):
-            try:
-                tensors = load_file(path)
-                logger.info("Loaded cached %s features (%s) from %s", what, tuple(tensors["features"].shape), path)
-                return CachedFeatures(tensors["features"], tensors["labels"])
-            except Exception as e:  # a damaged cache file is recomputed, not fatal
-                logger.warning("Ignoring unreadable feature cache %s (%s); recomputing.", path, e)
-        cached = self._compute(ds, image_column, label_column, views, augment, what)
-        if self.accelerator.is_main_process:
-            try:
-                os.makedirs(self.cache_dir, exist_ok=True)
-                with atomic_path(path) as tmp:
-                    save_file({"features": cached.features.contiguous(), "labels": cached.labels}, tmp,
-                              metadata={"format": FORMAT_VERSION, "what": what})
-            except OSError as e:
-                logger.warning("Could not write the feature cache to %s (%s); continuing in memory.", path, e)
-        self.accelerator.wait_for_everyone()
-        return cached
+        paths = {p: self._path(ds, image_column, views, augment, p) for p in at}
+        found = {p: self._load(path, what) for p, path in paths.items() if path is not None}
+        missing = [p for p in at if found.get(p) is None]
+        if missing:
+            computed = self._compute(ds, image_column, label_column, views, augment, what,
+                                     {p: paths[p] for p in missing})
+            found.update(zip(missing, computed))
+        for p in at:
+            where = "disk (memory-mapped)" if paths[p] is not None else "memory"
+            self.sizes[f"{what} {p}"] = {"bytes": found[p].features.numel() * 4, "where": where}
+        return [found[p] for p in at]
 
-    def _compute(self, ds, image_column, label_column, views, augment, what) -> CachedFeatures:
+    def _path(self, ds, image_column, views, augment, at) -> Optional[str]:
+        if self.cache != "disk" or not self._writable():
+            return None
+        return os.path.join(self.cache_dir, self.key(ds, image_column, views, augment, at))
+
+    def _writable(self) -> bool:
+        with contextlib.suppress(OSError):
+            os.makedirs(self.cache_dir, exist_ok=True)
+        if os.access(self.cache_dir, os.W_OK):
+            return True
+        logger.warning("Cannot write the feature cache folder %s; the features are kept in memory for this run.",
+                       self.cache_dir)
+        self.cache = "memory"
+        return False
+
+    def _load(self, path: str, what: str) -> Optional[CachedFeatures]:
+        """The cached features at ``path`` (``.features.npy`` + ``.labels.npy``), or None if absent or unreadable."""
+        if not os.path.exists(path + ".features.npy"):
+            return None
+        try:
+            cached = CachedFeatures(open_features(path + ".features.npy"),
+                                    torch.from_numpy(np.load(path + ".labels.npy")))
+            logger.info("Loaded cached %s features (%s) from %s", what, tuple(cached.features.shape), path)
+            return cached
+        except Exception as e:  # a damaged cache file is recomputed, not fatal
+            logger.warning("Ignoring unreadable feature cache %s (%s); recomputing.", path, e)
+            return None
+
+    def _compute(self, ds, image_column, label_column, views, augment, what, paths: dict) -> list[CachedFeatures]:
         """Run the encoder over the data; leaves the global RNG as it was, so that training does not depend on
         whether the features came from the cache."""
         # moved outside inference mode: a move there (e.g. "cpu" -> "cpu:0" under a multi-process launch) would
         # turn the parameters into inference tensors that can no longer be trained
         self.backbone.model.to(self.accelerator.device)
-        with torch.random.fork_rng(devices=[]), torch.inference_mode():
-            return self._compute_views(ds, image_column, label_column, views, augment, what)
+        buffers: dict[str, Optional[_Buffer]] = {}
+        try:
+            with torch.random.fork_rng(devices=[]), torch.inference_mode():
+                labels = self._compute_views(ds, image_column, label_column, views, augment, what, paths, buffers)
+        except BaseException:
+            for buffer in buffers.values():
+                if buffer is not None and buffer.path is not None and os.path.exists(buffer.path):
+                    os.unlink(buffer.path)  # no half-written file is left behind
+            raise
+        return [self._finish(buffers[p], labels, path) for p, path in paths.items()]
 
-    def _compute_views(self, ds, image_column, label_column, views, augment, what) -> CachedFeatures:
+    def _finish(self, buffer: Optional[_Buffer], labels: torch.Tensor, path: Optional[str]) -> CachedFeatures:
+        """Close a capture point's buffer: a disk cache is renamed into place by the main process (then read by
+        every process); a spilled memory buffer is unlinked once mapped."""
+        accelerator = self.accelerator
+        if path is None:
+            features = buffer.finish()
+            if buffer.path is not None:
+                os.unlink(buffer.path)  # the mapping stays valid; the space is freed when it is closed
+            return CachedFeatures(features, labels)
+        if accelerator.is_main_process:
+            buffer.finish()
+            np.save(path + ".labels.tmp.npy", labels.numpy())
+            os.replace(path + ".labels.tmp.npy", path + ".labels.npy")
+            os.replace(buffer.path, path + ".features.npy")  # last: the features file marks a complete entry
+        accelerator.wait_for_everyone()
+        return CachedFeatures(open_features(path + ".features.npy"), labels)
+
+    def _buffer(self, views: int, n: int, shape: tuple, path: Optional[str]) -> Optional[_Buffer]:
+        """A buffer for ``views x n`` features of ``shape``: a cache file being written (main process only), a
+        tensor, or, when a tensor would not fit in memory, a temporary memory-mapped file."""
+        if path is not None:
+            if not self.accelerator.is_main_process:
+                return None
+            return _Buffer(views, n, shape, f"{path}.{os.getpid()}.tmp.npy")
+        nbytes = views * n * int(np.prod(shape)) * 4
+        free = available_memory()
+        if free is not None and nbytes > MEMORY_SHARE * free:
+            os.makedirs(self.cache_dir, exist_ok=True)
+            spill = os.path.join(self.cache_dir, f"spill-{os.getpid()}-{id(self)}-{len(shape)}.tmp.npy")
+            logger.warning("The features (%.1f GB) would not fit in memory (%.1f GB available); they are kept in a "
+                           "memory-mapped file, %s.", nbytes / 2**30, free / 2**30, spill)
+            return _Buffer(views, n, shape, spill)
+        return _Buffer(views, n, shape, None)
+
+    def _compute_views(self, ds, image_column, label_column, views, augment, what, paths, buffers) -> torch.Tensor:
+        """Fill ``buffers`` (capture point -> `_Buffer`) with every view's features; return the labels."""
         from .data import ImageClassificationDataset, ImageCollator, make_loader
 
-        accelerator = self.accelerator
-        model = self.backbone.model
+        accelerator, model = self.accelerator, self.backbone.model
         model.eval()
-        head = model.get_submodule(self.head_path)
-
-        def capture(module, args):
-            raise _Captured(args[0])
-
-        handle = head.register_forward_pre_hook(capture)
-        all_views = []
-        labels = None
+        capture = _Capture(model, list(paths))
+        labels = torch.empty(len(ds), dtype=torch.long)
         try:
             for view in range(views):
                 dataset = ImageClassificationDataset(ds, image_column, label_column, augment=view > 0, **augment)
                 dataset.set_epoch(view)  # view v > 0 uses the augmentation stream of "epoch" v
                 loader = make_loader(dataset, self.batch_size, collate_fn=ImageCollator(self.backbone.processor),
                                      num_workers=self.num_workers)
-                loader = accelerator.prepare_data_loader(loader)
-                feats, labs = [], []
-                for batch in loader:
-                    try:
-                        with accelerator.autocast():
-                            model(**model_inputs(model, batch))
-                        raise RuntimeError(f"The head {self.head_path!r} was not called by the model's forward.")
-                    except _Captured as c:
-                        f = c.value.float()
-                    f, y = accelerator.gather_for_metrics((f.contiguous(), batch["labels"]))
-                    feats.append(f.cpu())
-                    labs.append(y.cpu())
+                offset = 0
+                for batch in accelerator.prepare_data_loader(loader):
+                    values = capture.run(accelerator, batch)
+                    gathered = accelerator.gather_for_metrics((*values.values(), batch["labels"]))
+                    for (p, _), f in zip(values.items(), gathered):
+                        if p not in buffers:
+                            buffers[p] = self._buffer(views, len(ds), tuple(f.shape[1:]), paths[p])
+                        if buffers[p] is not None:
+                            buffers[p].write(view, offset, f.cpu())
+                    labels[offset:offset + gathered[-1].shape[0]] = gathered[-1].cpu()
+                    offset += gathered[-1].shape[0]
                     self.computed_examples += batch["labels"].shape[0]
-                all_views.append(torch.cat(feats))
-                labels = torch.cat(labs)
         finally:
-            handle.remove()
-        features = torch.stack(all_views)
+            capture.remove()
         if accelerator.is_main_process:
-            logger.info("Computed %s features for %d images x %d view(s): %s", what, features.shape[1], views,
-                        tuple(features.shape[2:]))
-        return CachedFeatures(features, labels)
+            logger.info("Computed %s features for %d images x %d view(s) at %s", what, len(ds), views, list(paths))
+        return labels
+
+
+class _Capture:
+    """Forward pre-hooks that record the input of each module in ``paths`` and stop the forward pass once all are
+    recorded (what runs after them is not needed)."""
+
+    def __init__(self, model: nn.Module, paths: list[str]):
+        self.model, self.paths, self.seen = model, paths, {}
+        self.handles = [model.get_submodule(p).register_forward_pre_hook(self._hook(p), with_kwargs=True)
+                        for p in paths]
+
+    def _hook(self, path: str):
+        def hook(module, args, kwargs):
+            self.seen.setdefault(path, first_tensor_argument(args, kwargs)[1])
+            if len(self.seen) == len(self.paths):
+                raise _Captured(None)
+
+        return hook
+
+    def run(self, accelerator, batch) -> dict[str, torch.Tensor]:
+        self.seen = {}
+        try:
+            with accelerator.autocast():
+                self.model(**model_inputs(self.model, batch))
+        except _Captured:
+            return {p: self.seen[p].float().contiguous() for p in self.paths}
+        missing = [p for p in self.paths if p not in self.seen]
+        raise RuntimeError(f"The module(s) {missing} were not called by the model's forward; their input cannot be "
+                           "cached.")
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
