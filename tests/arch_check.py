@@ -10,7 +10,8 @@ The promises:
    that produce the logits, every pretrained tensor (final norms included) is bit-identical after loading, and the
    groups run in order from the input to the output;
 2. feature extraction and fine-tuning (``unfreeze=2``, ``layer_decay``) train, with augmentation on;
-3. save -> ``tl_hub.load`` gives identical probabilities; so does a LoRA adapter where PEFT supports the layers.
+3. save -> ``tl_hub.load`` gives identical probabilities; so does a LoRA adapter where PEFT supports the layers;
+4. top-2 fine-tuning on the cached frozen prefix trains as running the whole encoder does (or falls back to it).
 """
 
 from __future__ import annotations
@@ -91,12 +92,28 @@ def check_training(folder: str, tmp: str, lora: bool) -> dict:
     return out
 
 
+def check_prefix(folder: str) -> str:
+    """Top-2 fine-tuning on the cached frozen prefix (`tl_hub.prefix`) trains as running the whole encoder does (to
+    1e-5); returns the cut, or "-" where the model falls back to the whole encoder (tl-hub checks the cut itself)."""
+    import tl_hub
+
+    data, val = colour_dataset(24), colour_dataset(9, seed=3)
+    runs = [tl_hub.FineTuneRecipe(folder, head_epochs=0, epochs=2, unfreeze=2, augment=False, prefix_cache=cache,
+                                  lr=1e-2, **FAST).fit(data, val, progress=False) for cache in (True, False)]
+    cut = runs[0].extra["periods"][-1].get("prefix_cache")
+    for cached, whole in zip(runs[0].history, runs[1].history, strict=True):
+        for key in ("train_loss", "loss"):
+            assert abs(cached[key] - whole[key]) <= 1e-5, f"cached prefix at {cut}: {key} {cached} vs {whole}"
+    return cut or "-"
+
+
 def check(model_type: str, tmp: str) -> dict:
     """All promises for ``model_type``, in ``tmp``; returns what was measured."""
     start = time.perf_counter()
     folder = arch_zoo.save_tiny(model_type, os.path.join(tmp, "base"))
     split = check_split(folder, model_type)
     result = {"type": model_type, **split, **check_training(folder, tmp, lora=split["lora_targets"] > 0)}
+    result["prefix_cut"] = check_prefix(folder)
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
 
@@ -122,9 +139,10 @@ def without_dropout(folder: str) -> str:
     return folder
 
 
-def one_vs_two_processes(types, tmp: str) -> dict:
+def one_vs_two_processes(types, tmp: str, prefix: bool = False) -> dict:
     """Fine-tune each type in one process and in two (one launch each, gloo on CPU); return per type the world
-    sizes, the epochs per period and the largest difference of any per-epoch metric."""
+    sizes, the epochs per period, the prefix cut and the largest difference of any per-epoch metric.  With
+    ``prefix`` the top 2 blocks train on the cached frozen prefix (`tl_hub.prefix`)."""
     import json
     import shutil
     import socket
@@ -136,7 +154,8 @@ def one_vs_two_processes(types, tmp: str) -> dict:
     data = datasets.DatasetDict({"train": colour_dataset(24, seed=1), "validation": colour_dataset(16, seed=2)})
     data.save_to_disk(os.path.join(tmp, "data"))
     script = os.path.join(HERE, "scripts", "dist_arch.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([HERE, *sys.path])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([HERE, *sys.path]),
+           "TL_HUB_TEST_PREFIX": "1" if prefix else "0"}
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -157,21 +176,23 @@ def one_vs_two_processes(types, tmp: str) -> dict:
                                                                             strict=True)
                     for k in ("train_loss", "loss", "accuracy", "f1"))
         result[t] = {"world_sizes": [one[t]["world_size"]] + [r[t]["world_size"] for r in ranks],
-                     "epochs": one[t]["epochs"], "unused": one[t]["unused"], "max_difference": worst}
+                     "epochs": one[t]["epochs"], "unused": one[t]["unused"], "max_difference": worst,
+                     "prefix_cuts": [one[t]["prefix_cut"]] + [r[t]["prefix_cut"] for r in ranks]}
     return result
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model type | result | blocks | head | LoRA | 2 processes (largest metric difference) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| model type | result | blocks | head | LoRA | top-2 on cached prefix (cut) | 2 processes (largest "
+             "metric difference) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['type']} | {r['error']} | | | | |")
+            lines.append(f"| {r['type']} | {r['error']} | | | | | |")
         else:
             ddp = r.get("ddp")
             ddp_text = "not run" if ddp is None else f"passes ({ddp['max_difference']:.1g})"
             lines.append(f"| {r['type']} | passes | {r['blocks']} | `{', '.join(r['head'])}` | "
-                         f"{'yes' if 'lora' in r else 'no linear layers'} | {ddp_text} |")
+                         f"{'yes' if 'lora' in r else 'no linear layers'} | "
+                         f"{'whole encoder' if r['prefix_cut'] == '-' else '`' + r['prefix_cut'] + '`'} | {ddp_text} |")
     return "\n".join(lines)
 
 

@@ -87,3 +87,15 @@ def test_two_processes_fine_tune_every_kind_of_encoder(tmp_path):
         assert r["max_difference"] <= 1e-4, (name, r)
     assert result["dinov2"]["unused"] == 1 and result["clip"]["unused"] == 2 and result["siglip"]["unused"] > 0
     print("largest 1- vs 2-process difference per model:", {k: f"{v['max_difference']:.2g}" for k, v in result.items()})
+
+
+def test_two_processes_train_top_blocks_on_the_cached_prefix(tmp_path):
+    """Top-2 fine-tuning on the cached frozen prefix (a plain ViT, a staged ConvNeXt, Swin with its patch merging)
+    under DDP: every process uses the same cut and the metrics are those of one process."""
+    from arch_check import one_vs_two_processes
+
+    result = one_vs_two_processes(("vit", "convnext", "swin"), str(tmp_path), prefix=True)
+    for name, r in result.items():
+        assert r["world_sizes"] == [1, 2, 2], "accelerate did not start two processes"
+        assert r["prefix_cuts"][0] is not None and len(set(r["prefix_cuts"])) == 1, (name, r)
+        assert r["max_difference"] <= 1e-4, (name, r)

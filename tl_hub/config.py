@@ -136,7 +136,10 @@ class TrainingConfig:
     hflip: bool = setting(False, "Add random horizontal flips to augmentation; only for labels that a mirror image "
                           "keeps (not text, digits, or left/right classes).")
     crop_scale: float = setting(0.6, "Smallest area fraction kept by the random resized crop (0 < s <= 1).")
-    num_workers: int = setting(0, "DataLoader worker processes.")
+    num_workers: Optional[int] = setting(None, "DataLoader worker processes that decode and preprocess images "
+                                         "(default: none on the CPU, where they would take cores from the model; "
+                                         "with a GPU, the cores per process minus one, at most 8: see "
+                                         "tl_hub.runtime.default_num_workers).")
     train_examples: Optional[int] = setting(None, "Streamed training data only: the examples in one epoch, needed "
                                             "when the stream's length is unknown (no split info, not plain "
                                             "parquet files); smaller than the stream, it makes shorter epochs.")
@@ -151,6 +154,10 @@ class TrainingConfig:
                                                "~/.cache/tl_hub/features).")
     feature_views: int = setting(1, "Views cached per training image while the encoder is frozen: view 0 is the "
                                  "plain image, the others augmented (k views cost k encoder passes).")
+    prefix_cache: bool = setting(True, "When only the top blocks train (fine-tune with unfreeze=k) and the frozen "
+                                 "blocks below them see fixed inputs (augment off, or feature_views views cached), "
+                                 "compute the frozen blocks' output once and train the top blocks on it; off: run "
+                                 "the whole encoder every step.")
 
     checkpoint_dir: Optional[str] = setting(None, "Folder for resumable checkpoints (model, optimizer, LR schedule, "
                                             "RNG and data position), written at every epoch end and every save_steps "

@@ -540,7 +540,8 @@ def make_loader(dataset, batch_size: int, *, collate_fn, shuffle: bool = False, 
     """The one way tl-hub builds a ``DataLoader``: shuffled loaders draw their order from ``seed``."""
     generator = torch.Generator().manual_seed(seed) if shuffle and seed is not None else None
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_fn,
-                                       generator=generator, num_workers=num_workers, persistent_workers=False)
+                                       generator=generator, num_workers=num_workers, persistent_workers=False,
+                                       pin_memory=num_workers > 0 and torch.cuda.is_available())
 
 
 def is_single_image(x: Any) -> bool:

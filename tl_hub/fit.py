@@ -30,6 +30,7 @@ from .errors import ConfigError
 from .exporters import trained_kind
 from .features import (
     CachedFeatureDataset,
+    CachedFeatures,
     FeatureStore,
     HeadModule,
     collate_features,
@@ -38,8 +39,9 @@ from .features import (
 )
 from .inference import Classifier
 from .loop import Period, train_periods
+from .prefix import PrefixModel, find_cut, frozen_in_eval_mode, prefix_groups, reference_batch
 from .probe import can_solve, linear_inputs, linear_layer
-from .runtime import check_batch_size, make_accelerator
+from .runtime import check_batch_size, default_num_workers, make_accelerator, processes_per_node
 from .streaming import StreamData, is_stream, make_stream_loaders, prepare_stream
 from .version import __version__
 
@@ -99,8 +101,8 @@ def fit(recipe, train: Any, validation: Any = None, *, accelerator=None, progres
         start_run(recipe, backbone, data, checkpointer, resume)
     history = train_periods(
         accelerator, backbone.model, periods, loaders.train, loaders.eval, config=recipe.config,
-        feature_loaders=loaders.features, on_epoch_start=loaders.set_epoch, on_period_end=on_period_end,
-        progress=progress, checkpointer=checkpointer, resume=resume,
+        feature_loaders=loaders.features, prefix_loaders=loaders.prefix, on_epoch_start=loaders.set_epoch,
+        on_period_end=on_period_end, progress=progress, checkpointer=checkpointer, resume=resume,
     )
     return finish(recipe, backbone, data, periods, history, initial_buffers)
 
@@ -140,6 +142,9 @@ def prepare(recipe, train: Any, validation: Any) -> tuple[PreparedData, Backbone
         set_seed(cfg.seed)
         backbone = recipe.load_backbone(data.labels)
     recipe.config = cfg.resolved(data.train_size())
+    if recipe.config.num_workers is None:
+        recipe.config = dataclasses.replace(recipe.config, num_workers=default_num_workers(
+            accelerator.device.type, processes_per_node(accelerator)))
     recipe.passes = cfg.passes_per_epoch(data.train_size())
     recipe.data, recipe.backbone, recipe.dataset_name = data, backbone, dataset_name(train)
     if accelerator.is_main_process:
@@ -157,11 +162,13 @@ def prepare(recipe, train: Any, validation: Any) -> tuple[PreparedData, Backbone
 
 @dataclass
 class Loaders:
-    """The loaders of a run: images for every period, cached features for head-only periods (or None)."""
+    """The loaders of a run: images for every period; cached features for head-only periods (``features``) and
+    cached prefix outputs for a top-k fine-tuning period (``prefix``), each ``(module, train, eval)`` or None."""
 
     train: Any
     eval: Any
     features: Optional[tuple] = None
+    prefix: Optional[tuple] = None
     periods: list = field(default_factory=list)
     epoch_datasets: list = field(default_factory=list)
 
@@ -185,38 +192,103 @@ class Loaders:
             make_loader(val_set, cfg.eval_batch_size, collate_fn=collate, num_workers=cfg.num_workers),
             periods=list(periods), epoch_datasets=[train_set],
         )
-        if any(p.features and p.epochs > 0 for p in periods) and cfg.feature_cache != "off":
-            loaders.features = feature_loaders(recipe, backbone, data)
-            if loaders.features is not None:
-                loaders.epoch_datasets.append(loaders.features[1].dataset)
-                loaders.periods = solved_periods(cfg, loaders.periods, loaders.features)
+        loaders.add_cached(recipe, backbone, data)
         return loaders
 
+    def add_cached(self, recipe, backbone: Backbone, data: PreparedData) -> None:
+        """Cache what the periods allow, in one pass over the data: the head's input for head-only periods, and
+        the input of the lowest trained block for a top-k fine-tuning period (see `tl_hub.prefix`)."""
+        cfg = recipe.config
+        head = cfg.feature_cache != "off" and any(p.features and p.epochs > 0 for p in self.periods)
+        plan = plan_prefix(recipe, backbone, data, self.periods)
+        if not head and plan is None:
+            return
+        recipe.feature_store = store = FeatureStore(
+            backbone, recipe.accelerator, cache=cfg.feature_cache, cache_dir=cfg.feature_cache_dir,
+            batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers,
+        )
+        if head and not store.available:
+            logger.warning("The head of %s has several modules %s; its features are not cached and the frozen "
+                           "encoder runs every epoch.", recipe.source.id, list(backbone.parts.head))
+        at = ([store.head_path] if head and store.available else []) + ([plan[1].path] if plan else [])
+        if not at:
+            return
+        train, val = cached_splits(recipe, store, data, at)
+        if head and store.available:
+            self.features = head_loaders(recipe, backbone, store, train[0], val[0])
+            self.epoch_datasets.append(self.features[1].dataset)
+            self.periods = solved_periods(cfg, self.periods, self.features)
+        if plan is not None:
+            self.prefix = prefix_loaders(recipe, backbone, plan[1], train[-1], val[-1])
+            self.epoch_datasets.append(self.prefix[1].dataset)
+            index, cut = plan
+            mb = train[-1].features.numel() * 4 / 2**20
+            self.periods[index] = dataclasses.replace(
+                self.periods[index], prefix=True, info={**self.periods[index].info, "prefix_cache": cut.path,
+                                                        "prefix_cache_mb": round(mb, 1)})
 
-def feature_loaders(recipe, backbone: Backbone, data: PreparedData):
-    """``(head, train_loader, eval_loader)`` over cached encoder features for the periods that train only the head
-    (None if the model's head cannot be fed from one cached tensor)."""
-    cfg, accelerator = recipe.config, recipe.accelerator
-    recipe.feature_store = store = FeatureStore(
-        backbone, accelerator, cache=cfg.feature_cache, cache_dir=cfg.feature_cache_dir,
-        batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers,
-    )
-    if not store.available:
-        logger.warning("The head of %s has several modules %s; its features are not cached and the frozen "
-                       "encoder runs every epoch.", recipe.source.id, list(backbone.parts.head))
-        return None
+
+def cached_splits(recipe, store: FeatureStore, data: PreparedData, at: list[str]):
+    """The training (with ``feature_views`` views) and validation inputs of the modules ``at``, cached."""
+    cfg = recipe.config
     augment = {"hflip": cfg.hflip, "crop_scale": cfg.crop_scale, "seed": cfg.seed}
-    train = store.get(data.train, data.image_column, data.label_column, views=cfg.feature_views,
-                      augment=augment, what="training")
-    val = store.get(data.validation, data.image_column, data.label_column, what="validation")
-    if accelerator.is_main_process and cfg.augment and cfg.feature_views == 1:
+    train = store.get_many(data.train, data.image_column, data.label_column, at=at, views=cfg.feature_views,
+                           augment=augment, what="training")
+    val = store.get_many(data.validation, data.image_column, data.label_column, at=at, what="validation")
+    if recipe.accelerator.is_main_process:
+        logger.info("Feature caches: %s", ", ".join(f"{k} {v['bytes'] / 2**20:.1f} MB in {v['where']}"
+                                                     for k, v in store.sizes.items()))
+    return train, val
+
+
+def head_loaders(recipe, backbone: Backbone, store: FeatureStore, train: CachedFeatures, val: CachedFeatures):
+    """``(head, train_loader, eval_loader)`` over cached head inputs, for the periods that train only the head."""
+    cfg = recipe.config
+    if recipe.accelerator.is_main_process and cfg.augment and cfg.feature_views == 1:
         logger.info("The head trains on cached features of the plain images; augmentation applies once the "
                     "encoder trains (feature_views=k caches k views; feature_cache='off' augments every epoch).")
     head = HeadModule(backbone.model.get_submodule(store.head_path))
-    train_loader = make_loader(CachedFeatureDataset(train, seed=cfg.seed, passes=recipe.passes), cfg.batch_size,
-                               collate_fn=collate_features, shuffle=True, seed=cfg.seed)
-    eval_loader = make_loader(CachedFeatureDataset(val), cfg.eval_batch_size, collate_fn=collate_features)
-    return head, train_loader, eval_loader
+    return head, *cached_feature_loaders(recipe, train, val)
+
+
+def prefix_loaders(recipe, backbone: Backbone, cut, train: CachedFeatures, val: CachedFeatures):
+    """``(model from the cut, train_loader, eval_loader)`` over the cached input of the cut."""
+    return PrefixModel(backbone.model, cut), *cached_feature_loaders(recipe, train, val)
+
+
+def cached_feature_loaders(recipe, train: CachedFeatures, val: CachedFeatures):
+    """Loaders over cached features in the order (seed, passes, batch sizes) of the image loaders they replace."""
+    cfg = recipe.config
+    return (make_loader(CachedFeatureDataset(train, seed=cfg.seed, passes=recipe.passes), cfg.batch_size,
+                        collate_fn=collate_features, shuffle=True, seed=cfg.seed),
+            make_loader(CachedFeatureDataset(val), cfg.eval_batch_size, collate_fn=collate_features))
+
+
+def plan_prefix(recipe, backbone: Backbone, data: PreparedData, periods: list[Period]):
+    """``(period index, cut)`` for the first period that trains only top blocks when its frozen prefix can be
+    cached (see `tl_hub.prefix`), else None (with the reason logged when it is not obvious)."""
+    cfg = recipe.config
+    if (not cfg.prefix_cache or cfg.feature_cache == "off" or cfg.gradient_checkpointing
+            or (cfg.augment and cfg.feature_views == 1)):
+        return None
+    names = {id(p): n for n, p in backbone.model.named_parameters()}
+    for index, period in enumerate(periods):
+        if period.features or period.epochs <= 0:
+            continue
+        trained = {names[id(p)] for g in period.param_groups for p in g["params"] if id(p) in names}
+        found = prefix_groups(backbone.parts, trained)
+        if found is None:
+            continue
+        sample = ImageClassificationDataset(data.train, data.image_column, data.label_column)
+        cut, why = find_cut(backbone.model, found[0], trained, reference_batch(sample, ImageCollator(
+            backbone.processor)))
+        why = why or frozen_in_eval_mode(backbone.model, cut, period.eval_modules)
+        if why:
+            logger.info("Period '%s' runs the whole encoder: its frozen prefix cannot be cached (%s).", period.name,
+                        why)
+            return None
+        return index, cut
+    return None
 
 
 def solved_periods(cfg, periods: list[Period], features) -> list[Period]:
@@ -294,7 +366,8 @@ def finish(recipe, backbone: Backbone, data: PreparedData, periods: Sequence[Per
         metrics={k: kept[k] for k in ("accuracy", "f1", "loss")}, history=history, test_metrics=test_metrics,
         data_summary=data.summary(),
         extra={"periods": [{"name": p.name, "epochs": p.epochs, **p.info} for p in periods],
-               "kept_epoch": kept["epoch"]},
+               "kept_epoch": kept["epoch"],
+               "feature_caches": dict(recipe.feature_store.sizes) if recipe.feature_store is not None else {}},
     )
     recipe.classifier.info = run_record(recipe)
     return recipe.result

@@ -55,6 +55,8 @@ class Period:
             features (see `tl_hub.features`) instead of images.
         solve: the head is a linear layer fitted to convergence on the cached features in one step (see
             `tl_hub.probe`) instead of ``epochs`` of gradient steps; the period then has one epoch.
+        prefix: only top blocks train and they train on the cached output of the frozen blocks below them (see
+            `tl_hub.prefix`) instead of images.
     """
 
     name: str
@@ -63,6 +65,7 @@ class Period:
     eval_modules: tuple[str, ...] = ()
     features: bool = False
     solve: bool = False
+    prefix: bool = False
     info: dict = field(default_factory=dict)
 
 
@@ -152,6 +155,7 @@ def _evaluate(accelerator, model: nn.Module, loader, progress: bool) -> dict:
 
 def train_periods(accelerator, model: nn.Module, periods: Sequence[Period], train_loader, eval_loader, *, config,
                   feature_loaders: Optional[tuple[nn.Module, Any, Any]] = None,
+                  prefix_loaders: Optional[tuple[nn.Module, Any, Any]] = None,
                   on_epoch_start: Optional[Callable[[int], None]] = None,
                   on_period_end: Optional[Callable[[Period, nn.Module, Any], None]] = None,
                   progress: bool = True, checkpointer: Optional[Checkpointer] = None,
@@ -166,6 +170,8 @@ def train_periods(accelerator, model: nn.Module, periods: Sequence[Period], trai
         feature_loaders: ``(head_module, train_loader, eval_loader)`` over cached encoder features, used for the
             periods marked ``features`` (the head module shares its parameters with ``model``); a period marked
             ``solve`` fits the head on them with `tl_hub.probe` instead of gradient steps.
+        prefix_loaders: ``(model_from_the_cut, train_loader, eval_loader)`` over the cached output of the frozen
+            blocks, used for the period marked ``prefix`` (see `tl_hub.prefix`).
         config: a `TrainingConfig` (scheduler, warmup, weight decay, clipping, label smoothing, ``keep_epoch``).
         on_epoch_start: called with the global epoch index before each epoch (e.g. to reseed augmentation).
         on_period_end: called as ``(period, model, optimizer)`` after the last epoch of each period that ends
@@ -189,7 +195,10 @@ def train_periods(accelerator, model: nn.Module, periods: Sequence[Period], trai
     for index, period in enumerate(periods):
         if period.epochs <= 0 or index < state.period:
             continue
-        prepared = _prepare_period(accelerator, model, period, train_loader, eval_loader, feature_loaders, config)
+        inputs = (feature_loaders if period.features and feature_loaders is not None
+                  else prefix_loaders if period.prefix and prefix_loaders is not None
+                  else (model, train_loader, eval_loader))
+        prepared = _prepare_period(accelerator, model, period, inputs, config)
         _resume_or_start(accelerator, period, index, state, resume, epoch)
         run = _EpochRunner(accelerator, model, prepared, config, checkpointer, state, best, progress)
         for _ in range(state.period_epoch, period.epochs):
@@ -221,16 +230,13 @@ class _PreparedPeriod:
     counts: dict  # trainable / frozen parameter counts
 
 
-def _prepare_period(accelerator, model, period: Period, train_loader, eval_loader, feature_loaders,
-                    config) -> _PreparedPeriod:
+def _prepare_period(accelerator, model, period: Period, inputs: tuple, config) -> _PreparedPeriod:
     """Freeze all but the period's groups, build its optimizer and warmup schedule and prepare them with its
-    module and loaders (those over cached features for a ``features`` period)."""
+    module and loaders ``inputs``: the model and image loaders, or a module over cached features and their loaders."""
     freeze_all_but(model, period.param_groups)
     counts = count_parameters(model)
     _log_period(accelerator, period, counts)
-    module, period_train, period_eval = (
-        feature_loaders if period.features and feature_loaders is not None else (model, train_loader, eval_loader)
-    )
+    module, period_train, period_eval = inputs
     optimizer = make_optimizer(period.param_groups, config.lr)
     steps_per_epoch = math.ceil(len(period_train) / accelerator.gradient_accumulation_steps)
     total = steps_per_epoch * period.epochs

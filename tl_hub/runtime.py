@@ -3,9 +3,12 @@
 - `make_accelerator`: an ``Accelerator`` whose global batch is split across processes with a seeded data order.
 - `process_state`: the process's rank and device, without building an ``Accelerator``.
 - `release_prepared`: forget what an accelerator prepared, so that the next period can prepare its own objects.
+- `default_num_workers`: how many processes decode and preprocess images for each training process.
 """
 
 from __future__ import annotations
+
+import os
 
 from .errors import ConfigError, first_line
 
@@ -65,3 +68,30 @@ def release_prepared(accelerator) -> None:
         if isinstance(held, list):
             held.clear()
     accelerator.step = 0
+
+
+# most DataLoader workers per process by default: past this, preprocessing rarely keeps up any better
+MAX_DEFAULT_WORKERS = 8
+
+
+def default_num_workers(device_type: str, processes_per_node: int = 1) -> int:
+    """DataLoader workers per training process when ``num_workers`` is not given.
+
+    On the CPU: 0, since the model's forward and backward already use every core and workers would take cores from
+    them.  With a GPU, preprocessing becomes the bottleneck (about 2.5k images/s per core at 64 px with a PIL
+    processor, far fewer at 224 px, against many thousands a GPU can take), so each process gets its share of
+    the cores, less one for itself, at most `MAX_DEFAULT_WORKERS`.
+
+    Example:
+        >>> default_num_workers("cpu")
+        0
+    """
+    if device_type == "cpu":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(MAX_DEFAULT_WORKERS, cores // max(processes_per_node, 1) - 1))
+
+
+def processes_per_node(accelerator) -> int:
+    """The training processes on this machine (``LOCAL_WORLD_SIZE`` from the launcher, else all of them)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))

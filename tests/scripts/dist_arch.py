@@ -4,6 +4,7 @@
 """
 
 import json
+import os
 import sys
 
 import datasets
@@ -29,13 +30,17 @@ def main(data_dir, result_path, *models):
         name, model_dir = item.split("=", 1)
         # 24 images at a global batch of 8: 3 optimizer steps in each period; the head by AdamW steps, so that
         # period 1 runs under DDP too; everything that the forward uses is trained in period 2
-        recipe = Float64FineTune(model_dir, head_epochs=1, epochs=2, lr=1e-3, batch_size=8, eval_batch_size=16,
-                                head_solver="adamw", augment=True, seed=0, feature_cache="memory", checkpoint_dir=None)
+        settings = dict(head_epochs=1, epochs=2, lr=1e-3, batch_size=8, eval_batch_size=16, head_solver="adamw",
+                        augment=True, seed=0, feature_cache="memory", checkpoint_dir=None)
+        if os.environ.get("TL_HUB_TEST_PREFIX") == "1":  # the top 2 blocks train on the cached frozen prefix
+            settings.update(augment=False, unfreeze=2, prefix_cache=True)
+        recipe = Float64FineTune(model_dir, **settings)
         result = recipe.fit(data["train"], data["validation"], progress=False)
         acc = recipe.accelerator
         steps = {p: sum(1 for h in result.history if h["period"] == p) for p in ("head", "fine-tune")}
         record[name] = {"world_size": acc.num_processes, "rank": acc.process_index, "history": result.history,
-                        "epochs": steps, "unused": len(recipe.backbone.parts.unused)}
+                        "epochs": steps, "unused": len(recipe.backbone.parts.unused),
+                        "prefix_cut": result.extra["periods"][-1].get("prefix_cache")}
     with open(f"{result_path}.rank{acc.process_index}", "w") as f:
         json.dump(record, f)
 
