@@ -310,3 +310,22 @@ def test_top_k_unfreeze_stops_autograd_at_the_lowest_unfrozen_block(tiny_model_d
     training = {k: [rg for grad_on, rg in v if grad_on] for k, v in seen.items()}
     assert training["block.0"] and not any(training["block.0"])
     assert training["block.1"] and all(training["block.1"])
+
+
+def test_num_workers_default_to_none_on_cpu_and_a_share_of_the_cores_with_a_gpu(monkeypatch, tiny_model_dir):
+    import os
+
+    from conftest import colour_dataset
+
+    from tl_hub import FeatureExtractionRecipe
+    from tl_hub.runtime import default_num_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert default_num_workers("cpu") == 0  # workers would take the cores the model computes on
+    assert default_num_workers("cuda", 1) == 8  # 15 free cores, at most 8
+    assert default_num_workers("cuda", 4) == 3  # 4 processes on 16 cores: 4 each, one for the process itself
+    assert default_num_workers("cuda", 16) == 0
+    recipe = FeatureExtractionRecipe(tiny_model_dir("vit"), epochs=1, feature_cache="memory")
+    assert recipe.requested_config.num_workers is None
+    recipe.fit(colour_dataset(30), progress=False)
+    assert recipe.config.num_workers == 0  # resolved for this CPU run
