@@ -143,19 +143,15 @@ def _statm() -> tuple[int, int]:
 
 
 def cached_features(cache_dir: str) -> tuple[int, int]:
-    """``(feature dim, bytes on disk)`` of a feature-cache folder (dim 0 when no safetensors cache is found)."""
-    from safetensors import safe_open
-
+    """``(feature dim, bytes on disk)`` of a feature-cache folder (its ``.features.npy`` files, shape ``(views, N,
+    dim)``, read by their headers only; dim 0 when none is found)."""
     dim, size = 0, 0
     for root, _, files in os.walk(cache_dir):
         for name in files:
             path = os.path.join(root, name)
             size += os.path.getsize(path)
-            if name.endswith(".safetensors") and not dim:
-                with safe_open(path, "pt") as f:
-                    if {"features", "labels"} <= set(f.keys()):
-                        feats = int(np.prod(f.get_slice("features").get_shape()))
-                        dim = feats // max(int(np.prod(f.get_slice("labels").get_shape())), 1)
+            if name.endswith(".features.npy") and not dim:
+                dim = int(np.prod(np.load(path, mmap_mode="r").shape[2:]))
     return dim, size
 
 

@@ -258,14 +258,19 @@ def _decodable(value: Any) -> bool:
         return False
 
 
+CHECK_CHUNK = 2048  # images read at a time by drop_undecodable
+
+
 def drop_undecodable(ds, image_column: str, what: str = "training"):
     """Remove examples whose image cannot be decoded; warn once with the count."""
     from datasets import Image as ImageFeature
 
     raw = ds.cast_column(image_column, ImageFeature(decode=False)) if isinstance(
         ds.features[image_column], ImageFeature) else ds
+    flags = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL decodes without the GIL
-        flags = list(pool.map(_decodable, raw[image_column], chunksize=64))
+        for start in range(0, len(raw), CHECK_CHUNK):  # a chunk of encoded images in memory at a time, not all
+            flags += pool.map(_decodable, raw[start:start + CHECK_CHUNK][image_column], chunksize=64)
     ok = [i for i, good in enumerate(flags) if good]
     skipped = len(ds) - len(ok)
     if skipped == len(ds) and len(ds) > 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections.abc import Sequence
 from typing import Any, Optional, Union
 
@@ -44,14 +45,25 @@ class Classifier:
 
     @torch.inference_mode()
     def predict_proba(self, images: Union[Any, Sequence[Any]], batch_size: int = 32) -> torch.Tensor:
-        """Class probabilities, shape ``(n_images, n_labels)``."""
-        images = as_images(images)
+        """Class probabilities, shape ``(n_images, n_labels)``.
+
+        While the model runs on one batch, a background thread reads and preprocesses the next (PIL and numpy
+        release the GIL), so preprocessing overlaps the forward pass instead of adding to it."""
+        chunks = [images] if is_single_image(images) else [images[i:i + batch_size]
+                                                           for i in range(0, len(images), batch_size)]
         out = []
-        for i in range(0, len(images), batch_size):
-            inputs = {k: v.to(self.device) for k, v in preprocess(self.processor, images[i:i + batch_size]).items()}
-            logits = logits_of(self.model(**model_inputs(self.model, inputs)))
-            out.append(logits.float().softmax(-1).cpu())
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(self._inputs, chunks[0]) if chunks else None
+            for i in range(len(chunks)):
+                inputs = pending.result()
+                pending = pool.submit(self._inputs, chunks[i + 1]) if i + 1 < len(chunks) else None
+                logits = logits_of(self.model(**model_inputs(self.model, inputs)))
+                out.append(logits.float().softmax(-1).cpu())
         return torch.cat(out) if out else torch.empty(0, len(self.labels))
+
+    def _inputs(self, images) -> dict:
+        """The model inputs of a batch of images (any accepted form), on the model's device."""
+        return {k: v.to(self.device) for k, v in preprocess(self.processor, as_images(images)).items()}
 
     def evaluate(self, data: Any, *, split: Optional[str] = None, image_column: Optional[str] = None,
                  label_column: Optional[str] = None, batch_size: int = 64, accelerator=None) -> dict:
