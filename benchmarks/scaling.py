@@ -11,7 +11,8 @@ saved with ``save_to_disk``) and loaded memory-mapped (``load_from_disk``), so t
 measuring process's memory.
 
 Protocol: each size runs in a fresh subprocess, which loads its data, warms up (a feature-extraction fit on 100
-training and 20 validation images, in-memory cache: imports, thread pools, metric modules), then times one
+training and 20 validation images, in-memory cache: imports, thread pools, metric modules), then times
+``--repeats`` (default 3; the median is reported, with min and max) of
 ``FeatureExtractionRecipe(model, epochs=E, augment=False, feature_cache="disk", feature_cache_dir=<empty temp
 folder>).fit(train, validation)`` with every other setting at its default. Measured:
 - wall seconds of ``fit``, and ms per image over training + validation images; of the seconds, those inside the
@@ -37,6 +38,7 @@ import io
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -155,8 +157,9 @@ def cached_features(cache_dir: str) -> tuple[int, int]:
     return dim, size
 
 
-def measure_size(data_dir: str, model_dir: str, epochs: int) -> dict:
-    """Warm up, then time one disk-cached feature-extraction fit on the memory-mapped data in ``data_dir``."""
+def measure_size(data_dir: str, model_dir: str, epochs: int, repeats: int) -> dict:
+    """Warm up, then time ``repeats`` disk-cached feature-extraction fits on the memory-mapped data in ``data_dir``
+    (the median; memory: the first timed fit's peak growth)."""
     import datasets
 
     from tl_hub import FeatureExtractionRecipe
@@ -165,19 +168,24 @@ def measure_size(data_dir: str, model_dir: str, epochs: int) -> dict:
     train, val = data["train"], data["validation"]
     FeatureExtractionRecipe(model_dir, epochs=epochs, augment=False, feature_cache="memory").fit(
         train.select(range(min(100, len(train)))), val.select(range(min(20, len(val)))), progress=False)
-    with tempfile.TemporaryDirectory(prefix="tl_hub_scaling_cache_") as cache_dir:
-        recipe = FeatureExtractionRecipe(model_dir, epochs=epochs, augment=False, feature_cache="disk",
-                                         feature_cache_dir=cache_dir)
-        with PeakMemory() as mem:
-            start = time.perf_counter()
-            result = recipe.fit(train, val, progress=False)
-            seconds = time.perf_counter() - start
-        dim, disk = cached_features(cache_dir)
+    times, loops, memory = [], [], None
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory(prefix="tl_hub_scaling_cache_") as cache_dir:  # a cold cache each time
+            recipe = FeatureExtractionRecipe(model_dir, epochs=epochs, augment=False, feature_cache="disk",
+                                             feature_cache_dir=cache_dir)
+            with PeakMemory() as mem:
+                start = time.perf_counter()
+                result = recipe.fit(train, val, progress=False)
+                times.append(time.perf_counter() - start)
+            loops.append(sum(h["seconds"] for h in result.history))
+            memory = memory or mem  # the first timed fit's peak: nothing of an earlier fit is reused
+            dim, disk = cached_features(cache_dir)
     images = len(train) + len(val)
-    loop = sum(h["seconds"] for h in result.history)
+    seconds, loop, mem = statistics.median(times), statistics.median(loops), memory
     dim_source = "cache file" if dim else f"computed: hidden size {HIDDEN}"
     dim = dim or HIDDEN
-    return {"n_train": len(train), "n_val": len(val), "seconds": seconds, "ms_per_image": 1000 * seconds / images,
+    return {"n_train": len(train), "n_val": len(val), "seconds": seconds, "seconds_min": min(times),
+            "seconds_max": max(times), "repeats": repeats, "ms_per_image": 1000 * seconds / images,
             "loop_seconds": loop, "outside_loop_seconds": seconds - loop,
             "rss_growth_mb": mem.rss_growth / MB, "anon_growth_mb": mem.anon_growth / MB,
             "feature_dim": dim, "feature_dim_source": dim_source, "features_mb": images * dim * 4 / MB,
@@ -185,9 +193,9 @@ def measure_size(data_dir: str, model_dir: str, epochs: int) -> dict:
             "accuracy": result.metrics["accuracy"]}
 
 
-def in_subprocess(data_dir: str, model_dir: str, epochs: int) -> dict:
+def in_subprocess(data_dir: str, model_dir: str, epochs: int, repeats: int) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--measure", data_dir, "--model-dir", model_dir, "--epochs",
-           str(epochs)]
+           str(epochs), "--repeats", str(repeats)]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
@@ -256,6 +264,7 @@ def main():
     parser.add_argument("--sizes", default=None, help="comma-separated training set sizes (default 1000,10000,100000)")
     parser.add_argument("--quick", action="store_true", help="sizes 200,1000,2000: a smoke test")
     parser.add_argument("--epochs", type=int, default=3, help="feature-extraction epochs (default 3)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed fits per size, median reported (default 3)")
     parser.add_argument("--output-dir", default=None,
                         help="where scaling.png and scaling.json go (default benchmarks/results; --quick: a temp dir)")
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)
@@ -265,7 +274,7 @@ def main():
 
     logging.basicConfig(level=logging.WARNING)
     if args.measure:
-        print(json.dumps(measure_size(args.measure, args.model_dir, args.epochs)))
+        print(json.dumps(measure_size(args.measure, args.model_dir, args.epochs, args.repeats)))
         return
 
     total = time.perf_counter()
@@ -282,7 +291,7 @@ def main():
             start = time.perf_counter()
             data_dir = build_dataset(n, folder)
             built = time.perf_counter() - start
-            row = in_subprocess(data_dir, model_dir, args.epochs)
+            row = in_subprocess(data_dir, model_dir, args.epochs, 1 if args.quick else args.repeats)
             row["build_seconds"] = built
             rows.append(row)
             shutil.rmtree(folder, ignore_errors=True)

@@ -77,11 +77,13 @@ def linear_layer(head: nn.Module) -> Optional[nn.Linear]:
 
 
 @torch.no_grad()
-def linear_inputs(head: nn.Module, features: torch.Tensor, batch_size: int = 4096) -> Optional[torch.Tensor]:
-    """What the head's linear layer sees for each feature row (``features`` of shape ``(N, ...)``), in eval mode;
-    None unless the head's output is exactly that linear layer's output (nothing after it changes the logits)."""
+def linear_inputs(head: nn.Module, features: torch.Tensor, batch_size: int = 4096,
+                  dtype: torch.dtype = torch.float32) -> Optional[torch.Tensor]:
+    """What the head's linear layer sees for each feature row (``features`` of shape ``(N, ...)``, read
+    ``batch_size`` rows at a time), in eval mode, as one ``(N, in_features)`` tensor of ``dtype``; None unless the
+    head's output is exactly that linear layer's output (nothing after it changes the logits)."""
     linear = linear_layer(head)
-    if linear is None:
+    if linear is None or features.shape[0] == 0:
         return None
     seen: dict = {}
 
@@ -91,18 +93,18 @@ def linear_inputs(head: nn.Module, features: torch.Tensor, batch_size: int = 409
     was_training = head.training
     head.eval()
     handle = linear.register_forward_hook(hook)
-    inputs = []
+    inputs = torch.empty((features.shape[0], linear.in_features), dtype=dtype)
     try:
         for start in range(0, features.shape[0], batch_size):
             out = head(features[start:start + batch_size])
             if "y" not in seen or out is not seen["y"] and not torch.equal(out, seen["y"]):
                 return None
-            inputs.append(seen.pop("x").reshape(out.shape[0], -1).float())
+            inputs[start:start + out.shape[0]] = seen.pop("x").reshape(out.shape[0], -1)
             seen.clear()
     finally:
         handle.remove()
         head.train(was_training)
-    return torch.cat(inputs) if inputs else None
+    return inputs
 
 
 def can_solve(n: int, dim: int, classes: int) -> bool:
@@ -122,8 +124,7 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, classes: int, C: float, *, bi
 
     n, d = x.shape
     xn, labels = x.detach().to("cpu", torch.float64).numpy(), y.detach().to("cpu", torch.long).numpy()
-    onehot = np.zeros((n, classes))
-    onehot[np.arange(n), labels] = 1.0
+    rows = np.arange(n)
     penalty = 1.0 / (2.0 * C * n)
     size = classes * d
 
@@ -131,10 +132,13 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, classes: int, C: float, *, bi
         w = theta[:size].reshape(classes, d)
         z = xn @ w.T + (theta[size:] if bias else 0.0)
         z -= z.max(1, keepdims=True)
-        p = np.exp(z)
-        total = p.sum(1, keepdims=True)
-        loss = float((np.log(total[:, 0]) - z[np.arange(n), labels]).mean() + penalty * (w * w).sum())
-        g = (p / total - onehot) / n
+        loss = -z[rows, labels].mean() + penalty * (w * w).sum()
+        g = np.exp(z, out=z)  # z's memory becomes the gradient of the logits: (softmax - onehot) / n
+        total = g.sum(1, keepdims=True)
+        loss = float(loss + np.log(total[:, 0]).mean())
+        g /= total
+        g[rows, labels] -= 1.0
+        g /= n
         grad_w = (g.T @ xn + 2.0 * penalty * w).ravel()
         return loss, np.concatenate([grad_w, g.sum(0)]) if bias else grad_w
 
@@ -168,7 +172,7 @@ def _loss_and_accuracy(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: tor
 
 def fit_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
               classes: int, *, bias: bool = True, grid: Sequence[float] = C_GRID,
-              patience: Optional[int] = PATIENCE) -> ProbeResult:
+              patience: Optional[int] = PATIENCE, overwrite: bool = False) -> ProbeResult:
     """Fit the linear head for the ``C`` values of ``grid`` in order and keep the one with the best validation
     accuracy (ties: lower validation loss, then the stronger regularisation).  The path stops once ``patience``
     values in a row have not beaten the best (None: try every value).
@@ -178,12 +182,14 @@ def fit_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
         train_y / val_y: integer labels.
         classes: number of classes (the head's output size).
         bias: whether the head has a bias.
+        overwrite: ``train_x`` (float64 on the CPU) may be standardised in place instead of copied (saves memory).
 
     Returns:
         `ProbeResult`, with the weights mapped back to the unstandardised features.
     """
     start = time.perf_counter()
-    xs = train_x.detach().to("cpu", torch.float64, copy=True)  # one float64 copy, standardised in place
+    # one float64 copy, standardised in place (with ``overwrite``, a float64 ``train_x`` itself)
+    xs = train_x.detach().to("cpu", torch.float64, copy=not overwrite)
     mean = xs.mean(0)
     xs -= mean
     # one scale for all features (their RMS after centring): conditions the problem without changing which
