@@ -408,7 +408,7 @@ class _EpochRunner:
         head = feature_loaders[0].head
         linear = linear_layer(head)
         train, val = feature_loaders[1].dataset.cached, feature_loaders[2].dataset.cached
-        x = linear_inputs(head, train.features.flatten(0, 1), dtype=torch.float64)  # read in chunks, one copy
+        x = linear_inputs(head, train.features.flatten(0, 1))  # read in chunks, into one float32 copy
         y = train.labels.repeat(train.views)
         result = fit_probe(x, y, linear_inputs(head, val.features[0]), val.labels, linear.out_features,
                            bias=linear.bias is not None, overwrite=True)

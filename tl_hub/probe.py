@@ -14,8 +14,9 @@ Kornblith et al. 2019, Radford et al. 2021); it converges whatever the number of
 on a few dozen images leave the head far from its optimum (and LP-FT, Kumar et al. 2022, shows that fine-tuning from
 an unconverged head distorts the pretrained features).
 
-The solve is deterministic (float64 on the CPU) and runs on features gathered from every process; the result is
-broadcast from the main process, so 1 and N processes train the same head.
+The solve is deterministic (on the CPU: the products in the features' float32, so that they are held once, the sums
+and the optimizer in float64) and runs on features gathered from every process; the result is broadcast from the
+main process, so 1 and N processes train the same head.
 """
 
 from __future__ import annotations
@@ -116,21 +117,23 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, classes: int, C: float, *, bi
                  tol: float = GRADIENT_TOLERANCE) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Multinomial logistic regression, mean cross-entropy + ``||W||^2 / (2 C N)``, by full-batch L-BFGS.
 
-    ``x`` (float64, standardised) of shape ``(N, D)``, ``y`` of shape ``(N,)``.  Returns ``(W, b, iterations)``.
+    ``x`` (float32 or float64, standardised) of shape ``(N, D)``, ``y`` of shape ``(N,)``.  Returns
+    ``(W, b, iterations)``.
     The solver is scipy's L-BFGS-B (as scikit-learn's ``LogisticRegression`` uses) with the exact gradient; it stops
     when the largest gradient entry is below ``tol``.
     """
     from scipy.optimize import minimize
 
     n, d = x.shape
-    xn, labels = x.detach().to("cpu", torch.float64).numpy(), y.detach().to("cpu", torch.long).numpy()
+    xn, labels = x.detach().to("cpu").numpy(), y.detach().to("cpu", torch.long).numpy()
     rows = np.arange(n)
     penalty = 1.0 / (2.0 * C * n)
     size = classes * d
 
     def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
         w = theta[:size].reshape(classes, d)
-        z = xn @ w.T + (theta[size:] if bias else 0.0)
+        # the products in the features' precision (float32 features are not copied to float64), sums in float64
+        z = (xn @ w.T.astype(xn.dtype)).astype(np.float64) + (theta[size:] if bias else 0.0)
         z -= z.max(1, keepdims=True)
         loss = -z[rows, labels].mean() + penalty * (w * w).sum()
         g = np.exp(z, out=z)  # z's memory becomes the gradient of the logits: (softmax - onehot) / n
@@ -139,7 +142,7 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, classes: int, C: float, *, bi
         g /= total
         g[rows, labels] -= 1.0
         g /= n
-        grad_w = (g.T @ xn + 2.0 * penalty * w).ravel()
+        grad_w = ((g.T.astype(xn.dtype) @ xn).astype(np.float64) + 2.0 * penalty * w).ravel()
         return loss, np.concatenate([grad_w, g.sum(0)]) if bias else grad_w
 
     start = np.zeros(size + (classes if bias else 0))
@@ -166,7 +169,7 @@ def _one_blas_thread():
 
 
 def _loss_and_accuracy(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
-    logits = x @ w.T + b
+    logits = (x @ w.T.to(x.dtype)).double() + b
     return float(F.cross_entropy(logits, y)), float((logits.argmax(-1) == y).double().mean())
 
 
@@ -182,21 +185,21 @@ def fit_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
         train_y / val_y: integer labels.
         classes: number of classes (the head's output size).
         bias: whether the head has a bias.
-        overwrite: ``train_x`` (float64 on the CPU) may be standardised in place instead of copied (saves memory).
+        overwrite: ``train_x`` (float32 on the CPU) may be standardised in place instead of copied (saves memory).
 
     Returns:
         `ProbeResult`, with the weights mapped back to the unstandardised features.
     """
     start = time.perf_counter()
-    # one float64 copy, standardised in place (with ``overwrite``, a float64 ``train_x`` itself)
-    xs = train_x.detach().to("cpu", torch.float64, copy=not overwrite)
-    mean = xs.mean(0)
-    xs -= mean
+    # one float32 copy, standardised in place (with ``overwrite``, a float32 ``train_x`` itself)
+    xs = train_x.detach().to("cpu", torch.float32, copy=not overwrite)
+    mean = xs.mean(0, dtype=torch.float64)
+    xs -= mean.float()
     # one scale for all features (their RMS after centring): conditions the problem without changing which
     # directions the L2 penalty favours, as a per-feature standardisation would (it inflates near-constant,
     # noisy features; measured 3 points worse at 5 examples per class)
-    std = xs.pow(2).mean().sqrt().clamp_min(1e-12)
-    xs /= std
+    std = (xs.norm().double() ** 2 / max(xs.numel(), 1)).sqrt().clamp_min(1e-12)
+    xs /= std.float()
     vs = (val_x.detach().to("cpu", torch.float64) - mean) / std
     ty, vy = train_y.to("cpu", torch.long), val_y.to("cpu", torch.long)
     best, best_key, path, init, since = None, None, [], None, 0
