@@ -94,11 +94,12 @@ def _stub(output: Any, reference: int, batch: int, device):
 
 
 def _resized(value: Any, reference: int, batch: int, device) -> Any:
-    """``value`` with every tensor whose first dimension is the reference batch replaced by zeros for ``batch``."""
+    """``value`` with every tensor whose first dimension is the reference batch replaced by zeros for ``batch``, and
+    every tensor on ``device``."""
     if torch.is_tensor(value):
         if value.ndim and value.shape[0] == reference:
             return torch.zeros((batch, *value.shape[1:]), dtype=value.dtype, device=device)
-        return value
+        return value.to(device)  # recorded where the cut was found (the CPU); training may run on a GPU
     if isinstance(value, dict):  # includes transformers' ModelOutput
         items = {k: _resized(v, reference, batch, device) for k, v in value.items()}
         return type(value)(**items) if hasattr(value, "to_tuple") else type(value)(items)
