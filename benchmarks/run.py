@@ -34,7 +34,8 @@ Figures:
 - inference: ``Classifier.predict`` vs ``pipeline("image-classification")`` on the same model, processor, images
   (400) and batch size; and the first call in a fresh subprocess (imports done before the timer): ``tl_hub.load``
   + ``predict(one image)`` vs ``pipeline(...)`` built from the same folder + one call; one warm-up subprocess of
-  each side, then ``--repeats`` of each, interleaved.
+  each side, then ``--repeats`` of each, interleaved; and the model's forward alone on the same batches,
+  preprocessed beforehand (the bound of both sides).
 - data path (no peer): preprocessing alone (plain and augmented) and the model's forward alone, images/s.
 
 MB are 2**20 bytes. The last line printed is one JSON object with every figure (min, median, max and the runs),
@@ -332,7 +333,8 @@ def tl_hub_ft_run(bench: Bench, unfreeze="all", prefix_cache: bool = True) -> di
 
 
 def predict_sides(bench: Bench) -> dict:
-    """``Classifier.predict`` and the pipeline on the same loaded model, processor, images and batch size."""
+    """``Classifier.predict`` and the pipeline on the same loaded model, processor, images and batch size; and the
+    model's forward alone on the same batches, preprocessed beforehand: the bound of both."""
     from transformers import AutoModelForImageClassification, pipeline
 
     from tl_hub import Classifier
@@ -353,8 +355,17 @@ def predict_sides(bench: Bench) -> dict:
             return {"images_per_second": len(images) / (time.perf_counter() - start)}
         return run
 
+    batches = [processor(images=images[i:i + BATCH], return_tensors="pt")["pixel_values"].to(bench.device)
+               for i in range(0, len(images), BATCH)]  # preprocessed once, outside the timer
+
+    @torch.inference_mode()
+    def forward_only():
+        for x in batches:
+            model(pixel_values=x)
+
     return {"tl_hub": timed(lambda: clf.predict(images, top_k=1, batch_size=BATCH)),
-            "pipeline": timed(lambda: pipe(images, top_k=1, batch_size=BATCH))}
+            "pipeline": timed(lambda: pipe(images, top_k=1, batch_size=BATCH)),
+            "forward_only": timed(forward_only)}
 
 
 def first_predict(side: str, folder: str, device: str) -> float:
@@ -518,7 +529,8 @@ def measure_inference(bench: Bench, folder: str) -> dict:
     announce(f"inference: Classifier.predict vs pipeline, {bench.sizes.predict_images} images", repeats)
     runs = interleaved(predict_sides(bench), repeats)
     f = {"predict_images_per_second": figure(runs["tl_hub"], "images_per_second"),
-         "pipeline_images_per_second": figure(runs["pipeline"], "images_per_second")}
+         "pipeline_images_per_second": figure(runs["pipeline"], "images_per_second"),
+         "predict_forward_only_images_per_second": figure(runs["forward_only"], "images_per_second")}
     announce("first prediction in a fresh process: tl_hub.load + predict vs pipeline", repeats)
     runs = interleaved({side: lambda side=side: {"seconds": in_subprocess(f"first-predict-{side}", folder, bench.args)}
                         for side in ("tl_hub", "pipeline")}, repeats)
@@ -562,6 +574,8 @@ def ratios(m: dict) -> dict:
         "top2_cached_fit_speedup_vs_top2": m["ft_top2_fit_seconds"] / m["ft_top2_cached_fit_seconds"],
         "frozen_mem_vs_full": m["frozen_peak_mb"] / m["full_peak_mb"] if m["full_peak_mb"] else float("nan"),
         "predict_vs_pipeline": m["predict_images_per_second"] / m["pipeline_images_per_second"],
+        "predict_vs_forward_only": m["predict_images_per_second"] / m["predict_forward_only_images_per_second"],
+        "pipeline_vs_forward_only": m["pipeline_images_per_second"] / m["predict_forward_only_images_per_second"],
         "first_predict_speedup_vs_pipeline": m["first_predict_pipeline_seconds"] / m["first_predict_seconds"],
         "preprocess_augmented_vs_ft_training": m["preprocess_augmented_images_per_second"] / m["ft_images_per_second"],
     }
@@ -608,6 +622,8 @@ def table(s: dict, r: dict, sizes: Sizes, prefix_cut: str) -> list[tuple[str, st
         ("peak memory growth, full fine-tune", cell(s["full_peak_mb"], " MB"), "", ""),
         (f"predict images/s, {sizes.predict_images} images (vs pipeline)", ips("predict_images_per_second"),
          ips("pipeline_images_per_second"), f"{r['predict_vs_pipeline']:.2f}x"),
+        ("model forward alone, same batches preprocessed beforehand", ips("predict_forward_only_images_per_second"),
+         "", f"predict at {r['predict_vs_forward_only']:.0%} of it, pipeline at {r['pipeline_vs_forward_only']:.0%}"),
         ("first predict, fresh process: load + 1 image (vs pipeline)", sec("first_predict_seconds"),
          sec("first_predict_pipeline_seconds"), faster(r["first_predict_speedup_vs_pipeline"])),
         ("preprocessing images/s, plain", ips("preprocess_images_per_second"), "", ""),

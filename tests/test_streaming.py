@@ -305,3 +305,21 @@ def test_two_processes_match_one_process(tiny_model_dir, tmp_path):
                 worst = max(worst, abs(h2[key] - h1[key]))
     assert one["history"][-1]["train_loss"] < one["history"][0]["train_loss"]
     print(f"largest 1- vs 2-process difference in any per-epoch metric: {worst:.2g}")
+
+
+def test_a_trained_model_evaluates_a_stream_as_the_same_data_in_memory(tiny_model_dir, tmp_path):
+    """``Classifier.evaluate`` (and ``Recipe.evaluate``) on a parquet stream, its test split by default: the metrics
+    of the same images in memory; label names in another order are mapped by name."""
+    recipe = FeatureExtractionRecipe(tiny_model_dir("vit"), epochs=1, feature_cache="memory", **FAST)
+    recipe.fit(colour_dataset(30), progress=False)
+    paths = write_shards(tmp_path / "test", "test", [7, 6], seed=4)
+    in_memory = recipe.evaluate(datasets.load_dataset("parquet", data_files=paths, split="train"))
+    streams = datasets.load_dataset("parquet", data_files={"train": paths, "test": paths}, streaming=True)
+    for streamed in (recipe.evaluate(streams), recipe.classifier.evaluate(streams["test"], batch_size=4)):
+        assert streamed["accuracy"] == in_memory["accuracy"]
+        assert streamed["loss"] == pytest.approx(in_memory["loss"], abs=1e-6)
+    names = list(reversed(COLOURS))
+    features = streams["test"].features.copy()
+    features["label"] = datasets.ClassLabel(names=names)
+    renamed = streams["test"].map(lambda row: {"label": names.index(COLOURS[row["label"]])}, features=features)
+    assert recipe.evaluate(renamed)["accuracy"] == in_memory["accuracy"]

@@ -67,19 +67,30 @@ class Classifier:
 
     def evaluate(self, data: Any, *, split: Optional[str] = None, image_column: Optional[str] = None,
                  label_column: Optional[str] = None, batch_size: int = 64, accelerator=None) -> dict:
-        """Accuracy, macro-F1 and loss on ``data`` (a dataset, folder or Hub id; its ``test`` split by default).
+        """Accuracy, macro-F1 and loss on ``data`` (a dataset, folder or Hub id, or a streamed ``IterableDataset``;
+        its ``test`` split by default).
 
         Labels are matched to the model's by name; columns default to those used in training, else detected.
         """
         from .data import ImageClassificationDataset, ImageCollator, make_loader, prepare_eval_data
         from .loop import evaluate_loader
         from .runtime import make_accelerator, release_prepared
+        from .streaming import evaluation_stream_loader, is_stream
 
+        accelerator = accelerator or make_accelerator()
+        if is_stream(data):  # read once, process by process (see tl_hub.streaming)
+            loader = evaluation_stream_loader(
+                accelerator, self.processor, data, self.labels, split=split,
+                image_column=image_column or self.info.get("image_column"),
+                label_column=label_column or self.info.get("label_column"), batch_size=batch_size)
+            model, loader = accelerator.prepare(self.model, loader)
+            metrics = evaluate_loader(accelerator, model, loader)
+            release_prepared(accelerator)
+            return metrics
         ds, img_col, lbl_col = prepare_eval_data(
             data, self.labels, image_column=image_column or self.info.get("image_column"),
             label_column=label_column or self.info.get("label_column"), split=split, fallback=True,
         )
-        accelerator = accelerator or make_accelerator()
         loader = make_loader(ImageClassificationDataset(ds, img_col, lbl_col), batch_size,
                              collate_fn=ImageCollator(self.processor))
         model, loader = accelerator.prepare(self.model, loader)

@@ -495,6 +495,32 @@ def make_stream_loaders(accelerator, config, processor, data: StreamData, passes
             StreamLoader(val, collate, config.eval_batch_size // world, **options))
 
 
+def evaluation_stream_loader(accelerator, processor, source: Any, labels: list[str], *, split: Optional[str] = None,
+                             image_column: Optional[str] = None, label_column: Optional[str] = None,
+                             batch_size: int = 64) -> StreamLoader:
+    """A loader over this process's part of a streamed evaluation split (its ``test`` split by default), its labels
+    mapped onto ``labels`` by name (`tl_hub.inference.Classifier.evaluate` on a stream)."""
+    import datasets
+
+    from .data import find_image_column, find_label_column
+
+    check_not_sharded(accelerator)
+    if isinstance(source, datasets.IterableDatasetDict):
+        order = ("test", *VALIDATION_SPLIT_NAMES, "train")
+        split = split or next((s for s in order if s in source), next(iter(source)))
+        if split not in source:
+            raise DataError(f"The dataset has no split '{split}'; its splits are {list(source)}.")
+        source = source[split]
+    ds, _ = as_stream(source, "evaluation")
+    image_column = image_column if image_column in ds.column_names else find_image_column(ds)
+    label_column = label_column if label_column in ds.column_names else find_label_column(ds, None, image_column)
+    label_map = validation_label_map(ds, image_column, label_column, labels)
+    images = StreamImages(node_stream(undecoded(ds, image_column, label_column), accelerator.process_index,
+                                      accelerator.num_processes), image_column, label_column, label_map=label_map)
+    return StreamLoader(images, ImageCollator(processor), max(1, batch_size // accelerator.num_processes),
+                        device=accelerator.device)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Evaluation across processes
 
