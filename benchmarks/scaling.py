@@ -51,6 +51,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run import host  # the same host description as the main benchmark
+
 N_CLASSES, SIZE, HIDDEN = 10, 32, 64
 SIZES, QUICK_SIZES = (1_000, 10_000, 100_000), (200, 1_000, 2_000)
 TARGET_TIME_RATIO = 1.15  # largest / smallest ms per image, at most
@@ -204,19 +207,6 @@ def in_subprocess(data_dir: str, model_dir: str, epochs: int, repeats: int) -> d
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Report
-
-
-def host() -> dict:
-    import torch
-
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
 COLUMNS = (  # key, header, decimals

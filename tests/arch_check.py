@@ -189,7 +189,7 @@ def table(rows: list[dict]) -> str:
             lines.append(f"| {r['type']} | {r['error']} | | | | | |")
         else:
             ddp = r.get("ddp")
-            ddp_text = "not run" if ddp is None else f"passes ({ddp['max_difference']:.1g})"
+            ddp_text = "not run" if ddp is None else f"✓ ({ddp['max_difference']:.1g})"
             lines.append(f"| {r['type']} | passes | {r['blocks']} | `{', '.join(r['head'])}` | "
                          f"{'yes' if 'lora' in r else 'no linear layers'} | "
                          f"{'whole encoder' if r['prefix_cut'] == '-' else '`' + r['prefix_cut'] + '`'} | {ddp_text} |")

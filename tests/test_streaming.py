@@ -5,14 +5,13 @@ import json
 import logging
 import os
 import shutil
-import socket
-import subprocess
 import sys
 
 import datasets
 import pytest
 import torch
 from conftest import COLOURS, colour_dataset
+from test_distributed import free_port, run
 
 import tl_hub
 from tl_hub import ConfigError, DataError, FeatureExtractionRecipe, FineTuneRecipe, TrainingConfig
@@ -265,15 +264,6 @@ def test_augmentation_depends_on_the_example_not_its_position(tmp_path):
     assert content_key({"bytes": b"x", "path": "a"}) == content_key(b"x") != content_key(b"y")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run(cmd, env):
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
 
 def test_two_processes_match_one_process(tiny_model_dir, tmp_path):
