@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -364,7 +365,8 @@ class FeatureStore:
         free = available_memory()
         if free is not None and nbytes > MEMORY_SHARE * free:
             os.makedirs(self.cache_dir, exist_ok=True)
-            spill = os.path.join(self.cache_dir, f"spill-{os.getpid()}-{id(self)}-{len(shape)}.tmp.npy")
+            fd, spill = tempfile.mkstemp(prefix="spill-", suffix=".tmp.npy", dir=self.cache_dir)  # one per point
+            os.close(fd)
             logger.warning("The features (%.1f GB) would not fit in memory (%.1f GB available); they are kept in a "
                            "memory-mapped file, %s.", nbytes / 2**30, free / 2**30, spill)
             return _Buffer(views, n, shape, spill)

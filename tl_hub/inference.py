@@ -49,6 +49,8 @@ class Classifier:
 
         While the model runs on one batch, a background thread reads and preprocesses the next (PIL and numpy
         release the GIL), so preprocessing overlaps the forward pass instead of adding to it."""
+        if not is_single_image(images):
+            images = list(images)  # any iterable of images, as before (a generator has no slices)
         chunks = [images] if is_single_image(images) else [images[i:i + batch_size]
                                                            for i in range(0, len(images), batch_size)]
         out = []
