@@ -9,7 +9,8 @@ temporary folder. Data: 1,000 training and 100 validation 64x64 images of 10 cla
 
 Protocol, the same for every compared figure:
 - each side runs once untimed first (warm-up: imports, thread pools, allocator, page cache), then ``--repeats``
-  timed runs (default 5), interleaved: ours, peer, ours, peer, ...;
+  timed runs (default 5), interleaved: ours, peer, ours, peer, ... (the floor runs in the same rounds as the
+  feature-extraction runs it bounds);
 - both sides start from the same state: every training run (tl-hub ``fit``, Trainer) loads the model and image
   processor from disk inside its timed region, and builds its own loaders; every inference comparison uses the
   same already-loaded model, processor and images on both sides;
@@ -482,24 +483,27 @@ def announce(what: str, repeats: int) -> None:
     print(f"- {what} (1 warm-up + {repeats} timed runs of each side, interleaved)", flush=True)
 
 
-def measure_floor(bench: Bench) -> dict:
-    announce("floor and data path", bench.args.repeats)
-    runs = interleaved({"floor": lambda: floor_run(bench), "data": lambda: data_path_run(bench)}, bench.args.repeats)
-    return {"floor_seconds": figure(runs["floor"], "seconds"),
-            "floor_train_only_seconds": figure(runs["floor"], "train_only"),
-            "floor_load_seconds": figure(runs["floor"], "load"),
-            "preprocess_images_per_second": figure(runs["data"], "preprocess"),
+def measure_data_path(bench: Bench) -> dict:
+    announce("data path: preprocessing and the model's forward alone", bench.args.repeats)
+    runs = interleaved({"data": lambda: data_path_run(bench)}, bench.args.repeats)
+    return {"preprocess_images_per_second": figure(runs["data"], "preprocess"),
             "preprocess_augmented_images_per_second": figure(runs["data"], "preprocess_augmented"),
             "model_inference_images_per_second": figure(runs["data"], "forward")}
 
 
 def measure_fe(bench: Bench, keep: dict) -> dict:
+    """The floor, tl-hub's feature extraction and the Trainer's, in the same rounds: both ratios of the row
+    (vs the Trainer, vs the floor) compare runs made under the same machine state."""
     epochs = bench.sizes.fe_epochs
-    announce(f"feature extraction, {epochs} epochs: tl-hub vs Trainer", bench.args.repeats)
-    runs = interleaved({"tl_hub": lambda: tl_hub_fe_run(bench, keep),
+    announce(f"floor, and feature extraction, {epochs} epochs: tl-hub vs Trainer", bench.args.repeats)
+    runs = interleaved({"floor": lambda: floor_run(bench),
+                        "tl_hub": lambda: tl_hub_fe_run(bench, keep),
                         "trainer": lambda: trainer_run(bench, epochs=epochs, freeze_encoder=True, evaluate=True)},
                        bench.args.repeats)
-    return {"fe_seconds": figure(runs["tl_hub"], "seconds"), "fe_trainer_seconds": figure(runs["trainer"], "seconds"),
+    return {"floor_seconds": figure(runs["floor"], "seconds"),
+            "floor_train_only_seconds": figure(runs["floor"], "train_only"),
+            "floor_load_seconds": figure(runs["floor"], "load"),
+            "fe_seconds": figure(runs["tl_hub"], "seconds"), "fe_trainer_seconds": figure(runs["trainer"], "seconds"),
             "fe_accuracy": figure(runs["tl_hub"], "accuracy"),
             "fe_trainer_accuracy": figure(runs["trainer"], "accuracy")}
 
@@ -553,7 +557,7 @@ def measure_memory(bench: Bench) -> dict:
 def measure(bench: Bench, tmp: str) -> tuple[dict, dict]:
     """Every measurement, in protocol order; returns ``(figures, notes)``: figures map a name to its runs."""
     keep, notes = {}, {}
-    figures = {**measure_floor(bench), **measure_fe(bench, keep)}
+    figures = {**measure_data_path(bench), **measure_fe(bench, keep)}
     folder = keep["recipe"].save(os.path.join(tmp, "fe-model"))  # the last fitted FE recipe
     figures.update(measure_ft(bench, notes))
     figures.update(measure_inference(bench, folder))
