@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import statistics
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Union
 
@@ -101,6 +102,7 @@ class Advice:
     similarity_gap: Optional[float]
     thresholds: dict
     warnings: list = field(default_factory=list)
+    ranking: Optional[dict] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -132,18 +134,6 @@ class Advice:
         return "\n".join(lines)
 
 
-def knn_accuracy(features: torch.Tensor, labels: torch.Tensor, k: int = 5) -> float:
-    """Leave-one-out k-nearest-neighbour accuracy with cosine similarity (ties broken by the nearest)."""
-    x = torch.nn.functional.normalize(features.flatten(1).float(), dim=1)
-    sim = x @ x.T
-    sim.fill_diagonal_(-float("inf"))
-    k = max(1, min(k, len(x) - 1))
-    top_sim, top = sim.topk(k, dim=1)
-    votes = torch.zeros(len(x), int(labels.max()) + 1)
-    votes.scatter_add_(1, labels[top], (1.0 + top_sim) + 1e-3 * torch.arange(k, 0, -1).float())
-    return float((votes.argmax(1) == labels).float().mean())
-
-
 def _subsample(labels: list[int], max_examples: int, seed: int) -> list[int]:
     if len(labels) <= max_examples:
         return list(range(len(labels)))
@@ -153,7 +143,7 @@ def _subsample(labels: list[int], max_examples: int, seed: int) -> list[int]:
     return keep
 
 
-def _class_counts(labels, names) -> tuple[dict, dict, list]:
+def class_counts(labels, names) -> tuple[dict, dict, list]:
     """Examples per class, the classes that have any, and a warning for the empty ones."""
     counts = Counter(labels)
     per_class = {names[i]: counts.get(i, 0) for i in range(len(names))}
@@ -166,33 +156,61 @@ def _class_counts(labels, names) -> tuple[dict, dict, list]:
     return per_class, present, warnings
 
 
-def _knn_probe(source: ModelSource, subset, img_col: str, lbl_col: str, names, pretrained: bool, k: int, seed: int,
-               batch_size: int, accelerator) -> float:
-    """k-NN accuracy of the frozen features of ``source`` (pretrained, or a randomly initialised copy)."""
-    from accelerate.utils import set_seed
+def advise_measured(source: ModelSource, splits: dict, image_column: str, label_column: str, names: list,
+                    per_class: dict, present: dict, warnings: list, *, thresholds: Thresholds,
+                    pretrained_features=None, seed: int = 0, accelerator=None, feature_cache: str = "disk",
+                    feature_cache_dir: Optional[str] = None, batch_size: int = 64) -> Advice:
+    """The case of ``source`` on the sampled ``splits`` (name -> dataset): size from ``per_class``, similarity
+    from the k-NN accuracy of its frozen features against a randomly initialised copy's (`tl_hub.ranking.encode`,
+    `tl_hub.scores.knn_accuracy`).  ``pretrained_features`` (a `tl_hub.ranking.Encoded`) are reused if given."""
+    from .ranking import encode
+    from .scores import knn_accuracy
 
-    from .backbone import load_backbone
-    from .features import FeatureStore
+    warnings = list(warnings)
+    median = float(statistics.median(present.values()))
+    size = "large" if median >= thresholds.large_per_class else "small"
+    pre_acc = rand_acc = gap = None
+    if max(present.values()) < 2:
+        warnings.append("Every class has a single example, so no neighbour of the same class exists and similarity "
+                        "cannot be measured; assuming similar (the cheapest transfer). Collect at least 2-5 "
+                        "examples per class for a measured answer.")
+        similarity = "similar"
+    else:
+        def knn(pretrained: bool) -> float:
+            encoded = pretrained_features if pretrained and pretrained_features is not None else encode(
+                source, splits, image_column, label_column, names, pretrained=pretrained, accelerator=accelerator,
+                feature_cache=feature_cache, feature_cache_dir=feature_cache_dir, batch_size=batch_size, seed=seed)
+            x = torch.cat([encoded.features[n] for n in encoded.features])
+            return knn_accuracy(x, torch.cat([encoded.labels[n] for n in encoded.labels]), k=thresholds.k)
 
-    set_seed(seed)
-    backbone = load_backbone(source, names, pretrained=pretrained)
-    store = FeatureStore(backbone, accelerator, cache="memory", batch_size=batch_size)
-    if not store.available:
-        raise DataError(f"Cannot measure similarity with {source.id}: its head has several modules.")
-    features = store.get(subset, img_col, lbl_col, what="probe").features[0]
-    return knn_accuracy(features, torch.tensor(subset[lbl_col]), k)
+        pre_acc, rand_acc = knn(True), knn(False)
+        gap = pre_acc - rand_acc
+        similarity = "similar" if gap >= thresholds.similarity_gap else "different"
+        if min(present.values()) < 2:
+            warnings.append("Some classes have a single example; their neighbours can never match, which lowers both "
+                            "probe accuracies equally.")
+    return Advice(
+        model=source.id, case=f"{size}+{similarity}", size=size, similarity=similarity,
+        recipe=CASES[(size, similarity)],
+        reason=REASONS[(size, similarity)], examples=sum(per_class.values()), classes=len(present),
+        per_class=per_class, median_per_class=median, pretrained_knn_accuracy=pre_acc, random_knn_accuracy=rand_acc,
+        similarity_gap=gap, thresholds=asdict(thresholds), warnings=warnings,
+    )
 
 
-def advise(model: Union[str, ModelSource], dataset: Any, *, thresholds: Optional[Thresholds] = None,
-           image_column: Optional[str] = None, label_column: Optional[str] = None, seed: int = 0, batch_size: int = 64,
-           accelerator=None, **options: Any) -> Advice:
+def advise(model: Union[str, ModelSource, Sequence[Union[str, ModelSource]]], dataset: Any, *,
+           thresholds: Optional[Thresholds] = None, image_column: Optional[str] = None,
+           label_column: Optional[str] = None, seed: int = 0, batch_size: int = 64, accelerator=None,
+           feature_cache: str = "disk", feature_cache_dir: Optional[str] = None, **options: Any) -> Advice:
     """Measure ``dataset`` against ``model`` and recommend a recipe.
 
     Args:
-        model (`str` or `ModelSource`): the pretrained model (Hub id or folder); ``options`` (revision,
-            trust_remote_code, allow_pickle, cache_dir) apply to a string.
+        model (`str`, `ModelSource`, or several): the pretrained model (Hub id or folder); ``options``
+            (revision, trust_remote_code, allow_pickle, cache_dir) apply to a string.  With several models, they
+            are ranked first (`tl_hub.rank`) and the advice is for the top one (``Advice.ranking``).
         dataset: a dataset, folder or Hub id (its training split is measured).
         thresholds (`Thresholds`, *optional*): where the cases begin.
+        feature_cache / feature_cache_dir: where the frozen features are kept (shared with the recipes).
 
     Returns:
         `Advice` (``.report()`` for the printed explanation, ``.make_recipe()`` for the recipe).
@@ -203,8 +221,25 @@ def advise(model: Union[str, ModelSource], dataset: Any, *, thresholds: Optional
     from .data import drop_undecodable, encode_labels, find_image_column, find_label_column, load_source, pick_splits
     from .runtime import make_accelerator
 
-    source = ModelSource.of(model, **options)
     thresholds = thresholds or Thresholds()
+    if not isinstance(model, (str, ModelSource)):
+        models = list(model)
+        if len(models) > 1:
+            from .ranking import rank
+
+            ranking = rank(models, dataset, image_column=image_column, label_column=label_column,
+                           max_examples=thresholds.max_examples, thresholds=thresholds, seed=seed,
+                           batch_size=batch_size, accelerator=accelerator, feature_cache=feature_cache,
+                           feature_cache_dir=feature_cache_dir, **options)
+            advice = ranking.advice
+            advice.ranking = {"order": ranking.order(), "score": ranking.default_score,
+                              "scores": {m: ranking.scores[m][ranking.default_score] for m in ranking.scores},
+                              "failed": ranking.failed}
+            return advice
+        if not models:
+            raise ConfigError("Give a model to advise on (a Hub id or a model folder).")
+        model = models[0]
+    source = ModelSource.of(model, **options)
     train, _, _ = pick_splits(load_source(dataset))
     if len(train) == 0:
         raise DataError("The dataset is empty; give labelled images.")
@@ -212,30 +247,8 @@ def advise(model: Union[str, ModelSource], dataset: Any, *, thresholds: Optional
     lbl_col = find_label_column(train, label_column, img_col)
     train, names = encode_labels(train.select_columns([img_col, lbl_col]), lbl_col)
     train, _ = drop_undecodable(train, img_col)
-    per_class, present, warnings = _class_counts(train[lbl_col], names)
-    median = float(statistics.median(present.values()))
-    size = "large" if median >= thresholds.large_per_class else "small"
-    pre_acc = rand_acc = gap = None
-    if max(present.values()) < 2:
-        warnings.append("Every class has a single example, so no neighbour of the same class exists and similarity "
-                        "cannot be measured; assuming similar (the cheapest transfer). Collect at least 2-5 "
-                        "examples per class for a measured answer.")
-        similarity = "similar"
-    else:
-        subset = train.select(_subsample(train[lbl_col], thresholds.max_examples, seed))
-        accelerator = accelerator or make_accelerator(seed=seed)
-        pre_acc, rand_acc = (
-            _knn_probe(source, subset, img_col, lbl_col, names, pretrained, thresholds.k, seed, batch_size, accelerator)
-            for pretrained in (True, False))
-        gap = pre_acc - rand_acc
-        similarity = "similar" if gap >= thresholds.similarity_gap else "different"
-        if min(present.values()) < 2:
-            warnings.append("Some classes have a single example; their neighbours can never match, which lowers both "
-                            "probe accuracies equally.")
-    recipe = CASES[(size, similarity)]
-    return Advice(
-        model=source.id, case=f"{size}+{similarity}", size=size, similarity=similarity, recipe=recipe,
-        reason=REASONS[(size, similarity)], examples=len(train), classes=len(present),
-        per_class=per_class, median_per_class=median, pretrained_knn_accuracy=pre_acc, random_knn_accuracy=rand_acc,
-        similarity_gap=gap, thresholds=asdict(thresholds), warnings=warnings,
-    )
+    per_class, present, warnings = class_counts(train[lbl_col], names)
+    subset = train.select(_subsample(train[lbl_col], thresholds.max_examples, seed))
+    return advise_measured(source, {"train": subset}, img_col, lbl_col, names, per_class, present, warnings,
+                           thresholds=thresholds, seed=seed, accelerator=accelerator or make_accelerator(seed=seed),
+                           feature_cache=feature_cache, feature_cache_dir=feature_cache_dir, batch_size=batch_size)

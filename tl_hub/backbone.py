@@ -117,8 +117,9 @@ def resolved_commit(name: str, revision: Optional[str] = None, cache_dir: Option
     return None
 
 
-def _load_pretrained(source: ModelSource, id2label: dict, label2id: dict) -> nn.Module:
-    """The pretrained weights with a new head for the labels; only safetensors unless ``allow_pickle``."""
+def _load_pretrained(source: ModelSource, **kwargs: Any):
+    """The pretrained weights (``kwargs`` for ``from_pretrained``: new labels, ``output_loading_info``); only
+    safetensors unless ``allow_pickle``."""
     from transformers import AutoModelForImageClassification
     from transformers.utils import logging as hf_logging
 
@@ -126,8 +127,7 @@ def _load_pretrained(source: ModelSource, id2label: dict, label2id: dict) -> nn.
     hf_logging.set_verbosity_error()  # the "newly initialized head" notice is expected: we log our own
     try:
         return AutoModelForImageClassification.from_pretrained(
-            source.id, **source.loading_kwargs(), id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True,
-            use_safetensors=None if source.allow_pickle else True,
+            source.id, **source.loading_kwargs(), **kwargs, use_safetensors=None if source.allow_pickle else True,
         )
     except Exception as e:  # OSError, ValueError, safetensors' SafetensorError for a damaged file, ...
         text = str(e)
@@ -172,7 +172,7 @@ def load_backbone(source: Union[str, ModelSource], labels: Sequence[str], *, pre
     processor = load_image_processor(source)
     commit = getattr(config, "_commit_hash", None) or resolved_commit(source.id, source.revision, source.cache_dir)
     if pretrained:
-        model = _load_pretrained(source, id2label, label2id)
+        model = _load_pretrained(source, id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True)
     else:
         config.id2label, config.label2id = id2label, label2id
         config.num_labels = len(labels)

@@ -5,6 +5,7 @@
     tl-hub evaluate OUT --dataset D [--split test]
     tl-hub predict OUT img.jpg [img2.png ...] [--top-k 3]
     tl-hub advise --model M --dataset D [--json]
+    tl-hub rank --model A --model B ... --dataset D [--max-examples N] [--max-per-class K]
     tl-hub compare --model M --dataset D [--recipes ...] [--epochs N]
     tl-hub push OUT REPO_ID  |  tl-hub push --space SPACE_ID --model REPO
     tl-hub serve OUT|REPO_ID [--port 7860]
@@ -52,6 +53,7 @@ from . import (
     load,
     push_space,
     push_to_hub,
+    rank,
     run_demo,
 )
 
@@ -60,6 +62,7 @@ logger = logging.getLogger("tl_hub")
 # namespace prefixes of the argument groups that are not a command's own (training settings, model, thresholds)
 SETTING, SOURCE, THRESHOLD = "cfg_", "source_", "threshold_"
 SETTINGS_TITLE = "training settings (defaults depend on the recipe)"
+RANK_SOURCE_OPTIONS = ("revision", "trust_remote_code", "allow_pickle", "cache_dir")
 DATASET_HELP = "Image folder, save_to_disk folder or Hub dataset id."
 MODEL_DIR_HELP = "A folder written by `tl-hub train`."
 
@@ -112,6 +115,8 @@ def _add_field(parser, f: dataclasses.Field, hint: Any, prefix: str, suppress: b
         kwargs["choices"] = choices() if callable(choices) else choices
     if "metavar" in meta:
         kwargs["metavar"] = meta["metavar"]
+    if meta.get("action") == "append":  # --flag A --flag B
+        kwargs["action"], kwargs["nargs"] = "append", None
     if meta.get("positional"):
         kwargs["nargs"] = meta.get("nargs", kwargs.get("nargs"))
         if default is not dataclasses.MISSING:
@@ -216,6 +221,25 @@ class AdviseArguments:
 
 
 @dataclass
+class RankArguments:
+    models: list[str] = field(metadata={"help": "A candidate model (Hub id or folder); repeat the flag for each.",
+                                        "aliases": ["--model"], "action": "append"})
+    dataset: str = field(metadata={"help": DATASET_HELP})
+    validation_dataset: Optional[str] = field(default=None, metadata={
+        "help": "Held-out images for the probe (default: the dataset's validation split, else 20%% of the sample)."})
+    max_examples: Optional[int] = field(default=2000, metadata={
+        "help": "Images sampled (stratified) from the training split; 0 for all."})
+    max_per_class: Optional[int] = field(default=None, metadata={"help": "At most this many images per class."})
+    score: str = field(default="ensemble", metadata={
+        "help": "The score that orders the candidates: ensemble, logme, hscore, knn, probe, leep or nce."})
+    on_error: str = field(default="report", metadata={
+        "help": "A candidate that fails to load: 'report' it in the table and rank the others, or 'raise'.",
+        "choices": ["report", "raise"]})
+    output_dir: str = field(default="runs/rank", metadata={"help": "Where ranking.json and ranking.png go."})
+    json: bool = field(default=False, metadata={"help": "Print the ranking as JSON instead of a table."})
+
+
+@dataclass
 class CompareArguments:
     dataset: str = field(metadata={"help": DATASET_HELP})
     validation_dataset: Optional[str] = field(default=None,
@@ -262,6 +286,10 @@ SUBCOMMANDS: dict[str, tuple[type, str, Optional[str]]] = {
     "advise": (AdviseArguments, "Measure a dataset against a model and recommend a recipe.",
                "Measure examples per class and how well the pretrained features separate the classes (vs random "
                "features), then pick one of four cases."),
+    "rank": (RankArguments, "Rank candidate pretrained models on a dataset before training, and recommend one.",
+             "Run each candidate's frozen encoder once over a sample of the data (through the feature cache), "
+             "score how well its features suit the labels (LogME, H-score, k-NN, linear probe; LEEP and NCE "
+             "with its own head), rank the candidates and recommend a recipe for the best."),
     "compare": (CompareArguments, "Train transfer recipes and scratch with the same budget; compare curves.", None),
     "serve": (ServeArguments, "Serve a trained model (folder or Hub repo) with the Gradio app.", None),
     "demo": (DemoArguments, "Offline demo: letters -> handwritten digits, advise + compare + save.", None),
@@ -292,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help_text, description=description)
         if name in ("advise", "compare"):  # the model and its loading options
             add_dataclass_arguments(command, ModelSource, prefix=SOURCE)
+        elif name == "rank":  # the loading options, for every candidate
+            add_dataclass_arguments(command, ModelSource, prefix=SOURCE, only=RANK_SOURCE_OPTIONS)
         add_dataclass_arguments(command, arguments)
         if name == "train":
             add_train_arguments(command, *(cls.config_class for cls in RECIPES.values()))
@@ -370,6 +400,21 @@ def cmd_advise(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rank(args: argparse.Namespace) -> int:
+    a = _from_args(args, RankArguments)
+    options = dataclass_values(args, prefix=SOURCE)
+    ranking = rank(a.models, a.dataset, validation_dataset=a.validation_dataset,
+                   max_examples=a.max_examples or None, max_per_class=a.max_per_class, score=a.score,
+                   on_error=a.on_error, output_dir=a.output_dir, **options)
+    if a.json:
+        print(json.dumps(ranking.to_dict(), indent=2, default=str))
+    else:
+        print(ranking.table())
+        print(f"results: {os.path.join(os.path.abspath(a.output_dir), 'ranking.json')}")
+        print(f"chart:   {os.path.join(os.path.abspath(a.output_dir), 'ranking.png')}")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     a = _from_args(args, CompareArguments)
     source = _from_args(args, ModelSource, SOURCE)
@@ -415,6 +460,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "advise": cmd_advise,
+            "rank": cmd_rank,
             "compare": cmd_compare, "demo": cmd_demo, "push": cmd_push, "serve": cmd_serve}
 
 

@@ -1,0 +1,494 @@
+"""Which pretrained model should I start from?  Rank candidates on your data before training any of them.
+
+For each candidate, tl-hub runs the frozen encoder once over a (stratified) sample of the data, through the
+feature cache (`tl_hub.features`), so ranking again, or training a recipe on the same data afterwards, reuses the
+features.  The features are the exact input of the model's classification head, as the cache captures it: what a
+new head would see.  From them, without training the encoder, it computes transferability scores
+(`tl_hub.scores`):
+
+- ``logme``: LogME, the evidence of a Bayesian linear model from the features to the labels (per example);
+- ``hscore``: H-score with shrinkage, how well class means separate relative to the features' covariance;
+- ``knn``: leave-one-out k-nearest-neighbour accuracy (cosine);
+- ``probe``: held-out accuracy of a linear probe (the converged head of `tl_hub.probe`, ``C`` chosen on that
+  split);
+- ``leep`` and ``nce``: from the candidate's own (source) head, when the checkpoint has one: how well its
+  predictions over the source classes explain the target labels;
+- ``ensemble`` (the default): the mean of the normalised ranks of `ENSEMBLE`, so that no single score's failure
+  mode decides.
+
+Candidates of different sizes are compared on what their heads see: a ViT's CLS token (after its final norm), a
+ConvNeXt's or ResNet's globally pooled map, a Swin's mean-pooled tokens, whatever dimension.  LogME and H-score
+are invariant to scaling the features and account for their dimension (evidence; shrinkage), k-NN uses cosine
+similarity, and the probe standardises the features, so a larger dimension gets no free advantage.
+
+Then the top candidate goes through the advisor (`tl_hub.advisor`): its size x similarity case gives the recipe
+(`Ranking.make_recipe()`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional, Union
+
+import torch
+
+from .config import ModelSource
+from .errors import ConfigError, DataError, ModelError, TlHubError, first_line
+from .outputs import atomic_path, write_json
+
+logger = logging.getLogger(__name__)
+
+FEATURE_SCORES = ("logme", "hscore", "knn", "probe")
+SOURCE_SCORES = ("leep", "nce")
+ENSEMBLE = ("logme", "hscore", "knn", "probe")  # the default score averages the normalised ranks of these
+DEFAULT_SCORE = "ensemble"
+ON_ERROR = ("report", "raise")
+HELD_OUT = 0.2  # share of the sample held out for the probe when no validation split is given
+
+SCORE_HELP = {
+    "ensemble": "mean normalised rank of " + ", ".join(ENSEMBLE) + " (1 = first on every one)",
+    "logme": "LogME: log evidence per example of a Bayesian linear model, features -> labels",
+    "hscore": "H-score with Ledoit-Wolf shrinkage: class separation relative to the feature covariance",
+    "knn": "leave-one-out k-NN accuracy, cosine similarity",
+    "probe": "held-out accuracy of a converged linear probe",
+    "leep": "LEEP: log expected empirical prediction of the source head (checkpoints with their head)",
+    "nce": "NCE: negative conditional entropy of the labels given the source head's predictions",
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# One candidate: its frozen features, in one pass
+
+
+@dataclass
+class Encoded:
+    """A candidate's frozen features over the sample (one encoder pass, through the feature cache).
+
+    Attributes:
+        features: per split name (``"train"``, ``"held_out"``), features ``(N, D)`` (flattened head inputs).
+        labels: per split name, labels ``(N,)``.
+        source_probs: per split name, the source head's class probabilities ``(N, Z)``; ``None`` when the
+            checkpoint has no trained head of its own.
+        capture: the module whose input the features are (the model's head).
+        seconds: loading plus the encoder pass.
+    """
+
+    features: dict
+    labels: dict
+    source_probs: Optional[dict]
+    capture: str
+    source_classes: int
+    seconds: float
+
+
+def load_source_model(source: ModelSource):
+    """The model as it was saved, source head included; returns ``(backbone, has_source_head)``.
+
+    ``has_source_head`` is False when the checkpoint has no weights for the head (a bare encoder checkpoint,
+    whose head transformers initialises at random)."""
+    from .backbone import Backbone, _load_pretrained, load_config, load_image_processor
+    from .structure import example_inputs, split_model
+
+    config = load_config(source)
+    processor = load_image_processor(source)
+    model, info = _load_pretrained(source, output_loading_info=True)
+    parts = split_model(model, example_inputs(model, processor), num_labels=config.num_labels)
+    missing = set(info.get("missing_keys", ())) | set(info.get("mismatched_keys", ()))
+    head_params = {f"{h}.{n}" for h in parts.head for n, _ in model.get_submodule(h).named_parameters()}
+    has_head = config.num_labels >= 2 and not (head_params & {str(k) for k in missing})
+    return Backbone(model=model, processor=processor, parts=parts, source=source.id), has_head
+
+
+def encode(source: ModelSource, splits: dict, image_column: str, label_column: str, labels: Sequence[str], *,
+           pretrained: bool = True, accelerator=None, feature_cache: str = "disk",
+           feature_cache_dir: Optional[str] = None, batch_size: int = 64, seed: int = 0) -> Encoded:
+    """Load ``source`` and return the input features of its head for each dataset of ``splits`` (name ->
+    dataset), from the feature cache or one encoder pass.  With ``pretrained=False``, the same architecture
+    randomly initialised (seeded), for the advisor's baseline."""
+    from accelerate.utils import set_seed
+
+    from .backbone import load_backbone
+    from .features import FeatureStore, HeadModule
+    from .runtime import make_accelerator
+
+    start = time.perf_counter()
+    accelerator = accelerator or make_accelerator(seed=seed)
+    set_seed(seed)
+    if pretrained:
+        backbone, has_head = load_source_model(source)
+    else:
+        backbone, has_head = load_backbone(source, labels, pretrained=False), False
+    store = FeatureStore(backbone, accelerator, cache=feature_cache, cache_dir=feature_cache_dir,
+                         batch_size=batch_size)
+    if not store.available:
+        raise ModelError(f"'{source.id}' has a head of several modules ({list(backbone.parts.head)}); its features "
+                         "cannot be captured at one point, so it cannot be ranked.")
+    features, targets, probs = {}, {}, {} if has_head else None
+    head = HeadModule(backbone.model.get_submodule(store.head_path)).eval()
+    for name, ds in splits.items():
+        cached = store.get(ds, image_column, label_column, what=f"ranking {name}")
+        x = cached.features[0]
+        if probs is not None:
+            with torch.inference_mode():
+                probs[name] = torch.cat([head(x[i:i + 4096].to(accelerator.device)).float().softmax(-1).cpu()
+                                         for i in range(0, len(x), 4096)])
+        features[name], targets[name] = x.flatten(1), cached.labels
+    return Encoded(features=features, labels=targets, source_probs=probs, capture=store.head_path,
+                   source_classes=int(backbone.model.config.num_labels), seconds=time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Scores of one candidate
+
+
+def candidate_scores(encoded: Encoded, classes: int, k: int = 5) -> tuple[dict, dict]:
+    """Every score of one candidate and the seconds each took: ``(scores, seconds)``."""
+    from . import scores as S
+    from .probe import fit_probe
+
+    x = torch.cat([encoded.features[n] for n in encoded.features])
+    y = torch.cat([encoded.labels[n] for n in encoded.labels])
+    out, seconds = {}, {}
+
+    def timed(name, fn, *args, **kwargs):
+        start = time.perf_counter()
+        out[name] = float(fn(*args, **kwargs))
+        seconds[name] = time.perf_counter() - start
+
+    timed("logme", S.logme, x, y)
+    timed("hscore", S.h_score, x, y)
+    timed("knn", S.knn_accuracy, x, y, k=k)
+    if "held_out" in encoded.features and len(encoded.labels["held_out"]):
+        timed("probe", lambda: max(p["val_accuracy"] for p in fit_probe(
+            encoded.features["train"], encoded.labels["train"], encoded.features["held_out"],
+            encoded.labels["held_out"], classes).path))
+    else:
+        out["probe"] = None
+    if encoded.source_probs is not None:
+        probs = torch.cat([encoded.source_probs[n] for n in encoded.source_probs])
+        timed("leep", S.leep, probs, y)
+        timed("nce", S.nce, probs.argmax(1), y)
+    else:
+        out["leep"] = out["nce"] = None
+    return out, seconds
+
+
+def normalised_ranks(values: dict) -> dict:
+    """Per model, 1 for the best value, 0 for the worst, ties sharing their mean rank; None stays None."""
+    scored = {m: v for m, v in values.items() if v is not None and math.isfinite(v)}
+    ordered = sorted(scored, key=lambda m: scored[m], reverse=True)
+    n, result = len(ordered), dict.fromkeys(values)
+    i = 0
+    while i < n:
+        j = i
+        while j + 1 < n and scored[ordered[j + 1]] == scored[ordered[i]]:
+            j += 1
+        for m in ordered[i:j + 1]:
+            result[m] = 1.0 if n == 1 else 1.0 - ((i + j) / 2) / (n - 1)
+        i = j + 1
+    return result
+
+
+def ensemble(scores: dict, members: Sequence[str] = ENSEMBLE) -> dict:
+    """Per model, the mean of its normalised ranks over ``members`` (those it has)."""
+    ranks = [normalised_ranks({m: s.get(name) for m, s in scores.items()}) for name in members]
+    out = {}
+    for m in scores:
+        values = [r[m] for r in ranks if r[m] is not None]
+        out[m] = sum(values) / len(values) if values else None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The ranking
+
+
+@dataclass
+class Ranking:
+    """Candidates ranked by transferability to the data.
+
+    Attributes:
+        scores: model -> score name -> value (None where the score does not apply, e.g. LEEP without a source
+            head); higher is better for every score.
+        default_score: the score `order` and `best` use by default.
+        seconds: model -> ``{"encode": loading + encoder pass, <score>: its own time}``.
+        failed: model -> why it could not be ranked (it failed to load, or has no single head).
+        info: model -> feature dimension, capture point, whether it has a source head.
+        data: examples used (train / held-out), classes, examples per class.
+        advice: the advisor's case and recipe for the top model (``None`` if not asked, or if every model
+            failed).
+    """
+
+    scores: dict
+    default_score: str = DEFAULT_SCORE
+    seconds: dict = field(default_factory=dict)
+    failed: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    advice: Optional[Any] = None
+
+    def order(self, score: Optional[str] = None) -> list[str]:
+        """Ranked models, best first, by ``score`` (default: `default_score`); those without it last."""
+        score = score or self.default_score
+        return sorted(self.scores, key=lambda m: (self.scores[m].get(score) is None,
+                                                  -(self.scores[m].get(score) or 0.0)))
+
+    @property
+    def best(self) -> Optional[str]:
+        order = self.order()
+        return order[0] if order else None
+
+    def make_recipe(self, **overrides):
+        """The advisor's recommended recipe for the top model, ready to ``fit``."""
+        if self.advice is None:
+            raise ConfigError("This ranking has no recommendation (no candidate could be ranked, or "
+                              "`recommend=False`); rank again, or build a recipe with `tl_hub.get_recipe`.")
+        return self.advice.make_recipe(**overrides)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["order"] = self.order()
+        out["advice"] = self.advice.to_dict() if self.advice is not None else None
+        out["score_help"] = SCORE_HELP
+        return out
+
+    def table(self) -> str:
+        names = [DEFAULT_SCORE, *FEATURE_SCORES, *SOURCE_SCORES]
+        width = max([len(short_name(m)) for m in [*self.scores, *self.failed]] + [5])
+        lines = [f"{'#':>2} {'model':<{width}} {'dim':>5} " + " ".join(f"{n:>8}" for n in names) + f" {'encode s':>8}"]
+        for i, m in enumerate(self.order(), 1):
+            cells = " ".join(_cell(self.scores[m].get(n)) for n in names)
+            lines.append(f"{i:>2} {short_name(m):<{width}} {self.info[m]['feature_dim']:>5} {cells} "
+                         f"{self.seconds[m]['encode']:>8.1f}")
+        for m, why in self.failed.items():
+            lines.append(f"{'-':>2} {short_name(m):<{width}} failed: {why}")
+        lines.append(f"default score: {self.default_score} ({SCORE_HELP[self.default_score]}); higher is better.")
+        if self.advice is not None:
+            lines.append(f"recommendation: start from {self.best} with {self.advice.recipe} "
+                         f"(case {self.advice.case}: {self.advice.reason})")
+        return "\n".join(lines)
+
+    def save(self, output_dir: str) -> dict:
+        """Write ``ranking.json`` and ``ranking.png`` (the scores per model) to ``output_dir``; returns paths."""
+        os.makedirs(output_dir, exist_ok=True)
+        paths = {"json": os.path.join(output_dir, "ranking.json"), "png": os.path.join(output_dir, "ranking.png")}
+        write_json(paths["json"], self.to_dict())
+        with atomic_path(paths["png"]) as tmp:
+            plot_ranking(self, tmp)
+        return paths
+
+
+def short_name(model: str) -> str:
+    """A folder's name, or a Hub id as it is."""
+    return os.path.basename(os.path.normpath(model)) if os.path.isdir(model) else model
+
+
+def _cell(value: Optional[float]) -> str:
+    return f"{'-':>8}" if value is None else f"{value:>8.3f}"
+
+
+def plot_ranking(ranking: Ranking, path: str) -> str:
+    """One bar panel per score (models in ranked order, the best highlighted) into a PNG at ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in (DEFAULT_SCORE, *FEATURE_SCORES, *SOURCE_SCORES)
+             if any(s.get(n) is not None for s in ranking.scores.values())]
+    models = ranking.order()
+    cols = min(3, max(1, len(names)))
+    rows = max(1, math.ceil(len(names) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 0.45 * len(models) * rows + 1.6 * rows),
+                             squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        values = [ranking.scores[m].get(name) for m in models]
+        shown = [(short_name(m), v) for m, v in zip(models, values) if v is not None]
+        colors = ["C1" if label == short_name(models[0]) else "C0" for label, _ in shown]
+        ax.barh([label for label, _ in shown][::-1], [v for _, v in shown][::-1], color=colors[::-1])
+        ax.set_title(f"{name}{' (default)' if name == ranking.default_score else ''}", fontsize=10)
+        ax.tick_params(labelsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    data = ranking.data
+    fig.suptitle(f"Transferability of {len(models)} candidates to {data.get('classes', '?')} classes "
+                 f"({data.get('examples', '?')} images); higher is better, top pick in orange", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+def _sample(ds, label_column: str, max_examples: Optional[int], max_per_class: Optional[int], seed: int):
+    """A stratified sample: at most ``max_per_class`` per class, then at most ``max_examples`` in all."""
+    import random
+
+    from .data import stratified_split
+
+    labels = ds[label_column]
+    keep = list(range(len(labels)))
+    if max_per_class is not None:
+        rng, by_class = random.Random(seed), {}
+        for i, y in enumerate(labels):
+            by_class.setdefault(y, []).append(i)
+        keep = sorted(i for idx in by_class.values() for i in rng.sample(idx, min(len(idx), max_per_class)))
+    if max_examples is not None and len(keep) > max_examples:
+        _, chosen = stratified_split([labels[i] for i in keep], max_examples / len(keep), seed)
+        keep = [keep[i] for i in chosen]
+    return ds.select(keep) if len(keep) < len(labels) else ds
+
+
+@dataclass
+class Sample:
+    """The images a ranking looks at: ``splits`` maps ``"train"`` (and ``"held_out"``, for the probe) to a
+    dataset; ``per_class`` / ``present`` / ``warnings`` describe the whole training split."""
+
+    splits: dict
+    image_column: str
+    label_column: str
+    names: list
+    per_class: dict
+    present: dict
+    warnings: list
+
+
+def prepare_sample(dataset: Any, validation_dataset: Any = None, *, image_column: Optional[str] = None,
+                   label_column: Optional[str] = None, max_examples: Optional[int] = 2000,
+                   max_per_class: Optional[int] = None, seed: int = 0) -> Sample:
+    """Load, check and sample the data a ranking uses (see `rank`)."""
+    from .advisor import class_counts
+    from .data import (
+        _align,
+        drop_undecodable,
+        encode_labels,
+        find_image_column,
+        find_label_column,
+        load_source,
+        pick_splits,
+        stratified_split,
+    )
+
+    train, validation, _ = pick_splits(load_source(dataset))
+    if validation_dataset is not None:
+        validation, _, _ = pick_splits(load_source(validation_dataset))
+    if len(train) == 0:
+        raise DataError("The dataset is empty; give labelled images.")
+    img_col = find_image_column(train, image_column)
+    lbl_col = find_label_column(train, label_column, img_col)
+    train, names = encode_labels(train.select_columns([img_col, lbl_col]), lbl_col)
+    train, _ = drop_undecodable(train, img_col)
+    per_class, present, warnings = class_counts(train[lbl_col], names)
+    sampled = _sample(train, lbl_col, max_examples, max_per_class, seed)
+    if validation is not None:
+        held_out = _align(validation, img_col, lbl_col, names, "validation")
+        held_out, _ = drop_undecodable(held_out, img_col, "validation")
+        held_out = _sample(held_out, lbl_col, max_examples and max(4, max_examples // 4), max_per_class, seed)
+        splits = {"train": sampled, "held_out": held_out}
+    else:
+        tr, ho = stratified_split(sampled[lbl_col], HELD_OUT, seed)
+        splits = {"train": sampled.select(tr), "held_out": sampled.select(ho)} if ho else {"train": sampled}
+    return Sample(splits, img_col, lbl_col, names, per_class, present, warnings)
+
+
+def _check_options(models, max_examples, max_per_class, on_error, score) -> list:
+    if isinstance(models, (str, ModelSource)):
+        models = [models]
+    models = list(models)
+    if not models:
+        raise ConfigError("Give at least one candidate model to rank (a Hub id or a model folder).")
+    if max_examples is not None and max_examples < 4:
+        raise ConfigError(f"`max_examples` should be at least 4 (or None for all), got {max_examples}.")
+    if max_per_class is not None and max_per_class < 2:
+        raise ConfigError(f"`max_per_class` should be at least 2 (or None), got {max_per_class}.")
+    if on_error not in ON_ERROR:
+        raise ConfigError(f"`on_error` should be one of {ON_ERROR}, got {on_error!r}.")
+    if score not in SCORE_HELP:
+        raise ConfigError(f"Unknown score {score!r}; choose one of {sorted(SCORE_HELP)}.")
+    return models
+
+
+def rank(models: Union[str, ModelSource, Sequence[Union[str, ModelSource]]], dataset: Any, *,
+         validation_dataset: Any = None, image_column: Optional[str] = None, label_column: Optional[str] = None,
+         max_examples: Optional[int] = 2000, max_per_class: Optional[int] = None, score: str = DEFAULT_SCORE,
+         on_error: str = "report", recommend: bool = True, thresholds=None, seed: int = 0, batch_size: int = 64,
+         feature_cache: str = "disk", feature_cache_dir: Optional[str] = None, output_dir: Optional[str] = None,
+         accelerator=None, **options: Any) -> Ranking:
+    """Rank pretrained ``models`` by how well their frozen features suit ``dataset``, without training them.
+
+    Args:
+        models: Hub ids, model folders or `ModelSource` objects; ``options`` (revision, trust_remote_code,
+            allow_pickle, cache_dir) apply to the strings.
+        dataset: a dataset, folder or Hub id (its training split is sampled).
+        validation_dataset: held-out images for the probe; default: the dataset's validation split, else 20% of
+            the sample, stratified.
+        max_examples / max_per_class: the sample (stratified, seeded); None for no limit.
+        score: the score that orders the candidates (default ``"ensemble"``).
+        on_error: ``"report"``: a candidate that fails to load is listed in `Ranking.failed` and the others are
+            ranked; ``"raise"``: its error stops the ranking.
+        recommend: run the advisor on the top model (one more encoder pass, of its randomly initialised copy).
+        feature_cache / feature_cache_dir: where features are kept (the same cache the recipes use).
+        output_dir: also write ``ranking.json`` and ``ranking.png`` there.
+
+    Returns:
+        `Ranking` (``.table()``, ``.best``, ``.make_recipe()``).
+
+    Raises:
+        ConfigError: bad options, or no candidate could be ranked.
+        DataError: no labelled images, fewer than two classes.
+    """
+    from .advisor import Thresholds, advise_measured
+    from .runtime import make_accelerator
+
+    models = _check_options(models, max_examples, max_per_class, on_error, score)
+    sources = [ModelSource.of(m, **options) if isinstance(m, str) else ModelSource.of(m) for m in models]
+    sample = prepare_sample(dataset, validation_dataset, image_column=image_column, label_column=label_column,
+                            max_examples=max_examples, max_per_class=max_per_class, seed=seed)
+    splits, img_col, lbl_col, names = sample.splits, sample.image_column, sample.label_column, sample.names
+    accelerator = accelerator or make_accelerator(seed=seed)
+    scores, seconds, failed, info, encoded_top = {}, {}, {}, {}, {}
+    for source in sources:
+        try:
+            encoded = encode(source, splits, img_col, lbl_col, names, accelerator=accelerator,
+                             feature_cache=feature_cache, feature_cache_dir=feature_cache_dir,
+                             batch_size=batch_size, seed=seed)
+        except (TlHubError, OSError, ValueError, RuntimeError) as e:
+            if on_error == "raise":
+                raise
+            failed[source.id] = first_line(e) if not isinstance(e, TlHubError) else str(e)
+            logger.warning("Could not rank %s: %s", source.id, failed[source.id])
+            continue
+        scores[source.id], own = candidate_scores(encoded, len(names))
+        seconds[source.id] = {"encode": encoded.seconds, **own}
+        info[source.id] = {"feature_dim": int(encoded.features["train"].shape[1]), "capture": encoded.capture,
+                           "source_head": encoded.source_probs is not None,
+                           "source_classes": encoded.source_classes}
+        encoded_top[source.id] = encoded
+        logger.info("Ranked %s: %s", source.id, ", ".join(f"{k}={v:.3f}" for k, v in scores[source.id].items()
+                                                          if v is not None))
+    if not scores:
+        raise ConfigError("No candidate could be ranked: " + "; ".join(f"{m}: {w}" for m, w in failed.items()))
+    for m, value in ensemble(scores).items():
+        scores[m]["ensemble"] = value
+    data = {"examples": sum(len(d) for d in splits.values()), "train": len(splits["train"]),
+            "held_out": len(splits.get("held_out", [])), "classes": len(sample.present),
+            "per_class": sample.per_class, "warnings": sample.warnings}
+    ranking = Ranking(scores=scores, default_score=score, seconds=seconds, failed=failed, info=info, data=data)
+    if recommend:
+        top = ranking.best
+        start = time.perf_counter()
+        source = next(s for s in sources if s.id == top)
+        ranking.advice = advise_measured(
+            source, splits, img_col, lbl_col, names, sample.per_class, sample.present, sample.warnings,
+            pretrained_features=encoded_top[top], thresholds=thresholds or Thresholds(), seed=seed,
+            accelerator=accelerator, feature_cache=feature_cache, feature_cache_dir=feature_cache_dir,
+            batch_size=batch_size)
+        ranking.seconds[top]["advice"] = time.perf_counter() - start
+    if output_dir is not None:
+        ranking.save(output_dir)
+    return ranking
