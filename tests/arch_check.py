@@ -11,7 +11,8 @@ The promises:
    groups run in order from the input to the output;
 2. feature extraction and fine-tuning (``unfreeze=2``, ``layer_decay``) train, with augmentation on;
 3. save -> ``tl_hub.load`` gives identical probabilities; so does a LoRA adapter where PEFT supports the layers;
-4. top-2 fine-tuning on the cached frozen prefix trains as running the whole encoder does (or falls back to it).
+4. top-2 fine-tuning on the cached frozen prefix trains as running the whole encoder does (or falls back to it);
+5. `tl_hub.rank` scores it on the input of its head.
 """
 
 from __future__ import annotations
@@ -107,6 +108,23 @@ def check_prefix(folder: str) -> str:
     return cut or "-"
 
 
+def check_rank(folder: str) -> int:
+    """`tl_hub.rank` scores the model on the input of its head (every score finite; LEEP and NCE from its own
+    head where that is one module); returns the feature dimension."""
+    import math
+
+    import tl_hub
+
+    ranking = tl_hub.rank([folder], colour_dataset(24), recommend=False, feature_cache="memory")
+    assert not ranking.failed, ranking.failed
+    scores, info = ranking.scores[folder], ranking.info[folder]
+    for name in ("logme", "hscore", "knn", "probe"):
+        assert scores[name] is not None and math.isfinite(scores[name]), f"{name}: {scores[name]}"
+    if "," not in info["capture"]:
+        assert info["source_head"] and math.isfinite(scores["leep"]), f"source head {info}, leep {scores['leep']}"
+    return info["feature_dim"]
+
+
 def check(model_type: str, tmp: str) -> dict:
     """All promises for ``model_type``, in ``tmp``; returns what was measured."""
     start = time.perf_counter()
@@ -114,6 +132,7 @@ def check(model_type: str, tmp: str) -> dict:
     split = check_split(folder, model_type)
     result = {"type": model_type, **split, **check_training(folder, tmp, lora=split["lora_targets"] > 0)}
     result["prefix_cut"] = check_prefix(folder)
+    result["rank_feature_dim"] = check_rank(folder)
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
 

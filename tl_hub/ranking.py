@@ -38,7 +38,7 @@ from typing import Any, Optional, Union
 import torch
 
 from .config import ModelSource
-from .errors import ConfigError, DataError, ModelError, TlHubError, first_line
+from .errors import ConfigError, DataError, TlHubError, first_line
 from .outputs import atomic_path, write_json
 
 logger = logging.getLogger(__name__)
@@ -125,20 +125,21 @@ def encode(source: ModelSource, splits: dict, image_column: str, label_column: s
         backbone, has_head = load_backbone(source, labels, pretrained=False), False
     store = FeatureStore(backbone, accelerator, cache=feature_cache, cache_dir=feature_cache_dir,
                          batch_size=batch_size)
-    if not store.available:
-        raise ModelError(f"'{source.id}' has a head of several modules ({list(backbone.parts.head)}); its features "
-                         "cannot be captured at one point, so it cannot be ranked.")
+    # a head of several modules (SwiftFormer's head and distillation head): the inputs of all of them, side by side
+    heads = [store.head_path] if store.available else list(backbone.parts.head)
+    has_head = has_head and store.available  # the source probabilities come from one head module
     features, targets, probs = {}, {}, {} if has_head else None
-    head = HeadModule(backbone.model.get_submodule(store.head_path)).eval()
+    head = HeadModule(backbone.model.get_submodule(heads[0])).eval()
     for name, ds in splits.items():
-        cached = store.get(ds, image_column, label_column, what=f"ranking {name}")
-        x = cached.features[0]
+        cached = store.get_many(ds, image_column, label_column, at=heads, what=f"ranking {name}")
         if probs is not None:
+            x = cached[0].features[0]
             with torch.inference_mode():
                 probs[name] = torch.cat([head(x[i:i + 4096].to(accelerator.device)).float().softmax(-1).cpu()
                                          for i in range(0, len(x), 4096)])
-        features[name], targets[name] = x.flatten(1), cached.labels
-    return Encoded(features=features, labels=targets, source_probs=probs, capture=store.head_path,
+        features[name] = torch.cat([c.features[0].flatten(1) for c in cached], 1)
+        targets[name] = cached[0].labels
+    return Encoded(features=features, labels=targets, source_probs=probs, capture=", ".join(heads),
                    source_classes=int(backbone.model.config.num_labels), seconds=time.perf_counter() - start)
 
 
