@@ -134,15 +134,6 @@ class Advice:
         return "\n".join(lines)
 
 
-def _subsample(labels: list[int], max_examples: int, seed: int) -> list[int]:
-    if len(labels) <= max_examples:
-        return list(range(len(labels)))
-    from .data import stratified_split
-
-    _, keep = stratified_split(labels, max_examples / len(labels), seed)
-    return keep
-
-
 def class_counts(labels, names) -> tuple[dict, dict, list]:
     """Examples per class, the classes that have any, and a warning for the empty ones."""
     counts = Counter(labels)
@@ -218,7 +209,6 @@ def advise(model: Union[str, ModelSource, Sequence[Union[str, ModelSource]]], da
     Raises:
         DataError: no labelled images, or fewer than two classes with examples.
     """
-    from .data import drop_undecodable, encode_labels, find_image_column, find_label_column, load_source, pick_splits
     from .runtime import make_accelerator
 
     thresholds = thresholds or Thresholds()
@@ -239,16 +229,12 @@ def advise(model: Union[str, ModelSource, Sequence[Union[str, ModelSource]]], da
         if not models:
             raise ConfigError("Give a model to advise on (a Hub id or a model folder).")
         model = models[0]
+    from .ranking import prepare_sample
+
     source = ModelSource.of(model, **options)
-    train, _, _ = pick_splits(load_source(dataset))
-    if len(train) == 0:
-        raise DataError("The dataset is empty; give labelled images.")
-    img_col = find_image_column(train, image_column)
-    lbl_col = find_label_column(train, label_column, img_col)
-    train, names = encode_labels(train.select_columns([img_col, lbl_col]), lbl_col)
-    train, _ = drop_undecodable(train, img_col)
-    per_class, present, warnings = class_counts(train[lbl_col], names)
-    subset = train.select(_subsample(train[lbl_col], thresholds.max_examples, seed))
-    return advise_measured(source, {"train": subset}, img_col, lbl_col, names, per_class, present, warnings,
-                           thresholds=thresholds, seed=seed, accelerator=accelerator or make_accelerator(seed=seed),
+    sample = prepare_sample(dataset, image_column=image_column, label_column=label_column,
+                            max_examples=thresholds.max_examples, seed=seed)  # the sample `rank` would take
+    return advise_measured(source, sample.splits, sample.image_column, sample.label_column, sample.names,
+                           sample.per_class, sample.present, sample.warnings, thresholds=thresholds, seed=seed,
+                           accelerator=accelerator or make_accelerator(seed=seed),
                            feature_cache=feature_cache, feature_cache_dir=feature_cache_dir, batch_size=batch_size)
