@@ -340,6 +340,23 @@ def pick_splits(data) -> tuple[Any, Optional[Any], Optional[Any]]:
     return data[train_name], data[val_name] if val_name else None, data[test_name] if test_name else None
 
 
+def load_labelled(train: Any, validation: Any = None, *, image_column: Optional[str] = None,
+                  label_column: Optional[str] = None):
+    """The splits of ``train`` (``validation`` replacing its validation split if given), with the training split's
+    columns found, its labels encoded and its undecodable images dropped: ``(train, validation, test,
+    image_column, label_column, labels, skipped)``; validation and test are as loaded."""
+    train_ds, val_ds, test_ds = pick_splits(load_source(train))
+    if validation is not None:
+        val_ds, _, _ = pick_splits(load_source(validation))
+    if len(train_ds) == 0:
+        raise DataError("The training split is empty; give a dataset with labelled images.")
+    img_col = find_image_column(train_ds, image_column)
+    lbl_col = find_label_column(train_ds, label_column, img_col)
+    train_ds, labels = encode_labels(train_ds.select_columns([img_col, lbl_col]), lbl_col)
+    train_ds, skipped = drop_undecodable(train_ds, img_col)
+    return train_ds, val_ds, test_ds, img_col, lbl_col, labels, skipped
+
+
 def prepare_data(
     train: Any,
     validation: Any = None,
@@ -354,16 +371,8 @@ def prepare_data(
     Raises:
         DataError: empty data, unknown columns, fewer than two classes, missing labels.
     """
-    train_ds, val_ds, test_ds = pick_splits(load_source(train))
-    if validation is not None:
-        val_ds, _, _ = pick_splits(load_source(validation))
-    if len(train_ds) == 0:
-        raise DataError("The training split is empty; give a dataset with labelled images.")
-    img_col = find_image_column(train_ds, image_column)
-    lbl_col = find_label_column(train_ds, label_column, img_col)
-    train_ds = train_ds.select_columns([img_col, lbl_col])
-    train_ds, labels = encode_labels(train_ds, lbl_col)
-    train_ds, skipped = drop_undecodable(train_ds, img_col)
+    train_ds, val_ds, test_ds, img_col, lbl_col, labels, skipped = load_labelled(
+        train, validation, image_column=image_column, label_column=label_column)
     present = set(train_ds[lbl_col])
     absent = [labels[i] for i in range(len(labels)) if i not in present]
     if absent and len(present) >= 2:

@@ -38,7 +38,7 @@ from typing import Any, Optional, Union
 import torch
 
 from .config import ModelSource
-from .errors import ConfigError, DataError, TlHubError, first_line
+from .errors import ConfigError, TlHubError, first_line
 from .outputs import atomic_path, write_json
 
 logger = logging.getLogger(__name__)
@@ -364,26 +364,10 @@ def prepare_sample(dataset: Any, validation_dataset: Any = None, *, image_column
                    max_per_class: Optional[int] = None, seed: int = 0) -> Sample:
     """Load, check and sample the data a ranking uses (see `rank`)."""
     from .advisor import class_counts
-    from .data import (
-        _align,
-        drop_undecodable,
-        encode_labels,
-        find_image_column,
-        find_label_column,
-        load_source,
-        pick_splits,
-        stratified_split,
-    )
+    from .data import _align, drop_undecodable, load_labelled, stratified_split
 
-    train, validation, _ = pick_splits(load_source(dataset))
-    if validation_dataset is not None:
-        validation, _, _ = pick_splits(load_source(validation_dataset))
-    if len(train) == 0:
-        raise DataError("The dataset is empty; give labelled images.")
-    img_col = find_image_column(train, image_column)
-    lbl_col = find_label_column(train, label_column, img_col)
-    train, names = encode_labels(train.select_columns([img_col, lbl_col]), lbl_col)
-    train, _ = drop_undecodable(train, img_col)
+    train, validation, _, img_col, lbl_col, names, _ = load_labelled(
+        dataset, validation_dataset, image_column=image_column, label_column=label_column)
     per_class, present, warnings = class_counts(train[lbl_col], names)
     sampled = _sample(train, lbl_col, max_examples, max_per_class, seed)
     if validation is not None:
