@@ -242,3 +242,49 @@ def test_adamw_reads_back_group_lrs(backbone):
     assert not torch.equal(before, model.get_parameter(head_weight))
     for n, value in frozen.items():
         assert torch.equal(model.get_parameter(n), value), n
+
+
+def _readable(model, groups):
+    """Groups as comparable data: name, lr, weight decay and parameter names."""
+    names = _names(model)
+    return [(g["name"], pytest.approx(g["lr"]), g["weight_decay"], sorted(names[id(p)] for p in g["params"]))
+            for g in groups]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("settings", [
+    {"layer_decay": 0.75, "unfreeze": 2}, {"backbone_lr_ratio": 0.1}, {"backbone_lr_ratio": 0.5, "unfreeze": 1}],
+    ids=["layer-decay top-2", "ratio all", "ratio top-1"])
+def test_public_param_groups_equal_the_recipes_groups(arch, settings, tiny_model_dir):
+    """`tl_hub.param_groups` on a plain transformers model = the fine-tune period of `FineTuneRecipe`."""
+    from transformers import AutoModelForImageClassification
+
+    import tl_hub
+
+    folder = tiny_model_dir(arch)
+    model = AutoModelForImageClassification.from_pretrained(folder, num_labels=3, ignore_mismatched_sizes=True)
+    public = tl_hub.param_groups(model, lr=LR, weight_decay=WD, **settings)
+    recipe = tl_hub.FineTuneRecipe(folder, lr=LR, weight_decay=WD, epochs=4, head_epochs=1, **settings)
+    backbone = load_backbone(folder, ["a", "b", "c"])
+    period = recipe.periods(backbone)[-1]
+    assert _readable(model, public) == _readable(backbone.model, period.param_groups)
+    # any optimizer takes them, and keeps their learning rates
+    optimizer = torch.optim.SGD(public, lr=99.0)
+    assert [g["lr"] for g in optimizer.param_groups] == [g["lr"] for g in public]
+    assert all(g["weight_decay"] == 0.0 for g in public if g["name"].endswith("/no_decay"))
+
+
+def test_public_param_groups_head_only_and_bad_settings(tiny_model_dir):
+    from transformers import AutoModelForImageClassification
+
+    import tl_hub
+
+    model = AutoModelForImageClassification.from_pretrained(tiny_model_dir("vit"))
+    head = tl_hub.param_groups(model, lr=LR, unfreeze=0)
+    assert {_group_prefix(g) for g in head} == {"head"}
+    for kwargs, match in [({"lr": 0}, "lr"), ({"lr": LR, "backbone_lr_ratio": 0.1, "layer_decay": 0.8}, "not both"),
+                          ({"lr": LR, "backbone_lr_ratio": 2.0}, "backbone_lr_ratio"),
+                          ({"lr": LR, "layer_decay": 0}, "layer_decay"), ({"lr": LR, "weight_decay": -1}, "weight"),
+                          ({"lr": LR, "unfreeze": 99}, "encoder blocks")]:
+        with pytest.raises(ConfigError, match=match):
+            tl_hub.param_groups(model, **kwargs)

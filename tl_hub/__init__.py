@@ -31,6 +31,7 @@ from .inference import Classifier
 from .loop import Period
 from .model_folder import TrainedModel, export_for_hub, load, push_to_hub
 from .outputs import check_output_dir
+from .param_groups import param_groups
 from .ranking import Ranking, rank
 from .recipe import RECIPES, Recipe, get_recipe, register_recipe
 from .recipes import FeatureExtractionRecipe, FineTuneRecipe, LoRARecipe, ScratchRecipe, TrainAllRecipe, head_period
@@ -47,7 +48,7 @@ __all__ = [
     "Classifier", "TrainedModel", "load", "push_to_hub", "export_for_hub", "EXPORTERS", "Exporter",
     "register_exporter", "Recipe", "FeatureExtractionRecipe", "FineTuneRecipe", "TrainAllRecipe", "ScratchRecipe",
     "LoRARecipe", "FitResult", "Period", "RECIPES", "get_recipe", "register_recipe", "head_period",
-    "advise", "Advice", "Thresholds", "rank", "Ranking", "compare", "Comparison", "curve_summary",
+    "advise", "Advice", "Thresholds", "rank", "Ranking", "param_groups", "compare", "Comparison", "curve_summary",
     "run_demo", "demo_model", "build_app", "example_images", "launch_app", "push_space", "check_output_dir",
     "is_main_process",
 ]

@@ -155,3 +155,53 @@ def lora_targets(model, parts) -> list[str]:
     """Every ``nn.Linear`` inside the encoder blocks: attention and MLP projections, found without names."""
     return [name for g in parts.blocks for path in g.modules
             for name, m in model.get_submodule(path).named_modules(prefix=path) if isinstance(m, nn.Linear)]
+
+
+def param_groups(model: nn.Module, *, lr: float, backbone_lr_ratio: Optional[float] = None,
+                 layer_decay: Optional[float] = None, weight_decay: float = 0.0, unfreeze: Union[str, int] = "all",
+                 parts: Optional[ModelParts] = None, processor=None) -> list[dict]:
+    """Optimizer parameter groups for any image classifier, for any ``torch.optim`` optimizer and any loop.
+
+    The groups are the ones tl-hub's recipes train with (`tl_hub.split_model`: the head, then the encoder groups
+    from the embeddings up to the final norm), each split into a decayed part and a part without weight decay
+    (biases, norm weights, learned tokens and position embeddings).  Every group has its real ``lr`` set, so any
+    scheduler that scales ``lr`` works; ``lr_scale`` (relative to ``lr``) and ``name`` ride along and optimizers
+    ignore them.
+
+    Args:
+        model: an ``...ForImageClassification`` model (its head already sized for your labels).
+        lr: the head's learning rate.
+        backbone_lr_ratio: every trained encoder group at ``lr * backbone_lr_ratio`` (discriminative learning
+            rates; default 1.0 when ``layer_decay`` is not given).
+        layer_decay: instead, the encoder group at depth ``d`` from the top (1 = the top block) at
+            ``lr * layer_decay ** d`` (layer-wise decay).
+        weight_decay: for the decayed parts.
+        unfreeze: ``"all"``, a number of top blocks (their groups, plus the final norm), or 0 for the head alone.
+        parts: the model's structure, if already known (else found by running the model once on a blank image).
+        processor: the model's image processor, used for that blank image (else shaped from the config).
+
+    Example:
+        >>> optimizer = torch.optim.AdamW(tl_hub.param_groups(model, lr=1e-3, layer_decay=0.75, weight_decay=0.05))
+
+    Returns ``torch.optim`` parameter groups; `freeze_all_but` (``requires_grad`` of the rest) is up to the caller.
+    """
+    from .structure import example_inputs, split_model
+
+    if not lr > 0:
+        raise ConfigError(f"`lr` should be positive, got {lr}.")
+    if backbone_lr_ratio is not None and layer_decay is not None:
+        raise ConfigError("Pass `backbone_lr_ratio` or `layer_decay`, not both: each sets every encoder group's "
+                          "learning rate.")
+    if backbone_lr_ratio is not None and not 0 < backbone_lr_ratio <= 1:
+        raise ConfigError(f"`backbone_lr_ratio` should be in (0, 1], got {backbone_lr_ratio}.")
+    if layer_decay is not None and not 0 < layer_decay <= 1:
+        raise ConfigError(f"`layer_decay` should be in (0, 1], got {layer_decay}.")
+    if weight_decay < 0:
+        raise ConfigError(f"`weight_decay` should be >= 0, got {weight_decay}.")
+    parts = parts or split_model(model, example_inputs(model, processor))
+    if unfreeze == 0:
+        return head_param_groups(model, parts, lr, weight_decay)
+    if layer_decay is not None:
+        return layer_decay_param_groups(model, parts, lr, layer_decay, weight_decay, unfreeze)
+    ratio = 1.0 if backbone_lr_ratio is None else backbone_lr_ratio
+    return discriminative_param_groups(model, parts, lr, ratio, weight_decay, unfreeze)
