@@ -12,10 +12,10 @@ from conftest import colour_dataset
 
 from tl_hub import DataError
 from tl_hub.advisor import Thresholds, advise
-from tl_hub.scores import knn_accuracy
 from tl_hub.compare import compare, curve_summary
 from tl_hub.demo import base_model_path
 from tl_hub.demo_data import digits_dataset
+from tl_hub.scores import knn_accuracy
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
