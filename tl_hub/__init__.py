@@ -50,5 +50,14 @@ __all__ = [
     "LoRARecipe", "FitResult", "Period", "RECIPES", "get_recipe", "register_recipe", "head_period",
     "advise", "Advice", "Thresholds", "rank", "Ranking", "param_groups", "compare", "Comparison", "curve_summary",
     "run_demo", "demo_model", "build_app", "example_images", "launch_app", "push_space", "check_output_dir",
-    "is_main_process",
+    "is_main_process", "TransferTrainer", "TransferArguments",
 ]
+
+
+def __getattr__(name: str):
+    # the Trainer integration imports transformers.Trainer, which is slow: only when asked for
+    if name in ("TransferTrainer", "TransferArguments"):
+        from . import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module 'tl_hub' has no attribute {name!r}")
