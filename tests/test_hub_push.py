@@ -162,9 +162,13 @@ def test_card_parses_and_existing_readme_is_kept(hub, tiny_model_dir, tmp_path):
     recipe.fit(colour_dataset(30), progress=False)
     out = tmp_path / "out"
     recipe.save(str(out))
+    # the saved folder carries the card too, so any upload tool shows it
+    local = ModelCard.load(str(out / "README.md"))
+    assert "model-index" in local.data.to_dict() and "![learning curve](learning_curve.png)" in local.text
     env = client_env(hub, tmp_path / "pusher")
     assert tl_hub_cli(["push", out, "me/card"], env, tmp_path).returncode == 0
     card = ModelCard(hub.read_file("me/card", "README.md").decode())
+    assert 'tl_hub.load("me/card")' in card.text  # the pushed card names the repository
     results = card.data.to_dict()["model-index"][0]["results"]
     metrics = {m["type"] for r in results for m in r["metrics"]}
     assert {"accuracy", "f1"} <= metrics

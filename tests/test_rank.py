@@ -124,7 +124,7 @@ def test_save_writes_json_and_png(tmp_path):
 
 
 def test_advise_with_several_models_ranks_them_first(tmp_path):
-    from tl_hub import advise
+    from tl_hub import advise  # several models: ranked first
 
     train, _ = digits_dataset(per_class=5, seed=1)
     vit = os.path.join(ROOT, "tl_hub", "assets", "glyph-vit")

@@ -11,7 +11,7 @@ train it with Accelerate on one or many devices::
 Everything here is the public API; the CLI (`tl_hub.cli`) and the Space (``spaces/app.py``) use nothing else.
 """
 
-from .advisor import Advice, Thresholds, advise
+from .advisor import Advice, Thresholds
 from .backbone import Backbone, LayerGroup, ModelParts, load_backbone, split_model
 from .compare import Comparison, compare, curve_summary
 from .config import (
@@ -32,7 +32,7 @@ from .loop import Period
 from .model_folder import TrainedModel, export_for_hub, load, push_to_hub
 from .outputs import check_output_dir
 from .param_groups import param_groups
-from .ranking import Ranking, rank
+from .ranking import Ranking, advise, rank
 from .recipe import RECIPES, Recipe, get_recipe, register_recipe
 from .recipes import FeatureExtractionRecipe, FineTuneRecipe, LoRARecipe, ScratchRecipe, TrainAllRecipe, head_period
 from .runtime import is_main_process

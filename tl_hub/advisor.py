@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import statistics
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Union
@@ -30,7 +29,9 @@ from typing import Any, Optional, Union
 import torch
 
 from .config import ModelSource, setting
-from .errors import ConfigError, DataError
+from .errors import ConfigError
+from .frozen import encode, prepare_sample
+from .scores import knn_accuracy
 
 logger = logging.getLogger(__name__)
 
@@ -134,19 +135,6 @@ class Advice:
         return "\n".join(lines)
 
 
-def class_counts(labels, names) -> tuple[dict, dict, list]:
-    """Examples per class, the classes that have any, and a warning for the empty ones."""
-    counts = Counter(labels)
-    per_class = {names[i]: counts.get(i, 0) for i in range(len(names))}
-    present = {n: c for n, c in per_class.items() if c > 0}
-    empty = [n for n, c in per_class.items() if c == 0]
-    warnings = [f"{len(empty)} class(es) have no examples ({empty[:5]}): a model cannot learn them; add images or "
-                "remove them from the label set. They are left out of the measurements."] if empty else []
-    if len(present) < 2:
-        raise DataError(f"Only {len(present)} class has examples ({list(present)}); a classifier needs at least two.")
-    return per_class, present, warnings
-
-
 def advise_measured(source: ModelSource, splits: dict, image_column: str, label_column: str, names: list,
                     per_class: dict, present: dict, warnings: list, *, thresholds: Thresholds,
                     pretrained_features=None, seed: int = 0, accelerator=None, feature_cache: str = "disk",
@@ -154,9 +142,6 @@ def advise_measured(source: ModelSource, splits: dict, image_column: str, label_
     """The case of ``source`` on the sampled ``splits`` (name -> dataset): size from ``per_class``, similarity
     from the k-NN accuracy of its frozen features against a randomly initialised copy's (`tl_hub.ranking.encode`,
     `tl_hub.scores.knn_accuracy`).  ``pretrained_features`` (a `tl_hub.ranking.Encoded`) are reused if given."""
-    from .ranking import encode
-    from .scores import knn_accuracy
-
     warnings = list(warnings)
     median = float(statistics.median(present.values()))
     size = "large" if median >= thresholds.large_per_class else "small"
@@ -196,9 +181,9 @@ def advise(model: Union[str, ModelSource, Sequence[Union[str, ModelSource]]], da
     """Measure ``dataset`` against ``model`` and recommend a recipe.
 
     Args:
-        model (`str`, `ModelSource`, or several): the pretrained model (Hub id or folder); ``options``
-            (revision, trust_remote_code, allow_pickle, cache_dir) apply to a string.  With several models, they
-            are ranked first (`tl_hub.rank`) and the advice is for the top one (``Advice.ranking``).
+        model (`str` or `ModelSource`): the pretrained model (Hub id or folder); ``options`` (revision,
+            trust_remote_code, allow_pickle, cache_dir) apply to a string.  For several models, `tl_hub.advise`
+            (`tl_hub.ranking.advise`) ranks them first and advises on the top one.
         dataset: a dataset, folder or Hub id (its training split is measured).
         thresholds (`Thresholds`, *optional*): where the cases begin.
         feature_cache / feature_cache_dir: where the frozen features are kept (shared with the recipes).
@@ -214,22 +199,10 @@ def advise(model: Union[str, ModelSource, Sequence[Union[str, ModelSource]]], da
     thresholds = thresholds or Thresholds()
     if not isinstance(model, (str, ModelSource)):
         models = list(model)
-        if len(models) > 1:
-            from .ranking import rank
-
-            ranking = rank(models, dataset, image_column=image_column, label_column=label_column,
-                           max_examples=thresholds.max_examples, thresholds=thresholds, seed=seed,
-                           batch_size=batch_size, accelerator=accelerator, feature_cache=feature_cache,
-                           feature_cache_dir=feature_cache_dir, **options)
-            advice = ranking.advice
-            advice.ranking = {"order": ranking.order(), "score": ranking.default_score,
-                              "scores": {m: ranking.scores[m][ranking.default_score] for m in ranking.scores},
-                              "failed": ranking.failed}
-            return advice
-        if not models:
-            raise ConfigError("Give a model to advise on (a Hub id or a model folder).")
+        if len(models) != 1:
+            raise ConfigError("`tl_hub.advisor.advise` measures one model; to rank several and advise on the best, "
+                              "call `tl_hub.advise([...])` or `tl_hub.rank([...])`.")
         model = models[0]
-    from .ranking import prepare_sample
 
     source = ModelSource.of(model, **options)
     sample = prepare_sample(dataset, image_column=image_column, label_column=label_column,

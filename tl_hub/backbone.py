@@ -117,7 +117,7 @@ def resolved_commit(name: str, revision: Optional[str] = None, cache_dir: Option
     return None
 
 
-def _load_pretrained(source: ModelSource, **kwargs: Any):
+def load_weights(source: ModelSource, **kwargs: Any):
     """The pretrained weights (``kwargs`` for ``from_pretrained``: new labels, ``output_loading_info``); only
     safetensors unless ``allow_pickle``."""
     from transformers import AutoModelForImageClassification
@@ -172,7 +172,7 @@ def load_backbone(source: Union[str, ModelSource], labels: Sequence[str], *, pre
     processor = load_image_processor(source)
     commit = getattr(config, "_commit_hash", None) or resolved_commit(source.id, source.revision, source.cache_dir)
     if pretrained:
-        model = _load_pretrained(source, id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True)
+        model = load_weights(source, id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True)
     else:
         config.id2label, config.label2id = id2label, label2id
         config.num_labels = len(labels)

@@ -286,6 +286,19 @@ def drop_undecodable(ds, image_column: str, what: str = "training"):
 # Splits
 
 
+def class_counts(labels, names) -> tuple[dict, dict, list]:
+    """Examples per class, the classes that have any, and a warning for the empty ones."""
+    counts = Counter(labels)
+    per_class = {names[i]: counts.get(i, 0) for i in range(len(names))}
+    present = {n: c for n, c in per_class.items() if c > 0}
+    empty = [n for n, c in per_class.items() if c == 0]
+    warnings = [f"{len(empty)} class(es) have no examples ({empty[:5]}): a model cannot learn them; add images or "
+                "remove them from the label set. They are left out of the measurements."] if empty else []
+    if len(present) < 2:
+        raise DataError(f"Only {len(present)} class has examples ({list(present)}); a classifier needs at least two.")
+    return per_class, present, warnings
+
+
 def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Indices ``(train, validation)``: each class with >= 2 examples gives ``round(n * fraction)``
     (at least 1) of them to validation, chosen with a seeded shuffle."""
@@ -393,15 +406,15 @@ def prepare_data(
             )
         train_ds, val_ds = train_ds.select(tr_idx), train_ds.select(val_idx)
     else:
-        val_ds = _align(val_ds, img_col, lbl_col, labels, "validation")
+        val_ds = align_split(val_ds, img_col, lbl_col, labels, "validation")
         val_ds, s = drop_undecodable(val_ds, img_col, "validation")
         skipped += s
     if test_ds is not None:
-        test_ds = _align(test_ds, img_col, lbl_col, labels, "test")
+        test_ds = align_split(test_ds, img_col, lbl_col, labels, "test")
     return PreparedData(train_ds, val_ds, test_ds, labels, img_col, lbl_col, skipped)
 
 
-def _align(ds, image_column: str, label_column: str, labels: Sequence[str], what: str):
+def align_split(ds, image_column: str, label_column: str, labels: Sequence[str], what: str):
     if len(ds) == 0:
         raise DataError(f"The {what} split is empty.")
     for col, kind in ((image_column, "image"), (label_column, "label")):
@@ -436,7 +449,7 @@ def prepare_eval_data(source: Any, labels: Sequence[str], *, image_column: Optio
         label_column = label_column if label_column in data.column_names else None
     img_col = find_image_column(data, image_column)
     lbl_col = find_label_column(data, label_column, img_col)
-    ds = _align(data, img_col, lbl_col, labels, "evaluation")
+    ds = align_split(data, img_col, lbl_col, labels, "evaluation")
     ds, _ = drop_undecodable(ds, img_col, "evaluation")
     return ds, img_col, lbl_col
 

@@ -82,6 +82,8 @@ def upload_model(folder: str, repo_id: str, record: dict, *, what: str, private:
         if not overwrite_card and api.file_exists(repo_id, CARD_FILE):
             logger.warning("%s already has a README.md; keeping it (pass overwrite_card=True / --overwrite-card "
                            "to replace it).", repo_id)
+            if os.path.exists(os.path.join(folder, CARD_FILE)):  # the saved folder's own card must not replace it
+                os.remove(os.path.join(folder, CARD_FILE))
         else:
             model_card(record, repo_id, dataset_name).save(os.path.join(folder, CARD_FILE))
         commit = api.upload_folder(

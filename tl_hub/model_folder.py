@@ -26,8 +26,8 @@ from .backbone import load_backbone, load_image_processor
 from .config import ModelSource
 from .errors import ModelError
 from .exporters import exporter_for, exporter_in
-from .filenames import CONFIG_FILE, CURVE_FILE, HISTORY_FILE, INFO_FILE, METRICS_FILE, PREPROCESSOR_FILE
-from .hub import download, upload_model
+from .filenames import CARD_FILE, CONFIG_FILE, CURVE_FILE, HISTORY_FILE, INFO_FILE, METRICS_FILE, PREPROCESSOR_FILE
+from .hub import download, model_card, upload_model
 from .inference import Classifier
 from .outputs import atomic_output_dir, read_json, write_json
 from .plots import plot_learning_curves
@@ -79,6 +79,9 @@ class TrainedModel:
                 name = record.get("recipe", "model")
                 plot_learning_curves({name: self.history}, os.path.join(tmp, CURVE_FILE),
                                      title=f"{name} on {record.get('base_model', '')}")
+            # the model card the Hub shows, so that the folder can be uploaded with any tool
+            model_card({**record, "metrics": self.metrics}, os.path.basename(os.path.normpath(path))).save(
+                os.path.join(tmp, CARD_FILE))
         return record
 
     @classmethod

@@ -37,8 +37,11 @@ from typing import Any, Optional, Union
 
 import torch
 
+from .advisor import Advice, Thresholds, advise_measured
+from .advisor import advise as advise_one
 from .config import ModelSource
 from .errors import ConfigError, TlHubError, first_line
+from .frozen import Encoded, Sample, encode, prepare_sample
 from .outputs import atomic_path, write_json
 
 logger = logging.getLogger(__name__)
@@ -48,7 +51,6 @@ SOURCE_SCORES = ("leep", "nce")
 ENSEMBLE = ("logme", "hscore", "knn", "probe")  # the default score averages the normalised ranks of these
 DEFAULT_SCORE = "ensemble"
 ON_ERROR = ("report", "raise")
-HELD_OUT = 0.2  # share of the sample held out for the probe when no validation split is given
 
 SCORE_HELP = {
     "ensemble": "mean normalised rank of " + ", ".join(ENSEMBLE) + " (1 = first on every one)",
@@ -62,95 +64,13 @@ SCORE_HELP = {
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# One candidate: its frozen features, in one pass
-
-
-@dataclass
-class Encoded:
-    """A candidate's frozen features over the sample (one encoder pass, through the feature cache).
-
-    Attributes:
-        features: per split name (``"train"``, ``"held_out"``), features ``(N, D)`` (flattened head inputs).
-        labels: per split name, labels ``(N,)``.
-        source_probs: per split name, the source head's class probabilities ``(N, Z)``; ``None`` when the
-            checkpoint has no trained head of its own.
-        capture: the module whose input the features are (the model's head).
-        seconds: loading plus the encoder pass.
-    """
-
-    features: dict
-    labels: dict
-    source_probs: Optional[dict]
-    capture: str
-    source_classes: int
-    seconds: float
-
-
-def load_source_model(source: ModelSource):
-    """The model as it was saved, source head included; returns ``(backbone, has_source_head)``.
-
-    ``has_source_head`` is False when the checkpoint has no weights for the head (a bare encoder checkpoint,
-    whose head transformers initialises at random)."""
-    from .backbone import Backbone, _load_pretrained, load_config, load_image_processor
-    from .structure import example_inputs, split_model
-
-    config = load_config(source)
-    processor = load_image_processor(source)
-    model, info = _load_pretrained(source, output_loading_info=True)
-    parts = split_model(model, example_inputs(model, processor), num_labels=config.num_labels)
-    missing = set(info.get("missing_keys", ())) | set(info.get("mismatched_keys", ()))
-    head_params = {f"{h}.{n}" for h in parts.head for n, _ in model.get_submodule(h).named_parameters()}
-    has_head = config.num_labels >= 2 and not (head_params & {str(k) for k in missing})
-    return Backbone(model=model, processor=processor, parts=parts, source=source.id), has_head
-
-
-def encode(source: ModelSource, splits: dict, image_column: str, label_column: str, labels: Sequence[str], *,
-           pretrained: bool = True, accelerator=None, feature_cache: str = "disk",
-           feature_cache_dir: Optional[str] = None, batch_size: int = 64, seed: int = 0) -> Encoded:
-    """Load ``source`` and return the input features of its head for each dataset of ``splits`` (name ->
-    dataset), from the feature cache or one encoder pass.  With ``pretrained=False``, the same architecture
-    randomly initialised (seeded), for the advisor's baseline."""
-    from accelerate.utils import set_seed
-
-    from .backbone import load_backbone
-    from .features import FeatureStore, HeadModule
-    from .runtime import make_accelerator
-
-    start = time.perf_counter()
-    accelerator = accelerator or make_accelerator(seed=seed)
-    set_seed(seed)
-    if pretrained:
-        backbone, has_head = load_source_model(source)
-    else:
-        backbone, has_head = load_backbone(source, labels, pretrained=False), False
-    store = FeatureStore(backbone, accelerator, cache=feature_cache, cache_dir=feature_cache_dir,
-                         batch_size=batch_size)
-    # a head of several modules (SwiftFormer's head and distillation head): the inputs of all of them, side by side
-    heads = [store.head_path] if store.available else list(backbone.parts.head)
-    has_head = has_head and store.available  # the source probabilities come from one head module
-    features, targets, probs = {}, {}, {} if has_head else None
-    head = HeadModule(backbone.model.get_submodule(heads[0])).eval()
-    for name, ds in splits.items():
-        cached = store.get_many(ds, image_column, label_column, at=heads, what=f"ranking {name}")
-        if probs is not None:
-            x = cached[0].features[0]
-            with torch.inference_mode():
-                probs[name] = torch.cat([head(x[i:i + 4096].to(accelerator.device)).float().softmax(-1).cpu()
-                                         for i in range(0, len(x), 4096)])
-        features[name] = torch.cat([c.features[0].flatten(1) for c in cached], 1)
-        targets[name] = cached[0].labels
-    return Encoded(features=features, labels=targets, source_probs=probs, capture=", ".join(heads),
-                   source_classes=int(backbone.model.config.num_labels), seconds=time.perf_counter() - start)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # Scores of one candidate
 
 
 def candidate_scores(encoded: Encoded, classes: int, k: int = 5) -> tuple[dict, dict]:
     """Every score of one candidate and the seconds each took: ``(scores, seconds)``."""
-    from . import scores as S
     from .probe import fit_probe
+    from .scores import h_score, knn_accuracy, leep, logme, nce
 
     x = torch.cat([encoded.features[n] for n in encoded.features])
     y = torch.cat([encoded.labels[n] for n in encoded.labels])
@@ -161,9 +81,9 @@ def candidate_scores(encoded: Encoded, classes: int, k: int = 5) -> tuple[dict, 
         out[name] = float(fn(*args, **kwargs))
         seconds[name] = time.perf_counter() - start
 
-    timed("logme", S.logme, x, y)
-    timed("hscore", S.h_score, x, y)
-    timed("knn", S.knn_accuracy, x, y, k=k)
+    timed("logme", logme, x, y)
+    timed("hscore", h_score, x, y)
+    timed("knn", knn_accuracy, x, y, k=k)
     if "held_out" in encoded.features and len(encoded.labels["held_out"]):
         timed("probe", lambda: max(p["val_accuracy"] for p in fit_probe(
             encoded.features["train"], encoded.labels["train"], encoded.features["held_out"],
@@ -172,8 +92,8 @@ def candidate_scores(encoded: Encoded, classes: int, k: int = 5) -> tuple[dict, 
         out["probe"] = None
     if encoded.source_probs is not None:
         probs = torch.cat([encoded.source_probs[n] for n in encoded.source_probs])
-        timed("leep", S.leep, probs, y)
-        timed("nce", S.nce, probs.argmax(1), y)
+        timed("leep", leep, probs, y)
+        timed("nce", nce, probs.argmax(1), y)
     else:
         out["leep"] = out["nce"] = None
     return out, seconds
@@ -326,61 +246,6 @@ def plot_ranking(ranking: Ranking, path: str) -> str:
     return path
 
 
-def _sample(ds, label_column: str, max_examples: Optional[int], max_per_class: Optional[int], seed: int):
-    """A stratified sample: at most ``max_per_class`` per class, then at most ``max_examples`` in all."""
-    import random
-
-    from .data import stratified_split
-
-    labels = ds[label_column]
-    keep = list(range(len(labels)))
-    if max_per_class is not None:
-        rng, by_class = random.Random(seed), {}
-        for i, y in enumerate(labels):
-            by_class.setdefault(y, []).append(i)
-        keep = sorted(i for idx in by_class.values() for i in rng.sample(idx, min(len(idx), max_per_class)))
-    if max_examples is not None and len(keep) > max_examples:
-        _, chosen = stratified_split([labels[i] for i in keep], max_examples / len(keep), seed)
-        keep = [keep[i] for i in chosen]
-    return ds.select(keep) if len(keep) < len(labels) else ds
-
-
-@dataclass
-class Sample:
-    """The images a ranking looks at: ``splits`` maps ``"train"`` (and ``"held_out"``, for the probe) to a
-    dataset; ``per_class`` / ``present`` / ``warnings`` describe the whole training split."""
-
-    splits: dict
-    image_column: str
-    label_column: str
-    names: list
-    per_class: dict
-    present: dict
-    warnings: list
-
-
-def prepare_sample(dataset: Any, validation_dataset: Any = None, *, image_column: Optional[str] = None,
-                   label_column: Optional[str] = None, max_examples: Optional[int] = 2000,
-                   max_per_class: Optional[int] = None, seed: int = 0) -> Sample:
-    """Load, check and sample the data a ranking uses (see `rank`)."""
-    from .advisor import class_counts
-    from .data import _align, drop_undecodable, load_labelled, stratified_split
-
-    train, validation, _, img_col, lbl_col, names, _ = load_labelled(
-        dataset, validation_dataset, image_column=image_column, label_column=label_column)
-    per_class, present, warnings = class_counts(train[lbl_col], names)
-    sampled = _sample(train, lbl_col, max_examples, max_per_class, seed)
-    if validation is not None:
-        held_out = _align(validation, img_col, lbl_col, names, "validation")
-        held_out, _ = drop_undecodable(held_out, img_col, "validation")
-        held_out = _sample(held_out, lbl_col, max_examples and max(4, max_examples // 4), max_per_class, seed)
-        splits = {"train": sampled, "held_out": held_out}
-    else:
-        tr, ho = stratified_split(sampled[lbl_col], HELD_OUT, seed)
-        splits = {"train": sampled.select(tr), "held_out": sampled.select(ho)} if ho else {"train": sampled}
-    return Sample(splits, img_col, lbl_col, names, per_class, present, warnings)
-
-
 def _check_options(models, max_examples, max_per_class, on_error, score) -> list:
     if isinstance(models, (str, ModelSource)):
         models = [models]
@@ -398,10 +263,58 @@ def _check_options(models, max_examples, max_per_class, on_error, score) -> list
     return models
 
 
+def _score_candidates(sources: list, sample: Sample, encoding: dict, on_error: str,
+                      score: str) -> tuple[Ranking, dict]:
+    """Encode and score every candidate (a failure reported, or raised); returns the ranking and the features."""
+    scores, seconds, failed, info, encoded = {}, {}, {}, {}, {}
+    for source in sources:
+        try:
+            encoded[source.id] = encode(source, sample.splits, sample.image_column, sample.label_column,
+                                        sample.names, **encoding)
+        except (TlHubError, OSError, ValueError, RuntimeError) as e:
+            if on_error == "raise":
+                raise
+            failed[source.id] = str(e) if isinstance(e, TlHubError) else first_line(e)
+            logger.warning("Could not rank %s: %s", source.id, failed[source.id])
+            continue
+        features = encoded[source.id]
+        scores[source.id], own = candidate_scores(features, len(sample.names))
+        seconds[source.id] = {"encode": features.seconds, **own}
+        info[source.id] = {"feature_dim": int(features.features["train"].shape[1]), "capture": features.capture,
+                           "source_head": features.source_probs is not None,
+                           "source_classes": features.source_classes}
+        logger.info("Ranked %s: %s", source.id, ", ".join(f"{k}={v:.3f}" for k, v in scores[source.id].items()
+                                                          if v is not None))
+    if not scores:
+        raise ConfigError("No candidate could be ranked: " + "; ".join(f"{m}: {w}" for m, w in failed.items()))
+    for m, value in ensemble(scores).items():
+        scores[m]["ensemble"] = value
+    splits = sample.splits
+    data = {"examples": sum(len(d) for d in splits.values()), "train": len(splits["train"]),
+            "held_out": len(splits.get("held_out", [])), "classes": len(sample.present),
+            "per_class": sample.per_class, "warnings": sample.warnings}
+    return Ranking(scores=scores, default_score=score, seconds=seconds, failed=failed, info=info, data=data), encoded
+
+
+def advise(model: Union[str, ModelSource, Sequence[Union[str, ModelSource]]], dataset: Any, *,
+           thresholds: Optional[Thresholds] = None, **kwargs: Any) -> Advice:
+    """`tl_hub.advisor.advise` for one model; for several, `rank` them first and advise on the top one
+    (``Advice.ranking`` holds the order and the default score of each).  Keyword arguments as `rank` and
+    ``advisor.advise`` take them (image and label columns, seed, batch size, feature cache, loading options)."""
+    if isinstance(model, (str, ModelSource)) or len(list(model)) == 1:
+        return advise_one(model, dataset, thresholds=thresholds, **kwargs)
+    thresholds = thresholds or Thresholds()
+    ranking = rank(list(model), dataset, max_examples=thresholds.max_examples, thresholds=thresholds, **kwargs)
+    ranking.advice.ranking = {"order": ranking.order(), "score": ranking.default_score, "failed": ranking.failed,
+                              "scores": {m: ranking.scores[m][ranking.default_score] for m in ranking.scores}}
+    return ranking.advice
+
+
 def rank(models: Union[str, ModelSource, Sequence[Union[str, ModelSource]]], dataset: Any, *,
          validation_dataset: Any = None, image_column: Optional[str] = None, label_column: Optional[str] = None,
          max_examples: Optional[int] = 2000, max_per_class: Optional[int] = None, score: str = DEFAULT_SCORE,
-         on_error: str = "report", recommend: bool = True, thresholds=None, seed: int = 0, batch_size: int = 64,
+         on_error: str = "report", recommend: bool = True, thresholds: Optional[Thresholds] = None, seed: int = 0,
+         batch_size: int = 64,
          feature_cache: str = "disk", feature_cache_dir: Optional[str] = None, output_dir: Optional[str] = None,
          accelerator=None, **options: Any) -> Ranking:
     """Rank pretrained ``models`` by how well their frozen features suit ``dataset``, without training them.
@@ -427,52 +340,21 @@ def rank(models: Union[str, ModelSource, Sequence[Union[str, ModelSource]]], dat
         ConfigError: bad options, or no candidate could be ranked.
         DataError: no labelled images, fewer than two classes.
     """
-    from .advisor import Thresholds, advise_measured
     from .runtime import make_accelerator
 
     models = _check_options(models, max_examples, max_per_class, on_error, score)
     sources = [ModelSource.of(m, **options) if isinstance(m, str) else ModelSource.of(m) for m in models]
     sample = prepare_sample(dataset, validation_dataset, image_column=image_column, label_column=label_column,
                             max_examples=max_examples, max_per_class=max_per_class, seed=seed)
-    splits, img_col, lbl_col, names = sample.splits, sample.image_column, sample.label_column, sample.names
-    accelerator = accelerator or make_accelerator(seed=seed)
-    scores, seconds, failed, info, encoded_top = {}, {}, {}, {}, {}
-    for source in sources:
-        try:
-            encoded = encode(source, splits, img_col, lbl_col, names, accelerator=accelerator,
-                             feature_cache=feature_cache, feature_cache_dir=feature_cache_dir,
-                             batch_size=batch_size, seed=seed)
-        except (TlHubError, OSError, ValueError, RuntimeError) as e:
-            if on_error == "raise":
-                raise
-            failed[source.id] = first_line(e) if not isinstance(e, TlHubError) else str(e)
-            logger.warning("Could not rank %s: %s", source.id, failed[source.id])
-            continue
-        scores[source.id], own = candidate_scores(encoded, len(names))
-        seconds[source.id] = {"encode": encoded.seconds, **own}
-        info[source.id] = {"feature_dim": int(encoded.features["train"].shape[1]), "capture": encoded.capture,
-                           "source_head": encoded.source_probs is not None,
-                           "source_classes": encoded.source_classes}
-        encoded_top[source.id] = encoded
-        logger.info("Ranked %s: %s", source.id, ", ".join(f"{k}={v:.3f}" for k, v in scores[source.id].items()
-                                                          if v is not None))
-    if not scores:
-        raise ConfigError("No candidate could be ranked: " + "; ".join(f"{m}: {w}" for m, w in failed.items()))
-    for m, value in ensemble(scores).items():
-        scores[m]["ensemble"] = value
-    data = {"examples": sum(len(d) for d in splits.values()), "train": len(splits["train"]),
-            "held_out": len(splits.get("held_out", [])), "classes": len(sample.present),
-            "per_class": sample.per_class, "warnings": sample.warnings}
-    ranking = Ranking(scores=scores, default_score=score, seconds=seconds, failed=failed, info=info, data=data)
+    encoding = {"accelerator": accelerator or make_accelerator(seed=seed), "feature_cache": feature_cache,
+                "feature_cache_dir": feature_cache_dir, "batch_size": batch_size, "seed": seed}
+    ranking, encoded = _score_candidates(sources, sample, encoding, on_error, score)
     if recommend:
-        top = ranking.best
-        start = time.perf_counter()
-        source = next(s for s in sources if s.id == top)
+        top, start = ranking.best, time.perf_counter()
         ranking.advice = advise_measured(
-            source, splits, img_col, lbl_col, names, sample.per_class, sample.present, sample.warnings,
-            pretrained_features=encoded_top[top], thresholds=thresholds or Thresholds(), seed=seed,
-            accelerator=accelerator, feature_cache=feature_cache, feature_cache_dir=feature_cache_dir,
-            batch_size=batch_size)
+            next(s for s in sources if s.id == top), sample.splits, sample.image_column, sample.label_column,
+            sample.names, sample.per_class, sample.present, sample.warnings, pretrained_features=encoded[top],
+            thresholds=thresholds or Thresholds(), **encoding)
         ranking.seconds[top]["advice"] = time.perf_counter() - start
     if output_dir is not None:
         ranking.save(output_dir)
