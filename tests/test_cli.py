@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 from conftest import COLOURS, write_image_folder
 
 TRAIN_FAST = ["--epochs", "2", "--batch-size", "16", "--no-augment", "--no-progress", "--lr", "0.02"]
@@ -50,7 +51,19 @@ def test_train_evaluate_predict_on_image_folder(tiny_model_dir, tmp_path):
     ev = tl_hub("evaluate", out, "--dataset", data)
     assert ev.returncode == 0, ev.stderr
     metrics = json.loads(ev.stdout.strip().splitlines()[-1])
-    assert metrics["accuracy"] > 0.6 and set(metrics) >= {"accuracy", "f1", "loss"}
+    assert metrics["accuracy"] > 0.6 and set(metrics) >= {"accuracy", "f1", "loss", "per_class", "confusion_matrix"}
+    assert list(metrics["per_class"]) == sorted(COLOURS)  # by label name, in label order
+    matrix = metrics["confusion_matrix"]
+    assert sum(map(sum, matrix)) == sum(m["support"] for m in metrics["per_class"].values())
+    assert sum(matrix[i][i] for i in range(3)) / sum(map(sum, matrix)) == pytest.approx(metrics["accuracy"])
+    table = ev.stdout.splitlines()
+    assert table[0].split() == ["class", "precision", "recall", "f1", "support"]
+    assert all(any(line.startswith(c) for line in table) for c in COLOURS)
+    report = tmp_path / "report"
+    ev = tl_hub("evaluate", out, "--dataset", data, "--output-dir", report)
+    assert ev.returncode == 0, ev.stderr
+    assert json.load(open(report / "metrics.json"))["confusion_matrix"] == matrix
+    assert open(report / "confusion_matrix.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
     images = [os.path.join(data, c, sorted(os.listdir(os.path.join(data, c)))[0]) for c in sorted(COLOURS)]
     pr = tl_hub("predict", out, *images, "--top-k", "2", "--json")

@@ -50,9 +50,15 @@ def test_metric_modules_load_offline_with_evaluate(name):
     assert os.path.normpath(path).endswith(os.path.join("tl_hub", "metrics", name, f"{name}.py"))
     metric = evaluate.load(path)
     assert isinstance(metric, evaluate.Metric)
-    assert metric.compute(predictions=[0, 1, 1, 2], references=[0, 1, 0, 2])[name] == pytest.approx(
-        {"accuracy": 0.75, "f1": f1_score([0, 1, 0, 2], [0, 1, 1, 2], average="macro")}[name]
-    )
+    from sklearn.metrics import confusion_matrix, precision_score, recall_score
+
+    truth, pred = [0, 1, 0, 2], [0, 1, 1, 2]
+    expected = {"accuracy": 0.75, "f1": f1_score(truth, pred, average="macro"),
+                "precision": precision_score(truth, pred, average="macro"),
+                "recall": recall_score(truth, pred, average="macro"),
+                "confusion_matrix": confusion_matrix(truth, pred).tolist()}
+    got = metric.compute(predictions=pred, references=truth)[name]
+    assert got == (expected[name] if name == "confusion_matrix" else pytest.approx(expected[name]))
     assert load_metric(name) is load_metric(name)  # cached
 
 
@@ -92,3 +98,32 @@ def test_f1_with_explicit_labels_matches_sklearn():
         assert got == pytest.approx(f1_score(refs, preds, labels=labels, average="macro"))
     with pytest.raises(ValueError, match="average should be"):
         load_metric("f1").compute(predictions=preds, references=refs, average="samples")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("average", ["macro", "micro", "weighted", None])
+def test_precision_and_recall_match_sklearn(seed, average):
+    from sklearn.metrics import precision_score, recall_score
+
+    p, r = random_pair(seed)
+    for name, reference in (("precision", precision_score), ("recall", recall_score)):
+        got = load_metric(name).compute(predictions=p, references=r, average=average)[name]
+        expected = reference(r, p, average=average, zero_division=0)
+        assert np.allclose(got, expected), (name, average)
+
+
+def test_class_report_matches_sklearn_with_an_absent_class():
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    from tl_hub.metrics import class_report
+
+    p, r = random_pair(3, k=4)
+    labels = ["a", "b", "c", "d", "never seen"]  # the last class has no examples and is never predicted
+    report = class_report(p, r, labels)
+    precision, recall, f1, support = precision_recall_fscore_support(r, p, labels=range(5), zero_division=0)
+    for i, name in enumerate(labels):
+        m = report["per_class"][name]
+        assert (m["precision"], m["recall"], m["f1"], m["support"]) == pytest.approx(
+            (precision[i], recall[i], f1[i], support[i]))
+    assert report["confusion_matrix"] == confusion_matrix(r, p, labels=range(5)).tolist()
+    assert list(report["per_class"]) == labels

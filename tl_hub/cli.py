@@ -204,6 +204,8 @@ class EvaluateArguments:
     image_column: Optional[str] = field(default=None, metadata={"help": "Image column (detected if not given)."})
     label_column: Optional[str] = field(default=None, metadata={"help": "Label column (detected if not given)."})
     batch_size: int = field(default=64, metadata={"help": "Evaluation batch size."})
+    output_dir: Optional[str] = field(default=None, metadata={
+        "help": "Also write metrics.json and confusion_matrix.png there."})
 
 
 @dataclass
@@ -373,9 +375,24 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     a = _from_args(args, EvaluateArguments)
     metrics = load(a.model_dir).evaluate(a.dataset, split=a.split, image_column=a.image_column,
-                                         label_column=a.label_column, batch_size=a.batch_size)
+                                         label_column=a.label_column, batch_size=a.batch_size,
+                                         output_dir=a.output_dir)
+    print(class_table(metrics))
+    if a.output_dir:
+        print(f"written: {os.path.join(os.path.abspath(a.output_dir), 'metrics.json')}, confusion_matrix.png")
     print(json.dumps(metrics))
     return 0
+
+
+def class_table(metrics: dict) -> str:
+    """Per-class precision, recall, F1 and support, then the totals."""
+    per_class = metrics.get("per_class", {})
+    width = max([len(str(c)) for c in per_class] + [5])
+    lines = [f"{'class':<{width}} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}"]
+    for name, m in per_class.items():
+        lines.append(f"{name:<{width}} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>7.3f} {m['support']:>8}")
+    lines.append(f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['f1']:.4f}, loss {metrics['loss']:.4f}")
+    return "\n".join(lines)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

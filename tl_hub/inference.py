@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
 from collections.abc import Sequence
 from typing import Any, Optional, Union
 
@@ -68,11 +69,15 @@ class Classifier:
         return {k: v.to(self.device) for k, v in preprocess(self.processor, as_images(images)).items()}
 
     def evaluate(self, data: Any, *, split: Optional[str] = None, image_column: Optional[str] = None,
-                 label_column: Optional[str] = None, batch_size: int = 64, accelerator=None) -> dict:
+                 label_column: Optional[str] = None, batch_size: int = 64, accelerator=None,
+                 output_dir: Optional[str] = None) -> dict:
         """Accuracy, macro-F1 and loss on ``data`` (a dataset, folder or Hub id, or a streamed ``IterableDataset``;
-        its ``test`` split by default).
+        its ``test`` split by default), with per-class precision, recall, F1 and support (``"per_class"``, by label
+        name) and the confusion matrix (``"confusion_matrix"``: rows true labels, columns predicted, label order).
 
         Labels are matched to the model's by name; columns default to those used in training, else detected.
+        With ``output_dir``, the metrics are also written there as ``metrics.json`` and the confusion matrix as
+        ``confusion_matrix.png``.
         """
         from .data import ImageClassificationDataset, ImageCollator, make_loader, prepare_eval_data
         from .loop import evaluate_loader
@@ -86,9 +91,9 @@ class Classifier:
                 image_column=image_column or self.info.get("image_column"),
                 label_column=label_column or self.info.get("label_column"), batch_size=batch_size)
             model, loader = accelerator.prepare(self.model, loader)
-            metrics = evaluate_loader(accelerator, model, loader)
+            metrics = evaluate_loader(accelerator, model, loader, labels=self.labels)
             release_prepared(accelerator)
-            return metrics
+            return _written(metrics, output_dir)
         ds, img_col, lbl_col = prepare_eval_data(
             data, self.labels, image_column=image_column or self.info.get("image_column"),
             label_column=label_column or self.info.get("label_column"), split=split, fallback=True,
@@ -96,9 +101,9 @@ class Classifier:
         loader = make_loader(ImageClassificationDataset(ds, img_col, lbl_col), batch_size,
                              collate_fn=ImageCollator(self.processor))
         model, loader = accelerator.prepare(self.model, loader)
-        metrics = evaluate_loader(accelerator, model, loader)
+        metrics = evaluate_loader(accelerator, model, loader, labels=self.labels)
         release_prepared(accelerator)
-        return metrics
+        return _written(metrics, output_dir)
 
     def predict(self, images: Union[Any, Sequence[Any]], top_k: int = 1, batch_size: int = 32):
         """Top-``k`` labels with scores.
@@ -120,3 +125,20 @@ class Classifier:
             for srow, jrow in zip(scores, idx)
         ]
         return results[0] if single else results
+
+
+def _written(metrics: dict, output_dir: Optional[str]) -> dict:
+    """``metrics``, also written to ``output_dir`` (``metrics.json``, ``confusion_matrix.png``) when given; only
+    the main process writes."""
+    if output_dir is None:
+        return metrics
+    from .outputs import atomic_path, write_json
+    from .plots import plot_confusion_matrix
+    from .runtime import is_main_process
+
+    if is_main_process():
+        os.makedirs(output_dir, exist_ok=True)
+        write_json(os.path.join(output_dir, "metrics.json"), metrics)
+        with atomic_path(os.path.join(output_dir, "confusion_matrix.png")) as tmp:
+            plot_confusion_matrix(metrics["confusion_matrix"], list(metrics["per_class"]), tmp)
+    return metrics

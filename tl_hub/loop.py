@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import Checkpointer, ResumePoint, TrainingState, load_checkpoint
 from .errors import TrainingError
-from .metrics import classification_metrics
+from .metrics import class_report, classification_metrics
 from .param_groups import count_parameters, freeze_all_but
 from .runtime import release_prepared
 from .streaming import evaluation_model, gather_shards, is_streamed
@@ -125,15 +125,17 @@ def _scheduler(name: str, optimizer, warmup: int, total: int):
 
 
 @torch.inference_mode()
-def evaluate_loader(accelerator, model: nn.Module, loader, *, progress: bool = False) -> dict:
+def evaluate_loader(accelerator, model: nn.Module, loader, *, progress: bool = False,
+                    labels: Optional[Sequence[str]] = None) -> dict:
     """Loss, accuracy and macro-F1 over a prepared loader, gathered across processes (duplicates from
-    uneven last batches removed by ``gather_for_metrics``).  The global RNG is left as it was (the loader draws
-    from it), so evaluating does not change the training that follows."""
+    uneven last batches removed by ``gather_for_metrics``); with ``labels`` (the class names), also the per-class
+    precision, recall, F1 and support and the confusion matrix (`tl_hub.metrics.class_report`).  The global RNG is
+    left as it was (the loader draws from it), so evaluating does not change the training that follows."""
     with torch.random.fork_rng(devices=[]):
-        return _evaluate(accelerator, model, loader, progress)
+        return _evaluate(accelerator, model, loader, progress, labels)
 
 
-def _evaluate(accelerator, model: nn.Module, loader, progress: bool) -> dict:
+def _evaluate(accelerator, model: nn.Module, loader, progress: bool, labels: Optional[Sequence[str]] = None) -> dict:
     # a stream: each process evaluates its own part, of its own length, and the results are gathered once at the end
     streamed = is_streamed(loader)
     model = evaluation_model(accelerator, model) if streamed else model
@@ -150,6 +152,8 @@ def _evaluate(accelerator, model: nn.Module, loader, progress: bool) -> dict:
         preds_t, refs_t, losses_t = gather_shards(accelerator, (preds_t, refs_t, losses_t))
     metrics = classification_metrics(preds_t.tolist(), refs_t.tolist())
     metrics["loss"] = float(losses_t.mean())
+    if labels is not None:
+        metrics.update(class_report(preds_t.tolist(), refs_t.tolist(), labels))
     return metrics
 
 

@@ -47,3 +47,38 @@ def plot_learning_curves(histories: Mapping[str, Sequence[dict]], path: str, tit
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str], path: str,
+                          title: str = "Confusion matrix") -> str:
+    """The confusion matrix (rows: true labels, columns: predicted) as a PNG at ``path``: cells shaded by the share
+    of their row (recall per class on the diagonal), counts written in the cells when there are few classes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    counts = np.asarray(matrix, dtype=float)
+    rows = counts.sum(1, keepdims=True)
+    share = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+    n = len(labels)
+    size = min(14.0, 2.5 + 0.45 * n)
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    ticks = range(n)
+    ax.set_xticks(ticks, labels=list(labels), rotation=90 if n > 8 else 45, ha="right" if n <= 8 else "center",
+                  fontsize=8 if n > 20 else 9)
+    ax.set_yticks(ticks, labels=list(labels), fontsize=8 if n > 20 else 9)
+    if n <= 30:
+        for i in range(n):
+            for j in range(n):
+                if counts[i, j]:
+                    ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=7 if n > 15 else 9,
+                            color="white" if share[i, j] > 0.5 else "black")
+    ax.set(xlabel="predicted", ylabel="true", title=f"{title} ({int(counts.sum())} images)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")  # the path may be a temporary name without .png
+    plt.close(fig)
+    return path
