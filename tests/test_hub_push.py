@@ -165,10 +165,17 @@ def test_card_parses_and_existing_readme_is_kept(hub, tiny_model_dir, tmp_path):
     # the saved folder carries the card too, so any upload tool shows it
     local = ModelCard.load(str(out / "README.md"))
     assert "model-index" in local.data.to_dict() and "![learning curve](learning_curve.png)" in local.text
+    # per-class diagnostics of the kept epoch: in the result, the card and the folder
+    per_class = recipe.result.metrics["per_class"]
+    assert set(per_class) == set(recipe.classifier.labels)
+    assert "### Per class (validation)" in local.text and "![confusion matrix](confusion_matrix.png)" in local.text
+    assert all(f"| {name} |" in local.text for name in per_class)
+    assert (out / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     env = client_env(hub, tmp_path / "pusher")
     assert tl_hub_cli(["push", out, "me/card"], env, tmp_path).returncode == 0
     card = ModelCard(hub.read_file("me/card", "README.md").decode())
     assert 'tl_hub.load("me/card")' in card.text  # the pushed card names the repository
+    assert hub.read_file("me/card", "confusion_matrix.png")[:8] == b"\x89PNG\r\n\x1a\n"
     results = card.data.to_dict()["model-index"][0]["results"]
     metrics = {m["type"] for r in results for m in r["metrics"]}
     assert {"accuracy", "f1"} <= metrics

@@ -355,6 +355,9 @@ def run_identity(recipe, backbone: Backbone, data: PreparedData, num_processes: 
     return json.loads(json.dumps(run, default=str))
 
 
+DETAIL_KEYS = ("per_class", "confusion_matrix")  # evaluation results too large to keep per epoch
+
+
 def finish(recipe, backbone: Backbone, data: PreparedData, periods: Sequence[Period], history: list[dict],
            initial_buffers: dict) -> FitResult:
     """What the run produced: the trained state, the classifier with its record, and the `FitResult`."""
@@ -362,8 +365,11 @@ def finish(recipe, backbone: Backbone, data: PreparedData, periods: Sequence[Per
     recipe.classifier = Classifier(backbone.model, backbone.processor, data.labels)
     kept = next((h for h in history if h.get("best")), history[-1])
     test_metrics = recipe.evaluate(data.test) if data.test is not None else None
+    details = [k for k in DETAIL_KEYS if k in kept]  # per class and the confusion matrix: the kept epoch's only
+    history = [{k: v for k, v in h.items() if k not in DETAIL_KEYS} for h in history]
     recipe.result = FitResult(
-        metrics={k: kept[k] for k in ("accuracy", "f1", "loss")}, history=history, test_metrics=test_metrics,
+        metrics={k: kept[k] for k in ("accuracy", "f1", "loss", *details)}, history=history,
+        test_metrics=test_metrics,
         data_summary=data.summary(),
         extra={"periods": [{"name": p.name, "epochs": p.epochs, **p.info} for p in periods],
                "kept_epoch": kept["epoch"],

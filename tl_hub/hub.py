@@ -127,7 +127,17 @@ An image classifier for {{ n_labels }} classes ({{ labels_preview }}), trained w
 {% if kept_epoch %}- Kept epoch: {{ kept_epoch }}
 {% endif %}
 ![learning curve](learning_curve.png)
+{% if per_class %}
+### Per class (validation)
 
+| class | precision | recall | F1 | support |
+|---|---|---|---|---|
+{% for name, m in per_class.items() -%}
+| {{ name }} | {{ "%.3f"|format(m.precision) }} | {{ "%.3f"|format(m.recall) }} | {{ "%.3f"|format(m.f1) }} \
+| {{ m.support }} |
+{% endfor %}
+![confusion matrix](confusion_matrix.png)
+{% endif %}
 ## How to use
 
 ```python
@@ -205,6 +215,6 @@ def model_card(info: dict, repo_id: str, dataset_name: Optional[str] = None):
         accuracy=f"{val.get('accuracy', float('nan')):.4f}", f1=f"{val.get('f1', float('nan')):.4f}",
         test_accuracy=f"{test['accuracy']:.4f}" if "accuracy" in test else None,
         full_model=export.get("format") == "transformers", peft=export.get("format") == "peft",
-        labels=info.get("labels", []), kept_epoch=_kept_epoch_text(info),
+        labels=info.get("labels", []), kept_epoch=_kept_epoch_text(info), per_class=val.get("per_class"),
         export_text=f"{export.get('tensors', 0)} tensors, {export.get('parameters', 0):,} parameters",
     )

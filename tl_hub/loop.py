@@ -125,6 +125,15 @@ def _scheduler(name: str, optimizer, warmup: int, total: int):
 
 
 @torch.inference_mode()
+def label_names(model: nn.Module) -> Optional[list[str]]:
+    """The class names of a classifier (its config's ``id2label``; PEFT models: the base model's), or None."""
+    config = getattr(model, "config", None)
+    if config is None and hasattr(model, "get_base_model"):
+        config = getattr(model.get_base_model(), "config", None)
+    id2label = getattr(config, "id2label", None) or {}
+    return [str(id2label[i]) for i in range(len(id2label))] if id2label else None
+
+
 def evaluate_loader(accelerator, model: nn.Module, loader, *, progress: bool = False,
                     labels: Optional[Sequence[str]] = None) -> dict:
     """Loss, accuracy and macro-F1 over a prepared loader, gathered across processes (duplicates from
@@ -383,7 +392,7 @@ class _EpochRunner:
             "epoch": epoch + 1,
             "period": self.period.name,
             "train_loss": trained.loss,
-            **evaluate_loader(accelerator, prepared.wrapped, prepared.eval_dl),
+            **evaluate_loader(accelerator, prepared.wrapped, prepared.eval_dl, labels=label_names(self.model)),
             "lr": None if self.period.solve else prepared.optimizer.param_groups[0]["lr"],
             "seconds": time.perf_counter() - trained.start,
             "train_images_per_second": trained.images / trained.seconds if trained.seconds > 0 else None,

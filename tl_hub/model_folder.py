@@ -26,11 +26,20 @@ from .backbone import load_backbone, load_image_processor
 from .config import ModelSource
 from .errors import ModelError
 from .exporters import exporter_for, exporter_in
-from .filenames import CARD_FILE, CONFIG_FILE, CURVE_FILE, HISTORY_FILE, INFO_FILE, METRICS_FILE, PREPROCESSOR_FILE
+from .filenames import (
+    CARD_FILE,
+    CONFIG_FILE,
+    CONFUSION_FILE,
+    CURVE_FILE,
+    HISTORY_FILE,
+    INFO_FILE,
+    METRICS_FILE,
+    PREPROCESSOR_FILE,
+)
 from .hub import download, model_card, upload_model
 from .inference import Classifier
 from .outputs import atomic_output_dir, read_json, write_json
-from .plots import plot_learning_curves
+from .plots import plot_confusion_matrix, plot_learning_curves
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +88,10 @@ class TrainedModel:
                 name = record.get("recipe", "model")
                 plot_learning_curves({name: self.history}, os.path.join(tmp, CURVE_FILE),
                                      title=f"{name} on {record.get('base_model', '')}")
+            validation = (self.metrics or {}).get("validation") or {}
+            if validation.get("confusion_matrix"):
+                plot_confusion_matrix(validation["confusion_matrix"], list(validation["per_class"]),
+                                      os.path.join(tmp, CONFUSION_FILE), title="Validation confusion matrix")
             # the model card the Hub shows, so that the folder can be uploaded with any tool
             model_card({**record, "metrics": self.metrics}, os.path.basename(os.path.normpath(path))).save(
                 os.path.join(tmp, CARD_FILE))
