@@ -9,9 +9,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from conftest import colour_dataset
+from conftest import COLOURS, colour_dataset
 from hub_server import LocalHub
 
 from tl_hub import FeatureExtractionRecipe, FineTuneRecipe, LoRARecipe, ScratchRecipe
@@ -171,6 +172,7 @@ def test_card_parses_and_existing_readme_is_kept(hub, tiny_model_dir, tmp_path):
     assert "### Per class (validation)" in local.text and "![confusion matrix](confusion_matrix.png)" in local.text
     assert all(f"| {name} |" in local.text for name in per_class)
     assert (out / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert recipe.result.metrics["errors"] == [] and not (out / "errors.png").exists()  # no mistake to show
     env = client_env(hub, tmp_path / "pusher")
     assert tl_hub_cli(["push", out, "me/card"], env, tmp_path).returncode == 0
     card = ModelCard(hub.read_file("me/card", "README.md").decode())
@@ -185,6 +187,28 @@ def test_card_parses_and_existing_readme_is_kept(hub, tiny_model_dir, tmp_path):
     proc = tl_hub_cli(["push", out, "me/card"], env, tmp_path)
     assert proc.returncode == 0 and "keeping it" in proc.stderr
     assert hub.read_file("me/card", "README.md") == b"# my own notes\n"
+
+
+def test_most_confident_mistakes_are_saved_shown_and_pushed(hub, tiny_model_dir, tmp_path):
+    from huggingface_hub import ModelCard
+
+    ds = colour_dataset(45)
+    shuffled = np.random.default_rng(0).permutation(ds["label"]).tolist()  # labels the images cannot predict
+    ds = ds.remove_columns("label").add_column("label", [COLOURS[y] for y in shuffled])
+    recipe = FeatureExtractionRecipe(tiny_model_dir("vit"), epochs=1, **FAST)
+    recipe.fit(ds, progress=False)
+    errors = recipe.result.metrics["errors"]  # the most confident mistakes, most confident first
+    assert errors and [e["confidence"] for e in errors] == sorted((e["confidence"] for e in errors), reverse=True)
+    assert all(e["label"] != e["predicted"] for e in errors) and len(errors) <= 16
+    assert len(errors) == min(16, sum(m["support"] for m in recipe.result.metrics["per_class"].values())
+                              - sum(recipe.result.metrics["confusion_matrix"][i][i] for i in range(3)))
+    out = tmp_path / "out"
+    recipe.save(str(out))
+    assert (out / "errors.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![most confident mistakes](errors.png)" in ModelCard.load(str(out / "README.md")).text
+    env = client_env(hub, tmp_path / "pusher")
+    assert tl_hub_cli(["push", out, "me/errors"], env, tmp_path).returncode == 0  # push loads the folder again
+    assert hub.read_file("me/errors", "errors.png") == (out / "errors.png").read_bytes()
 
 
 def test_lora_adapter_loads_with_plain_peft(tiny_model_dir, tmp_path):

@@ -11,3 +11,4 @@ MODEL_FILE = "model.safetensors"  # full model weights (transformers)
 HEAD_FILE = "tl_hub_head.safetensors"  # only the tensors training changed (base model fetched when loading)
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # a PEFT adapter
 CONFUSION_FILE = "confusion_matrix.png"  # the validation confusion matrix of the kept epoch
+ERRORS_FILE = "errors.png"  # the most confidently misclassified validation images

@@ -25,7 +25,7 @@ import torch
 
 from .backbone import Backbone
 from .checkpoint import Checkpointer, check_same_run, read_checkpoint, resolve_checkpoint
-from .data import ImageClassificationDataset, ImageCollator, PreparedData, make_loader, prepare_data
+from .data import ImageClassificationDataset, ImageCollator, PreparedData, make_loader, prepare_data, to_rgb
 from .errors import ConfigError
 from .exporters import trained_kind
 from .features import (
@@ -355,7 +355,7 @@ def run_identity(recipe, backbone: Backbone, data: PreparedData, num_processes: 
     return json.loads(json.dumps(run, default=str))
 
 
-DETAIL_KEYS = ("per_class", "confusion_matrix")  # evaluation results too large to keep per epoch
+DETAIL_KEYS = ("per_class", "confusion_matrix", "errors")  # evaluation results too large to keep per epoch
 
 
 def finish(recipe, backbone: Backbone, data: PreparedData, periods: Sequence[Period], history: list[dict],
@@ -365,7 +365,9 @@ def finish(recipe, backbone: Backbone, data: PreparedData, periods: Sequence[Per
     recipe.classifier = Classifier(backbone.model, backbone.processor, data.labels)
     kept = next((h for h in history if h.get("best")), history[-1])
     test_metrics = recipe.evaluate(data.test) if data.test is not None else None
-    details = [k for k in DETAIL_KEYS if k in kept]  # per class and the confusion matrix: the kept epoch's only
+    details = [k for k in DETAIL_KEYS if k in kept]  # per class, confusion matrix, errors: the kept epoch's only
+    recipe.error_examples = [(to_rgb(data.validation[e["index"]][data.image_column]), e)
+                             for e in kept.get("errors", [])]
     history = [{k: v for k, v in h.items() if k not in DETAIL_KEYS} for h in history]
     recipe.result = FitResult(
         metrics={k: kept[k] for k in ("accuracy", "f1", "loss", *details)}, history=history,

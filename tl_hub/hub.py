@@ -137,6 +137,10 @@ An image classifier for {{ n_labels }} classes ({{ labels_preview }}), trained w
 | {{ m.support }} |
 {% endfor %}
 ![confusion matrix](confusion_matrix.png)
+{% endif %}{% if errors_figure %}
+The validation images the model got wrong with the most confidence:
+
+![most confident mistakes](errors.png)
 {% endif %}
 ## How to use
 
@@ -216,5 +220,6 @@ def model_card(info: dict, repo_id: str, dataset_name: Optional[str] = None):
         test_accuracy=f"{test['accuracy']:.4f}" if "accuracy" in test else None,
         full_model=export.get("format") == "transformers", peft=export.get("format") == "peft",
         labels=info.get("labels", []), kept_epoch=_kept_epoch_text(info), per_class=val.get("per_class"),
+        errors_figure="errors.png" in info.get("figures", []),
         export_text=f"{export.get('tensors', 0)} tensors, {export.get('parameters', 0):,} parameters",
     )

@@ -124,7 +124,9 @@ def _scheduler(name: str, optimizer, warmup: int, total: int):
     return get_scheduler(hf_name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
 
 
-@torch.inference_mode()
+ERROR_EXAMPLES = 16  # misclassified examples kept per evaluation (the most confident ones)
+
+
 def label_names(model: nn.Module) -> Optional[list[str]]:
     """The class names of a classifier (its config's ``id2label``; PEFT models: the base model's), or None."""
     config = getattr(model, "config", None)
@@ -134,6 +136,7 @@ def label_names(model: nn.Module) -> Optional[list[str]]:
     return [str(id2label[i]) for i in range(len(id2label))] if id2label else None
 
 
+@torch.inference_mode()
 def evaluate_loader(accelerator, model: nn.Module, loader, *, progress: bool = False,
                     labels: Optional[Sequence[str]] = None) -> dict:
     """Loss, accuracy and macro-F1 over a prepared loader, gathered across processes (duplicates from
@@ -149,21 +152,36 @@ def _evaluate(accelerator, model: nn.Module, loader, progress: bool, labels: Opt
     streamed = is_streamed(loader)
     model = evaluation_model(accelerator, model) if streamed else model
     model.eval()
-    preds, refs, losses = [torch.empty(0, dtype=torch.long)], [torch.empty(0, dtype=torch.long)], [torch.empty(0)]
+    preds, refs, losses, confidences = ([torch.empty(0, dtype=torch.long)], [torch.empty(0, dtype=torch.long)],
+                                        [torch.empty(0)], [torch.empty(0)])
     for batch in tqdm(loader, desc="eval", leave=False, disable=not (progress and accelerator.is_local_main_process)):
         logits = forward_logits(model, batch).float()
         loss = F.cross_entropy(logits, batch["labels"], reduction="none")
-        outputs = (logits.argmax(-1), batch["labels"], loss)
-        pred, ref, item_loss = outputs if streamed else accelerator.gather_for_metrics(outputs)
+        confidence, pred = logits.softmax(-1).max(-1)
+        outputs = (pred, batch["labels"], loss, confidence)
+        pred, ref, item_loss, confidence = outputs if streamed else accelerator.gather_for_metrics(outputs)
         preds.append(pred.cpu()), refs.append(ref.cpu()), losses.append(item_loss.cpu())
-    preds_t, refs_t, losses_t = torch.cat(preds), torch.cat(refs), torch.cat(losses)
+        confidences.append(confidence.cpu())
+    preds_t, refs_t, losses_t, conf_t = torch.cat(preds), torch.cat(refs), torch.cat(losses), torch.cat(confidences)
     if streamed:
-        preds_t, refs_t, losses_t = gather_shards(accelerator, (preds_t, refs_t, losses_t))
+        preds_t, refs_t, losses_t, conf_t = gather_shards(accelerator, (preds_t, refs_t, losses_t, conf_t))
     metrics = classification_metrics(preds_t.tolist(), refs_t.tolist())
     metrics["loss"] = float(losses_t.mean())
     if labels is not None:
         metrics.update(class_report(preds_t.tolist(), refs_t.tolist(), labels))
+        if not streamed:  # positions in the dataset's order (a stream's shards are not)
+            metrics["errors"] = confident_errors(preds_t, refs_t, conf_t, labels)
     return metrics
+
+
+def confident_errors(preds: torch.Tensor, refs: torch.Tensor, confidence: torch.Tensor, labels: Sequence[str],
+                     top: int = ERROR_EXAMPLES) -> list[dict]:
+    """The ``top`` misclassified examples the model was most sure of: position in the evaluated data, true and
+    predicted label, the predicted label's probability."""
+    wrong = torch.nonzero(preds != refs).flatten()
+    order = wrong[torch.argsort(confidence[wrong], descending=True, stable=True)][:top]
+    return [{"index": int(i), "label": labels[int(refs[i])], "predicted": labels[int(preds[i])],
+             "confidence": float(confidence[i])} for i in order]
 
 
 def train_periods(accelerator, model: nn.Module, periods: Sequence[Period], train_loader, eval_loader, *, config,

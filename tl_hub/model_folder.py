@@ -31,6 +31,7 @@ from .filenames import (
     CONFIG_FILE,
     CONFUSION_FILE,
     CURVE_FILE,
+    ERRORS_FILE,
     HISTORY_FILE,
     INFO_FILE,
     METRICS_FILE,
@@ -52,14 +53,17 @@ class TrainedModel:
         metrics (`dict`, *optional*): ``{"validation": {...}, "test": {...}}``.
         history (`list[dict]`, *optional*): one record per epoch.
         source (`str`, *optional*): where it was loaded from (for messages).
+        figures (`dict`, *optional*): file name -> PNG bytes of figures made at training time (``errors.png``).
     """
 
     def __init__(self, classifier: Classifier, *, metrics: Optional[dict] = None,
-                 history: Optional[list[dict]] = None, source: Optional[str] = None):
+                 history: Optional[list[dict]] = None, source: Optional[str] = None,
+                 figures: Optional[dict[str, bytes]] = None):
         self.classifier = classifier
         self.metrics = metrics or {}
         self.history = history or []
         self.source = source
+        self.figures = figures or {}  # PNG files written as they are (e.g. the grid of mistakes, errors.png)
 
     @property
     def record(self) -> dict:
@@ -92,8 +96,12 @@ class TrainedModel:
             if validation.get("confusion_matrix"):
                 plot_confusion_matrix(validation["confusion_matrix"], list(validation["per_class"]),
                                       os.path.join(tmp, CONFUSION_FILE), title="Validation confusion matrix")
+            for name, png in self.figures.items():
+                with open(os.path.join(tmp, name), "wb") as f:
+                    f.write(png)
             # the model card the Hub shows, so that the folder can be uploaded with any tool
-            model_card({**record, "metrics": self.metrics}, os.path.basename(os.path.normpath(path))).save(
+            model_card({**record, "metrics": self.metrics, "figures": sorted(self.figures)},
+                       os.path.basename(os.path.normpath(path))).save(
                 os.path.join(tmp, CARD_FILE))
         return record
 
@@ -126,8 +134,12 @@ class TrainedModel:
                      else load_image_processor(ModelSource.of(source, id=record["base_model"])))
         metrics = _read_optional(folder, METRICS_FILE, {})
         history = _read_optional(folder, HISTORY_FILE, [])
+        figures = {}
+        if os.path.exists(os.path.join(folder, ERRORS_FILE)):
+            with open(os.path.join(folder, ERRORS_FILE), "rb") as f:
+                figures[ERRORS_FILE] = f.read()
         classifier = Classifier(model, processor, labels, info={**record, "metrics": metrics})
-        return cls(classifier, metrics=metrics, history=history, source=source.id)
+        return cls(classifier, metrics=metrics, history=history, source=source.id, figures=figures)
 
     def push(self, repo_id: str, *, private: Optional[bool] = None, token=None, commit_message: Optional[str] = None,
              overwrite_card: bool = False, dataset_name: Optional[str] = None) -> str:

@@ -1,4 +1,4 @@
-"""Learning-curve figures (matplotlib, headless)."""
+"""Figures (matplotlib, headless): learning curves, confusion matrix, the most confident mistakes."""
 
 from __future__ import annotations
 
@@ -82,3 +82,41 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str]
     fig.savefig(path, dpi=110, format="png")  # the path may be a temporary name without .png
     plt.close(fig)
     return path
+
+
+def plot_errors(examples: Sequence[tuple], path: str, title: str = "Most confident mistakes (validation)") -> str:
+    """A grid of misclassified images, the most confident first: ``examples`` are ``(image, entry)`` pairs with
+    ``entry`` holding ``label``, ``predicted`` and ``confidence``."""
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(1, len(examples))
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (image, entry) in zip(axes.flat, examples):
+        ax.imshow(image.convert("RGB"))
+        ax.set_title(f"true: {entry['label']}\npredicted: {entry['predicted']} ({entry['confidence']:.0%})",
+                     fontsize=9, color="C3")
+    if not examples:
+        axes.flat[0].text(0.5, 0.5, "no misclassified image", ha="center", va="center")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")  # the path may be a temporary name without .png
+    plt.close(fig)
+    return path
+
+
+def render_png(plot, *args, **kwargs) -> bytes:
+    """The PNG bytes of ``plot(*args, path, **kwargs)`` (a figure function of this module), kept in memory."""
+    import io
+
+    buffer = io.BytesIO()
+    plot(*args, buffer, **kwargs)
+    return buffer.getvalue()

@@ -25,9 +25,11 @@ from .config import (
     TrainingConfig,
 )
 from .errors import ConfigError, TlHubError
+from .filenames import ERRORS_FILE
 from .fit import FitResult, fit
 from .loop import Period
 from .model_folder import TrainedModel
+from .plots import plot_errors, render_png
 from .runtime import process_state
 
 logger = logging.getLogger(__name__)
@@ -80,6 +82,7 @@ class Recipe:
         self.accelerator = self.backbone = self.data = self.classifier = self.result = self.feature_store = None
         self.dataset_name: Optional[str] = None
         self.trained: dict = {}
+        self.error_examples: list = []  # (image, entry) of the kept epoch's most confident validation mistakes
 
     def periods(self, backbone: Backbone) -> list[Period]:
         """What trains in which period, at which learning rates (the one hook)."""
@@ -130,7 +133,9 @@ class Recipe:
         metrics = {"validation": self.result.metrics}
         if self.result.test_metrics is not None:
             metrics["test"] = self.result.test_metrics
-        return TrainedModel(self.classifier, metrics=metrics, history=self.result.history, source=self.source.id)
+        figures = {ERRORS_FILE: render_png(plot_errors, self.error_examples)} if self.error_examples else {}
+        return TrainedModel(self.classifier, metrics=metrics, history=self.result.history, source=self.source.id,
+                            figures=figures)
 
     def save(self, output_dir: str, *, overwrite: bool = False) -> str:
         """Write the trained model folder (on the main process; see `tl_hub.model_folder`).  It is written to a
