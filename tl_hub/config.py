@@ -16,6 +16,7 @@ from typing import Any, Optional, Union
 from .errors import ConfigError
 
 SCHEDULERS = ("cosine", "linear", "constant")
+TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio", "all")
 KEEP_EPOCHS = ("best", "last")
 HEAD_SOLVERS = ("lbfgs", "adamw")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -165,6 +166,17 @@ class TrainingConfig:
                                             "OUTPUT_DIR-checkpoints; pass 'none' to turn them off).")
     save_steps: int = setting(0, "Also checkpoint every N optimizer steps within epochs (0: at epoch ends only).")
     save_total_limit: int = setting(2, "Checkpoints kept; older ones are deleted.")
+    report_to: str = setting("none", "Experiment trackers, through Accelerate: none, tensorboard, wandb, mlflow, "
+                             "trackio, or all (every installed one); several as a comma-separated list. Logged: "
+                             "the run's settings, and per epoch the metrics, each group's learning rate and the "
+                             "throughput. Install them with `pip install tl-hub[tracking]`.")
+    logging_dir: Optional[str] = setting(None, "Where file-based trackers (TensorBoard, MLflow) write (default: "
+                                         "runs/tl_hub).")
+
+    def trackers(self) -> list[str]:
+        """The trackers ``report_to`` names (empty for ``none``)."""
+        names = [n.strip().lower() for n in str(self.report_to).split(",") if n.strip()]
+        return [] if names in ([], ["none"]) else names
 
     def __post_init__(self) -> None:
         for name in ("epochs", "lr", "batch_size", "eval_batch_size", "gradient_accumulation_steps",
@@ -188,6 +200,8 @@ class TrainingConfig:
         _choice("head_solver", self.head_solver, HEAD_SOLVERS)
         _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         _choice("feature_cache", self.feature_cache, FEATURE_CACHES)
+        for name in self.trackers():
+            _choice("report_to", name, TRACKERS)
         _positive("feature_views", self.feature_views)
         if self.feature_views > 1 and not self.augment:
             raise ConfigError(

@@ -88,7 +88,8 @@ def fit(recipe, train: Any, validation: Any = None, *, accelerator=None, progres
     """
     cfg = recipe.requested_config
     recipe.accelerator = accelerator = accelerator or make_accelerator(
-        cfg.mixed_precision, cfg.gradient_accumulation_steps, cfg.seed)
+        cfg.mixed_precision, cfg.gradient_accumulation_steps, cfg.seed, log_with=cfg.trackers(),
+        logging_dir=cfg.logging_dir)
     check_batch_size(cfg.batch_size, accelerator.num_processes)
     check_batch_size(cfg.eval_batch_size, accelerator.num_processes, "eval_batch_size")
     checkpointer, resume = open_checkpoints(cfg, resume_from_checkpoint, overwrite_checkpoints)
@@ -97,6 +98,7 @@ def fit(recipe, train: Any, validation: Any = None, *, accelerator=None, progres
     loaders = (streamed_loaders if isinstance(data, StreamData) else Loaders.build)(recipe, backbone, data, periods)
     periods = loaders.periods
     initial_buffers = buffers_of(backbone.model)
+    start_trackers(accelerator, recipe)
     if checkpointer is not None or resume is not None:
         start_run(recipe, backbone, data, checkpointer, resume)
     history = train_periods(
@@ -104,7 +106,20 @@ def fit(recipe, train: Any, validation: Any = None, *, accelerator=None, progres
         feature_loaders=loaders.features, prefix_loaders=loaders.prefix, on_epoch_start=loaders.set_epoch,
         on_period_end=on_period_end, progress=progress, checkpointer=checkpointer, resume=resume,
     )
-    return finish(recipe, backbone, data, periods, history, initial_buffers)
+    result = finish(recipe, backbone, data, periods, history, initial_buffers)
+    if accelerator.trackers:
+        accelerator.end_training()
+    return result
+
+
+def start_trackers(accelerator, recipe) -> None:
+    """Start the accelerator's experiment trackers (if any) with the run's settings as their config."""
+    if not accelerator.trackers and not getattr(accelerator, "log_with", None):
+        return
+    settings = {k: v for k, v in dataclasses.asdict(recipe.config).items()
+                if isinstance(v, (int, float, str, bool)) and v is not None}
+    accelerator.init_trackers(f"tl_hub-{recipe.name}", config={"recipe": recipe.name, "model": recipe.source.id,
+                                                               **settings})
 
 
 def open_checkpoints(cfg, resume_from_checkpoint: Optional[str], overwrite: bool):

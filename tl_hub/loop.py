@@ -127,6 +127,18 @@ def _scheduler(name: str, optimizer, warmup: int, total: int):
 ERROR_EXAMPLES = 16  # misclassified examples kept per evaluation (the most confident ones)
 
 
+def log_to_trackers(accelerator, record: dict, optimizer=None) -> None:
+    """One epoch's scalars to the accelerator's experiment trackers (none: nothing): metrics, throughput and the
+    learning rate of each optimizer group, at step = the epoch."""
+    if not accelerator.trackers:
+        return
+    keys = ("train_loss", "loss", "accuracy", "f1", "seconds", "train_images_per_second", "trainable_params")
+    values = {k: float(record[k]) for k in keys if isinstance(record.get(k), (int, float))}
+    for group in optimizer.param_groups if optimizer is not None else ():
+        values[f"lr/{group.get('name', 'group')}"] = float(group["lr"])
+    accelerator.log(values, step=record["epoch"])
+
+
 def label_names(model: nn.Module) -> Optional[list[str]]:
     """The class names of a classifier (its config's ``id2label``; PEFT models: the base model's), or None."""
     config = getattr(model, "config", None)
@@ -419,6 +431,7 @@ class _EpochRunner:
             **trained.extra,
         }
         state.history.append(record)
+        log_to_trackers(accelerator, record, None if self.period.solve else prepared.optimizer)
         self.best.update(record, state)
         if accelerator.is_main_process:
             logger.info(

@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from typing import Optional
 
 from .errors import ConfigError, first_line
 
@@ -28,11 +30,12 @@ def is_main_process() -> bool:
 
 
 def make_accelerator(mixed_precision: str = "no", gradient_accumulation_steps: int = 1, seed: int = 42,
-                     cpu: bool = False):
+                     cpu: bool = False, log_with: Optional[Sequence[str]] = None, logging_dir: Optional[str] = None):
     """An ``Accelerator`` whose global batch is split across processes and whose data order is seeded,
-    so that 1 and N processes see the same batches."""
+    so that 1 and N processes see the same batches; ``log_with``: experiment trackers (checked to be installed)."""
     from accelerate import Accelerator, DataLoaderConfiguration
 
+    log_with = check_trackers(log_with) if log_with else None
     if mixed_precision == "fp16" and (cpu or process_state().device.type == "cpu"):
         raise ConfigError("mixed_precision='fp16' needs a GPU: on the CPU Accelerate would silently train in fp32. "
                           "Use bf16 (supported on CPU) or no.")
@@ -42,12 +45,29 @@ def make_accelerator(mixed_precision: str = "no", gradient_accumulation_steps: i
             mixed_precision=mixed_precision,
             gradient_accumulation_steps=gradient_accumulation_steps,
             dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True, data_seed=seed),
+            log_with=log_with, project_dir=(logging_dir or os.path.join("runs", "tl_hub")) if log_with else None,
         )
     except ValueError as e:
         raise ConfigError(
             f"Cannot set up Accelerate with mixed_precision={mixed_precision!r}: {first_line(e)} "
             "Pass an existing `accelerator=` to fit(), or use the same precision within one process."
         ) from None
+
+
+def check_trackers(names: Sequence[str]) -> list[str]:
+    """``names`` (``"all"``: every installed tracker), each checked to be installed (Accelerate would otherwise
+    drop a missing one without a word)."""
+    from accelerate.tracking import get_available_trackers
+
+    available = [str(t) for t in get_available_trackers()]
+    if "all" in names:
+        return available
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise ConfigError(f"report_to={','.join(names)!r}, but {', '.join(missing)} is not installed; install it "
+                          "(`pip install tl-hub[tracking]` installs TensorBoard, MLflow and wandb) or pass "
+                          "report_to='none'.")
+    return list(names)
 
 
 def check_batch_size(batch_size: int, num_processes: int, name: str = "batch_size") -> None:
