@@ -159,3 +159,24 @@ def test_predict_errors(tmp_path):
     (tmp_path / "x.png").write_bytes(b"not an image")
     proc = tl_hub("predict", tmp_path / "nothing", tmp_path / "x.png")
     assert_one_line_error(proc, "not a folder written by tl-hub")
+
+
+def test_logs_default_verbose_and_quiet(tiny_model_dir, tmp_path):
+    """Default: one line per period, epoch and checkpoint, no library chatter; -v: everything; -q: errors only."""
+    data = write_image_folder(tmp_path / "images", n=30)
+    runs = {}
+    for name, flags in (("default", []), ("verbose", ["-v"]), ("quiet", ["-q"])):
+        proc = tl_hub(*flags, "train", "--recipe", "fine-tune", "--model", tiny_model_dir("vit"), "--dataset", data,
+                      "--output-dir", tmp_path / name, "--head-epochs", "1", *TRAIN_FAST)
+        assert proc.returncode == 0, proc.stderr
+        runs[name] = proc
+    default = runs["default"].stderr
+    assert "epoch 1 [head]" in default and "epoch 2 [fine-tune]" in default and "Period 'fine-tune'" in default
+    assert default.count("Saved checkpoint") == 2 and "Saved the model" in default
+    for chatter in ("[RANK 0]", "Loading weights", "Computed training features", "Data: 3 classes", "torchvision"):
+        assert chatter not in default, chatter
+    verbose = runs["verbose"].stderr
+    assert "[RANK 0]" in verbose and "Data: 3 classes" in verbose and "epoch 2 [fine-tune]" in verbose
+    quiet = runs["quiet"]
+    assert "epoch" not in quiet.stderr and "Saved checkpoint" not in quiet.stderr
+    assert "validation accuracy" in quiet.stdout  # results are printed, not logged

@@ -35,7 +35,7 @@ from .param_groups import param_groups
 from .ranking import Ranking, advise, rank
 from .recipe import RECIPES, Recipe, get_recipe, register_recipe
 from .recipes import FeatureExtractionRecipe, FineTuneRecipe, LoRARecipe, ScratchRecipe, TrainAllRecipe, head_period
-from .runtime import is_main_process
+from .runtime import PROGRESS_LOGGER, is_main_process
 from .space import build_app, example_images, push_space
 from .space import launch as launch_app
 from .version import __version__
@@ -50,7 +50,7 @@ __all__ = [
     "LoRARecipe", "FitResult", "Period", "RECIPES", "get_recipe", "register_recipe", "head_period",
     "advise", "Advice", "Thresholds", "rank", "Ranking", "param_groups", "compare", "Comparison", "curve_summary",
     "run_demo", "demo_model", "build_app", "example_images", "launch_app", "push_space", "check_output_dir",
-    "is_main_process", "TransferTrainer", "TransferArguments",
+    "is_main_process", "PROGRESS_LOGGER", "TransferTrainer", "TransferArguments",
 ]
 
 

@@ -28,8 +28,10 @@ from typing import Any, Optional
 
 from .errors import ConfigError, ModelError, OutputError, first_line
 from .outputs import atomic_path, check_output_dir, read_json, write_json
+from .runtime import PROGRESS_LOGGER
 
 logger = logging.getLogger(__name__)
+progress_log = logging.getLogger(PROGRESS_LOGGER)  # the lines a run shows by default
 
 STATE_FILE = "tl_hub_state.json"
 PREFIX = "checkpoint-"
@@ -162,7 +164,7 @@ class Checkpointer:
         if accelerator.is_main_process:
             for _, old in self.existing()[:-self.keep]:
                 _remove(old)
-            logger.info("Saved checkpoint %s", final)
+            progress_log.info("Saved checkpoint %s", final)
         accelerator.wait_for_everyone()
         return final
 

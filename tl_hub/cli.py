@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 from . import (
+    PROGRESS_LOGGER,
     RECIPES,
     ConfigError,
     DataError,
@@ -170,8 +171,11 @@ def _from_args(args: argparse.Namespace, cls: type, prefix: str = "") -> Any:
 
 @dataclass
 class LoggingArguments:
-    quiet: bool = field(default=False, metadata={"help": "Only print warnings and results.",
+    quiet: bool = field(default=False, metadata={"help": "Only print errors and results.",
                                                   "aliases": ["-q", "--quiet"]})
+    verbose: bool = field(default=False, metadata={
+        "help": "Also print the details: data, caches, loading, the libraries' own messages and progress bars.",
+        "aliases": ["-v", "--verbose"]})
 
 
 @dataclass
@@ -376,7 +380,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     a = _from_args(args, EvaluateArguments)
     metrics = load(a.model_dir).evaluate(a.dataset, split=a.split, image_column=a.image_column,
                                          label_column=a.label_column, batch_size=a.batch_size,
-                                         output_dir=a.output_dir)
+                                         output_dir=a.output_dir, progress=not args.quiet)
     print(class_table(metrics))
     if a.output_dir:
         print(f"written: {os.path.join(os.path.abspath(a.output_dir), 'metrics.json')}, confusion_matrix.png")
@@ -481,15 +485,27 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict
             "compare": cmd_compare, "demo": cmd_demo, "push": cmd_push, "serve": cmd_serve}
 
 
-def setup_logging(quiet: bool = False) -> None:
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
+def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
+    """What the command prints: by default one line per period, epoch and checkpoint, progress bars for long passes,
+    and warnings; ``verbose``: everything (tl-hub's details, Accelerate's and transformers' own messages and
+    progress bars); ``quiet``: errors only (results are printed, not logged)."""
+    import datasets
+    import transformers
+
+    level = logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s", force=True)
+    logging.getLogger(PROGRESS_LOGGER).setLevel(logging.ERROR if quiet else logging.INFO)
     for noisy in ("httpx", "urllib3", "filelock", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    if not verbose:  # the libraries' own progress bars (loading weights, generating splits) and notices
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
 
 
 def _run(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run ``command``: a user error is one ``error: ...`` line and status 2; Ctrl-C is status 130."""
-    setup_logging(args.quiet)
+    setup_logging(args.quiet, getattr(args, "verbose", False))
     try:
         return command(args)
     except TlHubError as e:

@@ -30,6 +30,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .backbone import Backbone
 from .data import EpochDataset
@@ -241,16 +242,18 @@ class FeatureStore:
         cache_dir: where disk caches live (default `default_cache_dir`).
         batch_size: global extraction batch size.
         num_workers: DataLoader workers for decoding and preprocessing.
+        progress: show a progress bar for each pass over the images.
     """
 
     def __init__(self, backbone: Backbone, accelerator, *, cache: str = "disk", cache_dir: Optional[str] = None,
-                 batch_size: int = 64, num_workers: int = 0):
+                 batch_size: int = 64, num_workers: int = 0, progress: bool = False):
         self.backbone = backbone
         self.accelerator = accelerator
         self.cache = cache
         self.cache_dir = cache_dir or default_cache_dir()
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.progress = progress  # a progress bar per pass (main process)
         self.head_path = single_head(backbone)
         self._encoder_fp: Optional[str] = None
         self.computed_examples = 0  # encoder forward passes actually run (per view), for reporting and tests
@@ -387,7 +390,9 @@ class FeatureStore:
                 loader = make_loader(dataset, self.batch_size, collate_fn=ImageCollator(self.backbone.processor),
                                      num_workers=self.num_workers)
                 offset = 0
-                for batch in accelerator.prepare_data_loader(loader):
+                batches = tqdm(accelerator.prepare_data_loader(loader), desc=f"{what} features", leave=False,
+                               disable=not (self.progress and accelerator.is_local_main_process))
+                for batch in batches:
                     values = capture.run(accelerator, batch)
                     gathered = accelerator.gather_for_metrics((*values.values(), batch["labels"]))
                     for (p, _), f in zip(values.items(), gathered):

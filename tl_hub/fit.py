@@ -95,7 +95,8 @@ def fit(recipe, train: Any, validation: Any = None, *, accelerator=None, progres
     checkpointer, resume = open_checkpoints(cfg, resume_from_checkpoint, overwrite_checkpoints)
     data, backbone = prepare(recipe, train, validation)
     periods = recipe.periods(backbone)
-    loaders = (streamed_loaders if isinstance(data, StreamData) else Loaders.build)(recipe, backbone, data, periods)
+    loaders = (streamed_loaders if isinstance(data, StreamData) else Loaders.build)(recipe, backbone, data, periods,
+                                                                                  progress=progress)
     periods = loaders.periods
     initial_buffers = buffers_of(backbone.model)
     start_trackers(accelerator, recipe)
@@ -193,7 +194,8 @@ class Loaders:
             ds.set_epoch(epoch)
 
     @classmethod
-    def build(cls, recipe, backbone: Backbone, data: PreparedData, periods: list[Period]) -> Loaders:
+    def build(cls, recipe, backbone: Backbone, data: PreparedData, periods: list[Period], *,
+              progress: bool = False) -> Loaders:
         cfg = recipe.config
         collate = ImageCollator(backbone.processor)
         train_set = ImageClassificationDataset(
@@ -207,10 +209,10 @@ class Loaders:
             make_loader(val_set, cfg.eval_batch_size, collate_fn=collate, num_workers=cfg.num_workers),
             periods=list(periods), epoch_datasets=[train_set],
         )
-        loaders.add_cached(recipe, backbone, data)
+        loaders.add_cached(recipe, backbone, data, progress)
         return loaders
 
-    def add_cached(self, recipe, backbone: Backbone, data: PreparedData) -> None:
+    def add_cached(self, recipe, backbone: Backbone, data: PreparedData, progress: bool = False) -> None:
         """Cache what the periods allow, in one pass over the data: the head's input for head-only periods, and
         the input of the lowest trained block for a top-k fine-tuning period (see `tl_hub.prefix`)."""
         cfg = recipe.config
@@ -220,7 +222,7 @@ class Loaders:
             return
         recipe.feature_store = store = FeatureStore(
             backbone, recipe.accelerator, cache=cfg.feature_cache, cache_dir=cfg.feature_cache_dir,
-            batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers,
+            batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers, progress=progress,
         )
         if head and not store.available:
             logger.warning("The head of %s has several modules %s; its features are not cached and the frozen "
@@ -321,7 +323,8 @@ def solved_periods(cfg, periods: list[Period], features) -> list[Period]:
             if p.features and p.epochs > 0 else p for p in periods]
 
 
-def streamed_loaders(recipe, backbone: Backbone, data: StreamData, periods: list[Period]) -> Loaders:
+def streamed_loaders(recipe, backbone: Backbone, data: StreamData, periods: list[Period], *,
+                     progress: bool = False) -> Loaders:
     """The loaders of streamed data (see `tl_hub.streaming`).  Encoder features are not cached for a stream: a
     frozen encoder runs on every batch, so ``feature_cache`` becomes 'off' and a head trains by AdamW steps."""
     if any(p.features and p.epochs > 0 for p in periods) and recipe.config.feature_cache != "off":

@@ -70,14 +70,14 @@ class Classifier:
 
     def evaluate(self, data: Any, *, split: Optional[str] = None, image_column: Optional[str] = None,
                  label_column: Optional[str] = None, batch_size: int = 64, accelerator=None,
-                 output_dir: Optional[str] = None) -> dict:
+                 output_dir: Optional[str] = None, progress: bool = False) -> dict:
         """Accuracy, macro-F1 and loss on ``data`` (a dataset, folder or Hub id, or a streamed ``IterableDataset``;
         its ``test`` split by default), with per-class precision, recall, F1 and support (``"per_class"``, by label
         name) and the confusion matrix (``"confusion_matrix"``: rows true labels, columns predicted, label order).
 
         Labels are matched to the model's by name; columns default to those used in training, else detected.
         With ``output_dir``, the metrics are also written there as ``metrics.json`` and the confusion matrix as
-        ``confusion_matrix.png``.
+        ``confusion_matrix.png``; ``progress`` shows a progress bar.
         """
         from .data import ImageClassificationDataset, ImageCollator, make_loader, prepare_eval_data
         from .loop import evaluate_loader
@@ -91,7 +91,7 @@ class Classifier:
                 image_column=image_column or self.info.get("image_column"),
                 label_column=label_column or self.info.get("label_column"), batch_size=batch_size)
             model, loader = accelerator.prepare(self.model, loader)
-            metrics = evaluate_loader(accelerator, model, loader, labels=self.labels)
+            metrics = evaluate_loader(accelerator, model, loader, labels=self.labels, progress=progress)
             release_prepared(accelerator)
             return _written(metrics, output_dir)
         ds, img_col, lbl_col = prepare_eval_data(
@@ -101,7 +101,7 @@ class Classifier:
         loader = make_loader(ImageClassificationDataset(ds, img_col, lbl_col), batch_size,
                              collate_fn=ImageCollator(self.processor))
         model, loader = accelerator.prepare(self.model, loader)
-        metrics = evaluate_loader(accelerator, model, loader, labels=self.labels)
+        metrics = evaluate_loader(accelerator, model, loader, labels=self.labels, progress=progress)
         release_prepared(accelerator)
         return _written(metrics, output_dir)
 

@@ -34,11 +34,12 @@ from .checkpoint import Checkpointer, ResumePoint, TrainingState, load_checkpoin
 from .errors import TrainingError
 from .metrics import class_report, classification_metrics
 from .param_groups import count_parameters, freeze_all_but
-from .runtime import release_prepared
+from .runtime import PROGRESS_LOGGER, release_prepared
 from .streaming import evaluation_model, gather_shards, is_streamed
 from .structure import logits_of, model_inputs
 
 logger = logging.getLogger(__name__)
+progress_log = logging.getLogger(PROGRESS_LOGGER)  # the lines a run shows by default
 
 
 @dataclass
@@ -295,7 +296,7 @@ def _log_period(accelerator, period: Period, counts: dict) -> None:
     """Log what the period trains, how long, and at which learning rates (on the main process)."""
     if accelerator.is_main_process:
         lrs = sorted({f"{g['name'].split('/')[0]}={g['lr']:.2e}" for g in period.param_groups})
-        logger.info("Period '%s': %s, %s trainable / %s frozen parameters; %s", period.name,
+        progress_log.info("Period '%s': %s, %s trainable / %s frozen parameters; %s", period.name,
                     "one solve" if period.solve else f"{period.epochs} epochs", f"{counts['trainable']:,}",
                     f"{counts['frozen']:,}", "linear probe, C chosen on validation" if period.solve else
                     f"LRs {lrs}")
@@ -307,7 +308,7 @@ def _resume_or_start(accelerator, period: Period, index: int, state: TrainingSta
     if resume is not None and index == resume.state.period:
         load_checkpoint(accelerator, resume)
         if accelerator.is_main_process:
-            logger.info("Resumed from %s: period '%s', epoch %d, %d batches into it, step %d", resume.path,
+            progress_log.info("Resumed from %s: period '%s', epoch %d, %d batches into it, step %d", resume.path,
                         period.name, epoch + 1, state.batches, state.step)
     else:
         state.period, state.period_epoch, state.batches = index, 0, 0
@@ -380,7 +381,7 @@ class BestEpoch:
             return
         if self.epoch != len(history):
             self.model.load_state_dict(self.weights, strict=False)
-            logger.info("Restored the weights of epoch %d, the best on validation (accuracy %.4f)", self.epoch,
+            progress_log.info("Restored the weights of epoch %d, the best on validation (accuracy %.4f)", self.epoch,
                         history[self.epoch - 1]["accuracy"])
         history[self.epoch - 1]["best"] = True
 
@@ -422,7 +423,8 @@ class _EpochRunner:
             "epoch": epoch + 1,
             "period": self.period.name,
             "train_loss": trained.loss,
-            **evaluate_loader(accelerator, prepared.wrapped, prepared.eval_dl, labels=label_names(self.model)),
+            **evaluate_loader(accelerator, prepared.wrapped, prepared.eval_dl, labels=label_names(self.model),
+                              progress=self.progress),
             "lr": None if self.period.solve else prepared.optimizer.param_groups[0]["lr"],
             "seconds": time.perf_counter() - trained.start,
             "train_images_per_second": trained.images / trained.seconds if trained.seconds > 0 else None,
@@ -434,7 +436,7 @@ class _EpochRunner:
         log_to_trackers(accelerator, record, None if self.period.solve else prepared.optimizer)
         self.best.update(record, state)
         if accelerator.is_main_process:
-            logger.info(
+            progress_log.info(
                 "epoch %d [%s] train_loss %.4f  eval_loss %.4f  accuracy %.4f  f1 %.4f  (%.1fs)",
                 record["epoch"], self.period.name, record["train_loss"], record["loss"], record["accuracy"],
                 record["f1"], record["seconds"],

@@ -30,9 +30,10 @@ from .fit import FitResult, fit
 from .loop import Period
 from .model_folder import TrainedModel
 from .plots import plot_errors, render_png
-from .runtime import process_state
+from .runtime import PROGRESS_LOGGER, process_state
 
 logger = logging.getLogger(__name__)
+progress_log = logging.getLogger(PROGRESS_LOGGER)  # the lines a run shows by default
 
 RECIPES: dict[str, type[Recipe]] = {}
 SOURCE_OPTIONS = ("revision", "trust_remote_code", "allow_pickle", "cache_dir")
@@ -145,7 +146,7 @@ class Recipe:
         state = process_state()
         if state.is_main_process:
             trained.save(output_dir, overwrite=overwrite)
-            logger.info("Saved the model to %s", output_dir)
+            progress_log.info("Saved the model to %s", output_dir)
         state.wait_for_everyone()
         return output_dir
 

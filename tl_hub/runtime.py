@@ -14,6 +14,10 @@ from typing import Optional
 
 from .errors import ConfigError, first_line
 
+# the logger of the few lines a run shows by default (periods, epochs, checkpoints, the saved model); everything
+# else tl-hub logs at INFO is detail (``tl-hub -v``)
+PROGRESS_LOGGER = "tl_hub.progress"
+
 
 def process_state():
     """Accelerate's process state, honouring ``ACCELERATE_USE_CPU`` as ``Accelerator`` does (a bare
