@@ -64,6 +64,7 @@ def test_train_evaluate_predict_on_image_folder(tiny_model_dir, tmp_path):
     assert ev.returncode == 0, ev.stderr
     assert json.load(open(report / "metrics.json"))["confusion_matrix"] == matrix
     assert open(report / "confusion_matrix.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert open(report / "errors.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"  # (a notice when there is none)
 
     images = [os.path.join(data, c, sorted(os.listdir(os.path.join(data, c)))[0]) for c in sorted(COLOURS)]
     pr = tl_hub("predict", out, *images, "--top-k", "2", "--json")

@@ -209,7 +209,7 @@ class EvaluateArguments:
     label_column: Optional[str] = field(default=None, metadata={"help": "Label column (detected if not given)."})
     batch_size: int = field(default=64, metadata={"help": "Evaluation batch size."})
     output_dir: Optional[str] = field(default=None, metadata={
-        "help": "Also write metrics.json and confusion_matrix.png there."})
+        "help": "Also write metrics.json, confusion_matrix.png and errors.png (the most confident mistakes) there."})
 
 
 @dataclass
@@ -383,7 +383,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                          output_dir=a.output_dir, progress=not args.quiet)
     print(class_table(metrics))
     if a.output_dir:
-        print(f"written: {os.path.join(os.path.abspath(a.output_dir), 'metrics.json')}, confusion_matrix.png")
+        print(f"written: {os.path.join(os.path.abspath(a.output_dir), 'metrics.json')}, confusion_matrix.png, "
+              "errors.png")
     print(json.dumps(metrics))
     return 0
 

@@ -103,7 +103,7 @@ class Classifier:
         model, loader = accelerator.prepare(self.model, loader)
         metrics = evaluate_loader(accelerator, model, loader, labels=self.labels, progress=progress)
         release_prepared(accelerator)
-        return _written(metrics, output_dir)
+        return _written(metrics, output_dir, ds, img_col)
 
     def predict(self, images: Union[Any, Sequence[Any]], top_k: int = 1, batch_size: int = 32):
         """Top-``k`` labels with scores.
@@ -127,13 +127,15 @@ class Classifier:
         return results[0] if single else results
 
 
-def _written(metrics: dict, output_dir: Optional[str]) -> dict:
-    """``metrics``, also written to ``output_dir`` (``metrics.json``, ``confusion_matrix.png``) when given; only
-    the main process writes."""
+def _written(metrics: dict, output_dir: Optional[str], ds=None, image_column: Optional[str] = None) -> dict:
+    """``metrics``, also written to ``output_dir`` (``metrics.json``, ``confusion_matrix.png``, and with the
+    evaluated dataset ``errors.png``: its most confidently misclassified images) when given; only the main process
+    writes."""
     if output_dir is None:
         return metrics
+    from .data import to_rgb
     from .outputs import atomic_path, write_json
-    from .plots import plot_confusion_matrix
+    from .plots import plot_confusion_matrix, plot_errors
     from .runtime import is_main_process
 
     if is_main_process():
@@ -141,4 +143,8 @@ def _written(metrics: dict, output_dir: Optional[str]) -> dict:
         write_json(os.path.join(output_dir, "metrics.json"), metrics)
         with atomic_path(os.path.join(output_dir, "confusion_matrix.png")) as tmp:
             plot_confusion_matrix(metrics["confusion_matrix"], list(metrics["per_class"]), tmp)
+        if ds is not None and "errors" in metrics:
+            examples = [(to_rgb(ds[e["index"]][image_column]), e) for e in metrics["errors"]]
+            with atomic_path(os.path.join(output_dir, "errors.png")) as tmp:
+                plot_errors(examples, tmp, title="Most confident mistakes")
     return metrics
