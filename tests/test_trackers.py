@@ -54,3 +54,55 @@ def test_no_tracker_by_default_and_clear_errors(tiny_model_dir, monkeypatch):
     recipe = tl_hub.FeatureExtractionRecipe(tiny_model_dir("vit"), report_to="tensorboard", **FAST)
     with pytest.raises(ConfigError, match="tensorboard is not installed"):
         recipe.fit(colour_dataset(12), progress=False)
+
+
+def test_mlflow_local_file_store(tiny_model_dir, tmp_path, monkeypatch):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    store = f"file://{tmp_path / 'mlruns'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 asks for a database unless told so
+    mlflow.set_tracking_uri(store)
+    recipe = tl_hub.FineTuneRecipe(tiny_model_dir("vit"), epochs=2, head_epochs=1, report_to="mlflow",
+                                   logging_dir=str(tmp_path / "artifacts"), **FAST)
+    result = recipe.fit(colour_dataset(30), progress=False)
+    client = MlflowClient(tracking_uri=store)
+    experiment = client.get_experiment_by_name("tl_hub-fine-tune")
+    (run,) = client.search_runs([experiment.experiment_id])
+    history = client.get_metric_history(run.info.run_id, "accuracy")
+    assert [m.step for m in history] == [h["epoch"] for h in result.history]
+    assert [m.value for m in history] == pytest.approx([h["accuracy"] for h in result.history])
+    assert run.data.params["recipe"] == "fine-tune" and float(run.data.params["lr"]) == recipe.config.lr
+    assert any(k.startswith("lr/head") for k in run.data.metrics)
+
+
+def logged_in_wandb_file(path: str, key: str) -> list[float]:
+    """The values logged under ``key`` in an offline wandb run file (``run-*.wandb``, a log of protobuf records
+    where a history item is field 2 = the key, then field 16 = the value as JSON), read without wandb's
+    internals, which change between releases."""
+    import re
+
+    data = open(path, "rb").read()
+    name = key.encode()
+    pattern = re.escape(b"\x12" + bytes([len(name)]) + name + b"\x82\x01") + rb"(.)"
+    values = []
+    for match in re.finditer(pattern, data, flags=re.DOTALL):
+        size = match.group(1)[0]
+        values.append(float(data[match.end():match.end() + size]))
+    return values
+
+
+def test_wandb_offline_run(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    recipe = tl_hub.FineTuneRecipe(tiny_model_dir("vit"), epochs=2, head_epochs=1, report_to="wandb", **FAST)
+    result = recipe.fit(colour_dataset(30), progress=False)
+    (run_file,) = glob.glob(f"{tmp_path}/wandb/offline-run-*/run-*.wandb")
+    # each log is written as a history record and as the run's summary, so every value appears (at least) once
+    for key in ("accuracy", "train_loss", "loss"):
+        logged = logged_in_wandb_file(run_file, key)
+        assert all(any(v == pytest.approx(h[key]) for v in logged) for h in result.history), (key, logged)
+    assert logged_in_wandb_file(run_file, "lr/head/decay")  # the fine-tune epoch's learning rates
+    assert b"fine-tune" in open(run_file, "rb").read()  # the run's settings (its config)
