@@ -151,6 +151,15 @@ def encoder_batchnorms(model: nn.Module, parts: ModelParts, prefix: str = "") ->
             if isinstance(m, BATCHNORM_TYPES) and not any(n == h or n.startswith(h + ".") for h in parts.head)]
 
 
+def fine_tune_eval_modules(model: nn.Module, parts: ModelParts, unfreeze: Union[str, int] = "all",
+                           bn_policy: str = "frozen") -> tuple[str, ...]:
+    """The modules kept in eval mode while fine-tuning: the encoder groups left frozen by ``unfreeze``, and with
+    ``bn_policy="frozen"`` every encoder BatchNorm layer (their statistics do not move)."""
+    unfrozen = groups_to_unfreeze(parts, unfreeze)
+    frozen = [m for g in parts.groups if g not in unfrozen for m in g.modules]
+    return tuple(frozen + (encoder_batchnorms(model, parts) if bn_policy == "frozen" else []))
+
+
 def lora_targets(model, parts) -> list[str]:
     """Every ``nn.Linear`` inside the encoder blocks: attention and MLP projections, found without names."""
     return [name for g in parts.blocks for path in g.modules

@@ -23,6 +23,7 @@ from .loop import Period
 from .param_groups import (
     discriminative_param_groups,
     encoder_batchnorms,
+    fine_tune_eval_modules,
     full_param_groups,
     groups_to_unfreeze,
     head_param_groups,
@@ -83,10 +84,8 @@ class FineTuneRecipe(Recipe):
         else:
             groups = discriminative_param_groups(model, parts, cfg.lr, cfg.backbone_lr_ratio, cfg.weight_decay,
                                                  cfg.unfreeze)
-        eval_modules = [m for g in parts.groups if g not in unfrozen for m in g.modules]
-        if cfg.bn_policy == "frozen":
-            eval_modules += encoder_batchnorms(model, parts)
-        tune = Period("fine-tune", cfg.epochs - cfg.head_epochs, groups, eval_modules=tuple(eval_modules),
+        tune = Period("fine-tune", cfg.epochs - cfg.head_epochs, groups,
+                      eval_modules=fine_tune_eval_modules(model, parts, cfg.unfreeze, cfg.bn_policy),
                       info={"trains": ["head"] + [g.name for g in unfrozen], "bn_policy": cfg.bn_policy})
         return [head, tune]
 

@@ -25,7 +25,8 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 
 from .errors import ConfigError
-from .param_groups import encoder_batchnorms, freeze_all_but, groups_to_unfreeze, param_groups
+from .loop import set_train_mode
+from .param_groups import fine_tune_eval_modules, freeze_all_but, param_groups
 from .structure import example_inputs, split_model
 
 logger = logging.getLogger(__name__)
@@ -99,10 +100,6 @@ class TransferTrainer(Trainer):
         self.period = "fine-tune"
         self._eval_modules: tuple[str, ...] = ()
         self._handle = self.model.register_forward_pre_hook(self._keep_eval_modules)
-        groups = groups_to_unfreeze(self.parts, args.unfreeze_value())
-        self._tuned_eval = tuple(m for g in self.parts.groups if g not in groups for m in g.modules)
-        if args.bn_policy == "frozen":
-            self._tuned_eval += tuple(encoder_batchnorms(self.model, self.parts))
 
     # -- the optimizer: tl-hub's groups for the current period ----------------------------------------------------
     def period_param_groups(self, period: Optional[str] = None) -> list[dict]:
@@ -126,8 +123,7 @@ class TransferTrainer(Trainer):
     # -- frozen modules in eval mode, whatever the Trainer's model.train() did ---------------------------------------
     def _keep_eval_modules(self, module, args):
         if module.training:
-            for path in self._eval_modules:
-                module.get_submodule(path).eval()
+            set_train_mode(module, self._eval_modules)
 
     # -- the two periods --------------------------------------------------------------------------------------------
     def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
@@ -142,11 +138,12 @@ class TransferTrainer(Trainer):
         history = []
         try:
             if args.head_epochs > 0:
-                self._start("head", [m for g in self.parts.groups for m in g.modules])
+                self._start("head", self.parts.body)  # everything but the head, as in feature extraction
                 args.num_train_epochs = args.head_epochs
                 super().train(trial=trial, **kwargs)
                 history = list(self.state.log_history)
-            self._start("fine-tune", self._tuned_eval)
+            self._start("fine-tune", fine_tune_eval_modules(self.model, self.parts, args.unfreeze_value(),
+                                                            args.bn_policy))
             args.num_train_epochs = total - args.head_epochs
             output = super().train(trial=trial, **kwargs)
             self.state.log_history = history + self.state.log_history
@@ -160,6 +157,7 @@ class TransferTrainer(Trainer):
         self.period, self._eval_modules = period, tuple(eval_modules)
         self.optimizer, self.lr_scheduler = None, None
         self.model_wrapped = self.model
-        freeze_all_but(self.model, self.period_param_groups())
+        groups = self.period_param_groups()
+        freeze_all_but(self.model, groups)
         logger.info("TransferTrainer: %s period, training %s", period,
-                    sorted({g["name"].split("/")[0] for g in self.period_param_groups()}))
+                    sorted({g["name"].split("/")[0] for g in groups}))
