@@ -3,9 +3,8 @@ offline with ``evaluate.load(path)``).  ``average="macro"`` averages the per-cla
 default the classes that occur in predictions or references, as scikit-learn does)."""
 
 import evaluate
-import numpy as np
 
-from tl_hub.metrics import label_metric_info
+from tl_hub.metrics import averaged, label_metric_info, per_class_counts
 
 _DESCRIPTION = "F1 = 2 * precision * recall / (precision + recall), per class, then averaged."
 _KWARGS = """
@@ -24,23 +23,5 @@ class F1(evaluate.Metric):
         return label_metric_info(_DESCRIPTION, _KWARGS)
 
     def _compute(self, predictions, references, average="macro", labels=None):
-        p, r = np.asarray(predictions), np.asarray(references)
-        if labels is None:
-            labels = np.union1d(p, r)
-        labels = np.asarray(labels)
-        tp = np.array([np.sum((p == c) & (r == c)) for c in labels], dtype=float)
-        fp = np.array([np.sum((p == c) & (r != c)) for c in labels], dtype=float)
-        fn = np.array([np.sum((p != c) & (r == c)) for c in labels], dtype=float)
-        if average == "micro":
-            denom = 2 * tp.sum() + fp.sum() + fn.sum()
-            return {"f1": float(2 * tp.sum() / denom) if denom else 0.0}
-        denom = 2 * tp + fp + fn
-        per_class = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-        if average is None:
-            return {"f1": per_class.tolist()}
-        if average == "weighted":
-            support = tp + fn
-            return {"f1": float(np.sum(per_class * support) / support.sum()) if support.sum() else 0.0}
-        if average != "macro":
-            raise ValueError(f"average should be 'macro', 'micro', 'weighted' or None, got {average!r}")
-        return {"f1": float(per_class.mean()) if len(per_class) else 0.0}
+        tp, fp, fn = per_class_counts(predictions, references, labels)
+        return {"f1": averaged(2 * tp, 2 * tp + fp + fn, tp + fn, average)}
