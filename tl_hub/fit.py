@@ -25,7 +25,7 @@ import torch
 
 from .backbone import Backbone
 from .checkpoint import Checkpointer, check_same_run, read_checkpoint, resolve_checkpoint
-from .data import ImageClassificationDataset, ImageCollator, PreparedData, make_loader, prepare_data, to_rgb
+from .data import ImageClassificationDataset, ImageCollator, PreparedData, images_at, make_loader, prepare_data
 from .errors import ConfigError
 from .exporters import trained_kind
 from .features import (
@@ -384,8 +384,9 @@ def finish(recipe, backbone: Backbone, data: PreparedData, periods: Sequence[Per
     kept = next((h for h in history if h.get("best")), history[-1])
     test_metrics = recipe.evaluate(data.test) if data.test is not None else None
     details = [k for k in DETAIL_KEYS if k in kept]  # per class, confusion matrix, errors: the kept epoch's only
-    recipe.error_examples = [(to_rgb(data.validation[e["index"]][data.image_column]), e)
-                             for e in kept.get("errors", [])]
+    errors = kept.get("errors", [])
+    recipe.error_examples = list(zip(images_at(data.validation, data.image_column, [e["index"] for e in errors]),
+                                     errors))
     history = [{k: v for k, v in h.items() if k not in DETAIL_KEYS} for h in history]
     recipe.result = FitResult(
         metrics={k: kept[k] for k in ("accuracy", "f1", "loss", *details)}, history=history,

@@ -133,7 +133,7 @@ def _written(metrics: dict, output_dir: Optional[str], ds=None, image_column: Op
     writes."""
     if output_dir is None:
         return metrics
-    from .data import to_rgb
+    from .data import images_at
     from .outputs import atomic_path, write_json
     from .plots import plot_confusion_matrix, plot_errors
     from .runtime import is_main_process
@@ -144,7 +144,8 @@ def _written(metrics: dict, output_dir: Optional[str], ds=None, image_column: Op
         with atomic_path(os.path.join(output_dir, "confusion_matrix.png")) as tmp:
             plot_confusion_matrix(metrics["confusion_matrix"], list(metrics["per_class"]), tmp)
         if ds is not None and "errors" in metrics:
-            examples = [(to_rgb(ds[e["index"]][image_column]), e) for e in metrics["errors"]]
+            errors = metrics["errors"]
+            examples = list(zip(images_at(ds, image_column, [e["index"] for e in errors]), errors))
             with atomic_path(os.path.join(output_dir, "errors.png")) as tmp:
                 plot_errors(examples, tmp, title="Most confident mistakes")
     return metrics
