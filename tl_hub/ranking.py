@@ -43,23 +43,22 @@ from .config import ModelSource
 from .errors import ConfigError, TlHubError, first_line
 from .frozen import Encoded, Sample, encode, prepare_sample
 from .outputs import atomic_path, write_json
+from .scores import DESCRIPTIONS, leep, nce
+from .scores import FEATURE_SCORES as FEATURE_SCORE_FUNCTIONS
+from .scores import SOURCE_SCORES as SOURCE_SCORE_FUNCTIONS
 
 logger = logging.getLogger(__name__)
 
-FEATURE_SCORES = ("logme", "hscore", "knn", "probe")
-SOURCE_SCORES = ("leep", "nce")
-ENSEMBLE = ("logme", "hscore", "knn", "probe")  # the default score averages the normalised ranks of these
+FEATURE_SCORES = (*FEATURE_SCORE_FUNCTIONS, "probe")  # from the features (and labels) alone
+SOURCE_SCORES = tuple(SOURCE_SCORE_FUNCTIONS)  # from the candidate's own head
+ENSEMBLE = FEATURE_SCORES  # the default score averages the normalised ranks of these
 DEFAULT_SCORE = "ensemble"
 ON_ERROR = ("report", "raise")
 
 SCORE_HELP = {
-    "ensemble": "mean normalised rank of " + ", ".join(ENSEMBLE) + " (1 = first on every one)",
-    "logme": "LogME: log evidence per example of a Bayesian linear model, features -> labels",
-    "hscore": "H-score with Ledoit-Wolf shrinkage: class separation relative to the feature covariance",
-    "knn": "leave-one-out k-NN accuracy, cosine similarity",
-    "probe": "held-out accuracy of a converged linear probe",
-    "leep": "LEEP: log expected empirical prediction of the source head (checkpoints with their head)",
-    "nce": "NCE: negative conditional entropy of the labels given the source head's predictions",
+    "ensemble": "mean normalised rank of " + ", ".join(ENSEMBLE) + " (1 = first on every one); higher is better.",
+    **DESCRIPTIONS,
+    "probe": "held-out accuracy of a converged linear probe; 0 to 1; higher is better.",
 }
 
 
@@ -67,10 +66,9 @@ SCORE_HELP = {
 # Scores of one candidate
 
 
-def candidate_scores(encoded: Encoded, classes: int, k: int = 5) -> tuple[dict, dict]:
+def candidate_scores(encoded: Encoded, classes: int) -> tuple[dict, dict]:
     """Every score of one candidate and the seconds each took: ``(scores, seconds)``."""
     from .probe import fit_probe
-    from .scores import h_score, knn_accuracy, leep, logme, nce
 
     x = torch.cat([encoded.features[n] for n in encoded.features])
     y = torch.cat([encoded.labels[n] for n in encoded.labels])
@@ -81,9 +79,8 @@ def candidate_scores(encoded: Encoded, classes: int, k: int = 5) -> tuple[dict, 
         out[name] = float(fn(*args, **kwargs))
         seconds[name] = time.perf_counter() - start
 
-    timed("logme", logme, x, y)
-    timed("hscore", h_score, x, y)
-    timed("knn", knn_accuracy, x, y, k=k)
+    for name, score in FEATURE_SCORE_FUNCTIONS.items():
+        timed(name, score, x, y)
     if "held_out" in encoded.features and len(encoded.labels["held_out"]):
         timed("probe", lambda: max(p["val_accuracy"] for p in fit_probe(
             encoded.features["train"], encoded.labels["train"], encoded.features["held_out"],
@@ -101,17 +98,14 @@ def candidate_scores(encoded: Encoded, classes: int, k: int = 5) -> tuple[dict, 
 
 def normalised_ranks(values: dict) -> dict:
     """Per model, 1 for the best value, 0 for the worst, ties sharing their mean rank; None stays None."""
+    from scipy.stats import rankdata
+
     scored = {m: v for m, v in values.items() if v is not None and math.isfinite(v)}
-    ordered = sorted(scored, key=lambda m: scored[m], reverse=True)
-    n, result = len(ordered), dict.fromkeys(values)
-    i = 0
-    while i < n:
-        j = i
-        while j + 1 < n and scored[ordered[j + 1]] == scored[ordered[i]]:
-            j += 1
-        for m in ordered[i:j + 1]:
-            result[m] = 1.0 if n == 1 else 1.0 - ((i + j) / 2) / (n - 1)
-        i = j + 1
+    result = dict.fromkeys(values)
+    if scored:
+        ranks = rankdata([-v for v in scored.values()], method="average") - 1  # 0 = the best
+        n = len(scored)
+        result.update({m: 1.0 if n == 1 else 1.0 - r / (n - 1) for m, r in zip(scored, ranks.tolist())})
     return result
 
 
@@ -188,7 +182,7 @@ class Ranking:
                          f"{self.seconds[m]['encode']:>8.1f}")
         for m, why in self.failed.items():
             lines.append(f"{'-':>2} {short_name(m):<{width}} failed: {why}")
-        lines.append(f"default score: {self.default_score} ({SCORE_HELP[self.default_score]}); higher is better.")
+        lines.append(f"default score: {self.default_score}: {SCORE_HELP[self.default_score]}")
         if self.advice is not None:
             lines.append(f"recommendation: start from {self.best} with {self.advice.recipe} "
                          f"(case {self.advice.case}: {self.advice.reason})")
