@@ -5,6 +5,24 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 
+def pyplot():
+    """``matplotlib.pyplot`` on the headless Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path):
+    """Write ``fig`` as a PNG to ``path`` (a file name, possibly a temporary one without .png, or a binary file
+    object) and close it; returns ``path``."""
+    fig.savefig(path, dpi=110, format="png")
+    pyplot().close(fig)
+    return path
+
+
 def plot_learning_curves(histories: Mapping[str, Sequence[dict]], path: str, title: str = "Learning curves") -> str:
     """Plot validation accuracy and losses per epoch for one or more runs into a PNG at ``path``.
 
@@ -15,10 +33,7 @@ def plot_learning_curves(histories: Mapping[str, Sequence[dict]], path: str, tit
 
     Period changes (e.g. head -> fine-tune) are marked with a dotted vertical line.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4.2))
     for i, (name, history) in enumerate(histories.items()):
@@ -44,21 +59,16 @@ def plot_learning_curves(histories: Mapping[str, Sequence[dict]], path: str, tit
         ax.xaxis.get_major_locator().set_params(integer=True)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str], path: str,
                           title: str = "Confusion matrix") -> str:
     """The confusion matrix (rows: true labels, columns: predicted) as a PNG at ``path``: cells shaded by the share
     of their row (recall per class on the diagonal), counts written in the cells when there are few classes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
+    plt = pyplot()
     counts = np.asarray(matrix, dtype=float)
     rows = counts.sum(1, keepdims=True)
     share = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
@@ -79,9 +89,7 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str]
                             color="white" if share[i, j] > 0.5 else "black")
     ax.set(xlabel="predicted", ylabel="true", title=f"{title} ({int(counts.sum())} images)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110, format="png")  # the path may be a temporary name without .png
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_errors(examples: Sequence[tuple], path: str, title: str = "Most confident mistakes (validation)") -> str:
@@ -89,11 +97,7 @@ def plot_errors(examples: Sequence[tuple], path: str, title: str = "Most confide
     ``entry`` holding ``label``, ``predicted`` and ``confidence``."""
     import math
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     n = max(1, len(examples))
     cols = min(4, n)
     rows = math.ceil(n / cols)
@@ -108,9 +112,7 @@ def plot_errors(examples: Sequence[tuple], path: str, title: str = "Most confide
         axes.flat[0].text(0.5, 0.5, "no misclassified image", ha="center", va="center")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, format="png")  # the path may be a temporary name without .png
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def render_png(plot, *args, **kwargs) -> bytes:

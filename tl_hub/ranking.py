@@ -209,10 +209,9 @@ def _cell(value: Optional[float]) -> str:
 
 def plot_ranking(ranking: Ranking, path: str) -> str:
     """One bar panel per score (models in ranked order, the best highlighted) into a PNG at ``path``."""
-    import matplotlib
+    from .plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = [n for n in (DEFAULT_SCORE, *FEATURE_SCORES, *SOURCE_SCORES)
              if any(s.get(n) is not None for s in ranking.scores.values())]
@@ -235,9 +234,7 @@ def plot_ranking(ranking: Ranking, path: str) -> str:
     fig.suptitle(f"Transferability of {len(models)} candidates to {data.get('classes', '?')} classes "
                  f"({data.get('examples', '?')} images); higher is better, top pick in orange", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _check_options(models, max_examples, max_per_class, on_error, score) -> list:
