@@ -99,7 +99,7 @@ def fit(recipe, train: Any, validation: Any = None, *, accelerator=None, progres
                                                                                   progress=progress)
     periods = loaders.periods
     initial_buffers = buffers_of(backbone.model)
-    start_trackers(accelerator, recipe)
+    started_trackers = start_trackers(accelerator, recipe)
     if checkpointer is not None or resume is not None:
         start_run(recipe, backbone, data, checkpointer, resume)
     history = train_periods(
@@ -108,19 +108,21 @@ def fit(recipe, train: Any, validation: Any = None, *, accelerator=None, progres
         on_period_end=on_period_end, progress=progress, checkpointer=checkpointer, resume=resume,
     )
     result = finish(recipe, backbone, data, periods, history, initial_buffers)
-    if accelerator.trackers:
+    if started_trackers:
         accelerator.end_training()
     return result
 
 
-def start_trackers(accelerator, recipe) -> None:
-    """Start the accelerator's experiment trackers (if any) with the run's settings as their config."""
-    if not accelerator.trackers and not getattr(accelerator, "log_with", None):
-        return
+def start_trackers(accelerator, recipe) -> bool:
+    """Start the accelerator's experiment trackers with the run's settings as their config; False when it has none
+    to start (none asked, or a caller's accelerator whose trackers already run: they stay the caller's)."""
+    if accelerator.trackers or not getattr(accelerator, "log_with", None):
+        return False
     settings = {k: v for k, v in dataclasses.asdict(recipe.config).items()
                 if isinstance(v, (int, float, str, bool)) and v is not None}
     accelerator.init_trackers(f"tl_hub-{recipe.name}", config={"recipe": recipe.name, "model": recipe.source.id,
                                                                **settings})
+    return True
 
 
 def open_checkpoints(cfg, resume_from_checkpoint: Optional[str], overwrite: bool):
