@@ -20,7 +20,6 @@ from .config import ModelSource
 HELD_OUT = 0.2  # share of the sample held out for the probe when no validation split is given
 
 
-
 @dataclass
 class Encoded:
     """A candidate's frozen features over the sample (one encoder pass, through the feature cache).
@@ -30,7 +29,8 @@ class Encoded:
         labels: per split name, labels ``(N,)``.
         source_probs: per split name, the source head's class probabilities ``(N, Z)``; ``None`` when the
             checkpoint has no trained head of its own.
-        capture: the module whose input the features are (the model's head).
+        capture: the module(s) whose input the features are (the model's head).
+        source_classes: the number of classes of the checkpoint's own head.
         seconds: loading plus the encoder pass.
     """
 
@@ -97,7 +97,6 @@ def encode(source: ModelSource, splits: dict, image_column: str, label_column: s
         targets[name] = cached[0].labels
     return Encoded(features=features, labels=targets, source_probs=probs, capture=", ".join(heads),
                    source_classes=int(backbone.model.config.num_labels), seconds=time.perf_counter() - start)
-
 
 
 def _sample(ds, label_column: str, max_examples: Optional[int], max_per_class: Optional[int], seed: int):

@@ -297,9 +297,9 @@ def _log_period(accelerator, period: Period, counts: dict) -> None:
     if accelerator.is_main_process:
         lrs = sorted({f"{g['name'].split('/')[0]}={g['lr']:.2e}" for g in period.param_groups})
         progress_log.info("Period '%s': %s, %s trainable / %s frozen parameters; %s", period.name,
-                    "one solve" if period.solve else f"{period.epochs} epochs", f"{counts['trainable']:,}",
-                    f"{counts['frozen']:,}", "linear probe, C chosen on validation" if period.solve else
-                    f"LRs {lrs}")
+                          "one solve" if period.solve else f"{period.epochs} epochs", f"{counts['trainable']:,}",
+                          f"{counts['frozen']:,}", "linear probe, C chosen on validation" if period.solve else
+                          f"LRs {lrs}")
 
 
 def _resume_or_start(accelerator, period: Period, index: int, state: TrainingState,
@@ -309,7 +309,7 @@ def _resume_or_start(accelerator, period: Period, index: int, state: TrainingSta
         load_checkpoint(accelerator, resume)
         if accelerator.is_main_process:
             progress_log.info("Resumed from %s: period '%s', epoch %d, %d batches into it, step %d", resume.path,
-                        period.name, epoch + 1, state.batches, state.step)
+                              period.name, epoch + 1, state.batches, state.step)
     else:
         state.period, state.period_epoch, state.batches = index, 0, 0
 
@@ -382,7 +382,7 @@ class BestEpoch:
         if self.epoch != len(history):
             self.model.load_state_dict(self.weights, strict=False)
             progress_log.info("Restored the weights of epoch %d, the best on validation (accuracy %.4f)", self.epoch,
-                        history[self.epoch - 1]["accuracy"])
+                              history[self.epoch - 1]["accuracy"])
         history[self.epoch - 1]["best"] = True
 
 
