@@ -1,5 +1,6 @@
 """`TransferTrainer`: tl-hub's two periods inside a transformers Trainer script."""
 
+import importlib.util
 import os
 
 import pytest
@@ -13,18 +14,18 @@ from tl_hub.errors import ConfigError
 LABELS = ["red", "green", "blue"]
 
 
-class Pixels(torch.utils.data.Dataset):
-    """Preprocessed images and labels, as a Trainer script's dataset."""
+EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "recipes", "trainer_example.py")
 
-    def __init__(self, ds, processor):
-        self.x = processor([im.convert("RGB") for im in ds["image"]], return_tensors="pt")["pixel_values"]
-        self.y = torch.tensor(ds["label"])
 
-    def __len__(self):
-        return len(self.y)
+def _example():
+    """recipes/trainer_example.py as a module (its dataset class is a Trainer script's dataset)."""
+    spec = importlib.util.spec_from_file_location("trainer_example", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    def __getitem__(self, i):
-        return {"pixel_values": self.x[i], "labels": self.y[i]}
+
+Images = _example().Images
 
 
 def make(folder, tmp_path, **settings):
@@ -37,8 +38,8 @@ def make(folder, tmp_path, **settings):
     args = tl_hub.TransferArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8,
                                     learning_rate=1e-2, report_to="none", save_strategy="no", logging_steps=1,
                                     use_cpu=True, seed=0, **settings)
-    return tl_hub.TransferTrainer(model=model, args=args, train_dataset=Pixels(colour_dataset(24), processor),
-                                  eval_dataset=Pixels(colour_dataset(9, seed=3), processor)), processor
+    return tl_hub.TransferTrainer(model=model, args=args, train_dataset=Images(colour_dataset(24), processor),
+                                  eval_dataset=Images(colour_dataset(9, seed=3), processor)), processor
 
 
 def _names(model):
@@ -131,19 +132,18 @@ def test_trainer_example_under_two_processes_matches_one(tmp_path):
 
     from test_distributed import free_port
 
-    script = os.path.join(os.path.dirname(__file__), "..", "recipes", "trainer_example.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def last_json(proc):
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
         return json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
 
-    one = last_json(subprocess.run([sys.executable, script, "--output-dir", str(tmp_path / "one")], env=env,
+    one = last_json(subprocess.run([sys.executable, EXAMPLE, "--output-dir", str(tmp_path / "one")], env=env,
                                    capture_output=True, text=True, timeout=600))
     accelerate = shutil.which("accelerate") or os.path.join(os.path.dirname(sys.executable), "accelerate")
     two = last_json(subprocess.run(
         [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port",
-         str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no", script, "--output-dir",
+         str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no", EXAMPLE, "--output-dir",
          str(tmp_path / "two")], env={**env, "ACCELERATE_USE_CPU": "true"}, capture_output=True, text=True,
         timeout=600))
     assert one["world_size"] == 1 and two["world_size"] == 2, "accelerate did not start two processes"
