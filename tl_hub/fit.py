@@ -109,7 +109,10 @@ def fit(recipe, train: Any, validation: Any = None, *, accelerator=None, progres
     )
     result = finish(recipe, backbone, data, periods, history, initial_buffers)
     if started_trackers:
-        accelerator.end_training()
+        # the trackers end with the run; the process group stays for a next run in this process and ends at exit
+        # (`tl_hub.shutdown`: Accelerate's end_training would destroy it now)
+        for tracker in accelerator.trackers:
+            tracker.finish()
     return result
 
 

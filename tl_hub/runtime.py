@@ -4,6 +4,8 @@
 - `process_state`: the process's rank and device, without building an ``Accelerator``.
 - `release_prepared`: forget what an accelerator prepared, so that the next period can prepare its own objects.
 - `default_num_workers`: how many processes decode and preprocess images for each training process.
+
+Setting up a process group here also registers its clean end at exit (`tl_hub.shutdown`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 from .errors import ConfigError, first_line
+from .shutdown import end_process_group_at_exit
 
 # the logger of the few lines a run shows by default (periods, epochs, checkpoints, the saved model); everything
 # else tl-hub logs at INFO is detail (``tl-hub -v``)
@@ -25,7 +28,10 @@ def process_state():
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    if state.num_processes > 1:
+        end_process_group_at_exit()
+    return state
 
 
 def is_main_process() -> bool:
@@ -44,7 +50,7 @@ def make_accelerator(mixed_precision: str = "no", gradient_accumulation_steps: i
         raise ConfigError("mixed_precision='fp16' needs a GPU: on the CPU Accelerate would silently train in fp32. "
                           "Use bf16 (supported on CPU) or no.")
     try:
-        return Accelerator(
+        accelerator = Accelerator(
             cpu=cpu,
             mixed_precision=mixed_precision,
             gradient_accumulation_steps=gradient_accumulation_steps,
@@ -56,6 +62,9 @@ def make_accelerator(mixed_precision: str = "no", gradient_accumulation_steps: i
             f"Cannot set up Accelerate with mixed_precision={mixed_precision!r}: {first_line(e)} "
             "Pass an existing `accelerator=` to fit(), or use the same precision within one process."
         ) from None
+    if accelerator.num_processes > 1:
+        end_process_group_at_exit()
+    return accelerator
 
 
 def check_trackers(names: Sequence[str]) -> list[str]:

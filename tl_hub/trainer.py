@@ -27,6 +27,7 @@ from transformers import Trainer, TrainingArguments
 from .errors import ConfigError
 from .loop import set_train_mode
 from .param_groups import fine_tune_eval_modules, freeze_all_but, param_groups
+from .shutdown import end_process_group_at_exit
 from .structure import example_inputs, split_model
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,8 @@ class TransferTrainer(Trainer):
         processor = kwargs.get("processing_class")
         self.parts = split_model(model, example_inputs(model, processor if hasattr(processor, "preprocess") else None))
         super().__init__(model, args, *pos, **kwargs)
+        if self.args.world_size > 1:
+            end_process_group_at_exit()  # a finished multi-process script exits 0 (see tl_hub.shutdown)
         # an image classifier's loss is the mean over its batch, whatever ``num_items_in_batch``: the Trainer would
         # otherwise take it for a loss summed over the global batch and multiply it by the number of processes,
         # so N processes would train with N times the gradient of one
