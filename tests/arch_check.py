@@ -163,30 +163,19 @@ def one_vs_two_processes(types, tmp: str, prefix: bool = False) -> dict:
     sizes, the epochs per period, the prefix cut and the largest difference of any per-epoch metric.  With
     ``prefix`` the top 2 blocks train on the cached frozen prefix (`tl_hub.prefix`)."""
     import json
-    import shutil
-    import socket
-    import subprocess
 
     import datasets
+    from support.launch import accelerate_launch, launch_env, run
 
     models = [f"{t}={without_dropout(arch_zoo.save_tiny(t, os.path.join(tmp, t)))}" for t in types]
     data = datasets.DatasetDict({"train": colour_dataset(24, seed=1), "validation": colour_dataset(16, seed=2)})
     data.save_to_disk(os.path.join(tmp, "data"))
     script = os.path.join(HERE, "scripts", "dist_arch.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([HERE, *sys.path]),
-           "TL_HUB_TEST_PREFIX": "1" if prefix else "0"}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    accelerate = shutil.which("accelerate") or os.path.join(os.path.dirname(sys.executable), "accelerate")
-    for cmd, extra in (([sys.executable], {}), ([accelerate, "launch", "--multi_gpu", "--num_processes", "2",
-                                                 "--num_machines", "1", "--main_process_port", str(port),
-                                                 "--mixed_precision", "no", "--dynamo_backend", "no"],
-                                                {"ACCELERATE_USE_CPU": "true"})):
-        out = os.path.join(tmp, "two" if extra else "one")
-        proc = subprocess.run([*cmd, script, os.path.join(tmp, "data"), out, *models], env={**env, **extra},
-                              capture_output=True, text=True, timeout=1800)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    env = {"PYTHONPATH": os.pathsep.join([HERE, *sys.path]), "TL_HUB_TEST_PREFIX": "1" if prefix else "0"}
+    args = [os.path.join(tmp, "data")]
+    run([sys.executable, script, *args, os.path.join(tmp, "one"), *models],
+        {**launch_env(**env), "ACCELERATE_USE_CPU": "false"}, timeout=1800)
+    run(accelerate_launch(script, *args, os.path.join(tmp, "two"), *models), launch_env(**env), timeout=1800)
     one = json.load(open(os.path.join(tmp, "one.rank0")))
     ranks = [json.load(open(os.path.join(tmp, f"two.rank{r}"))) for r in (0, 1)]
     result = {}

@@ -2,28 +2,16 @@
 
 import json
 import os
-import shutil
-import socket
-import subprocess
 import sys
 
 import datasets
 import pytest
 from conftest import colour_dataset
+from support.launch import accelerate_launch, launch_env, run
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "dist_fit.py")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run(cmd, env):
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc
+pytestmark = pytest.mark.distributed
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +31,8 @@ def test_two_processes_match_one_process(setup):
 
     double = root / "double"
     # a cold feature cache: the two processes compute the head period's features themselves (sharded)
-    env2 = {**env, "ACCELERATE_USE_CPU": "true", "TL_HUB_CACHE": str(root / "cold-cache")}
-    accelerate = shutil.which("accelerate") or os.path.join(os.path.dirname(sys.executable), "accelerate")
-    run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no",
-         SCRIPT, model_dir, data_dir, str(root / "out2"), str(double)], env2)
+    run(accelerate_launch(SCRIPT, model_dir, data_dir, str(root / "out2"), str(double)),
+        launch_env(TL_HUB_CACHE=str(root / "cold-cache")))
 
     one = json.load(open(f"{single}.rank0"))
     ranks = [json.load(open(f"{double}.rank{r}")) for r in (0, 1)]

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 from conftest import colour_dataset
-from test_distributed import SCRIPT, free_port, run
+from support.launch import aborts_in, free_port, launch_env, run
+from test_distributed import SCRIPT
 
 from tl_hub import FineTuneRecipe, TrainingError
 
@@ -48,6 +49,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_weights(tin
     assert all(torch.isfinite(p).all() for p in recipe.backbone.model.parameters())
 
 
+@pytest.mark.distributed
 def test_two_simulated_nodes_match_one_process(tiny_model_dir, tmp_path):
     """Two `accelerate launch --num_machines 2` processes on 127.0.0.1 (gloo) give the 1-process metrics."""
     import datasets
@@ -65,10 +67,11 @@ def test_two_simulated_nodes_match_one_process(tiny_model_dir, tmp_path):
                "--main_process_ip", "127.0.0.1", "--main_process_port", str(port), "--num_processes", "2",
                "--mixed_precision", "no", "--dynamo_backend", "no", SCRIPT, model, str(tmp_path / "data"),
                str(tmp_path / "out2"), str(tmp_path / "two")]
-        procs.append(subprocess.Popen(cmd, env={**env, "ACCELERATE_USE_CPU": "true"}, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
+        procs.append(subprocess.Popen(cmd, env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))
     outputs = [p.communicate(timeout=600)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outputs)
+    assert all(p.returncode == 0 for p in procs) and not aborts_in("".join(outputs)), \
+        "\n".join(o[-3000:] for o in outputs)
     one = json.load(open(f"{tmp_path / 'one'}.rank0"))
     ranks = [json.load(open(f"{tmp_path / 'two'}.rank{r}")) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]

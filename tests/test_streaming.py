@@ -11,7 +11,7 @@ import datasets
 import pytest
 import torch
 from conftest import COLOURS, colour_dataset
-from test_distributed import free_port, run
+from support.launch import accelerate_launch, launch_env, run
 
 import tl_hub
 from tl_hub import ConfigError, DataError, FeatureExtractionRecipe, FineTuneRecipe, TrainingConfig
@@ -266,6 +266,7 @@ def test_augmentation_depends_on_the_example_not_its_position(tmp_path):
 
 
 
+@pytest.mark.distributed
 def test_two_processes_match_one_process(tiny_model_dir, tmp_path):
     """Two real processes (gloo on CPU) on parquet streams: each reads its own training part (one file each) and
     its uneven validation part (9 vs 4 images), and the per-epoch metrics equal one process's in float64."""
@@ -275,10 +276,7 @@ def test_two_processes_match_one_process(tiny_model_dir, tmp_path):
     model_dir = tiny_model_dir("vit")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run([sys.executable, SCRIPT, model_dir, str(data), str(tmp_path / "single")], env)
-    accelerate = shutil.which("accelerate") or os.path.join(os.path.dirname(sys.executable), "accelerate")
-    run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port",
-         str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no",
-         SCRIPT, model_dir, str(data), str(tmp_path / "double")], {**env, "ACCELERATE_USE_CPU": "true"})
+    run(accelerate_launch(SCRIPT, model_dir, str(data), str(tmp_path / "double")), launch_env())
     one = json.load(open(tmp_path / "single.rank0"))
     ranks = [json.load(open(tmp_path / f"double.rank{r}")) for r in (0, 1)]
     assert one["world_size"] == 1

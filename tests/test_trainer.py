@@ -122,30 +122,21 @@ def test_plain_training_arguments_are_refused(tiny_model_dir, tmp_path):
     assert os.path.isdir(tmp_path)
 
 
+@pytest.mark.distributed
 def test_trainer_example_under_two_processes_matches_one(tmp_path):
     """recipes/trainer_example.py: a Trainer script with TransferTrainer, through the unfreeze, under a real
     2-process `accelerate launch` (gloo): no DDP error, and the 1-process metrics within 1e-4."""
     import json
-    import shutil
-    import subprocess
     import sys
 
-    from test_distributed import free_port
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    from support.launch import accelerate_launch, launch_env, run
 
     def last_json(proc):
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
         return json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
 
-    one = last_json(subprocess.run([sys.executable, EXAMPLE, "--output-dir", str(tmp_path / "one")], env=env,
-                                   capture_output=True, text=True, timeout=600))
-    accelerate = shutil.which("accelerate") or os.path.join(os.path.dirname(sys.executable), "accelerate")
-    two = last_json(subprocess.run(
-        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port",
-         str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no", EXAMPLE, "--output-dir",
-         str(tmp_path / "two")], env={**env, "ACCELERATE_USE_CPU": "true"}, capture_output=True, text=True,
-        timeout=600))
+    one = last_json(run([sys.executable, EXAMPLE, "--output-dir", str(tmp_path / "one")],
+                        {**launch_env(), "ACCELERATE_USE_CPU": "false"}))
+    two = last_json(run(accelerate_launch(EXAMPLE, "--output-dir", str(tmp_path / "two")), launch_env()))
     assert one["world_size"] == 1 and two["world_size"] == 2, "accelerate did not start two processes"
     assert len(one["train_losses"]) == len(two["train_losses"]) == 4  # head epoch + 3 fine-tune epochs
     for a, b in zip(one["train_losses"], two["train_losses"]):
