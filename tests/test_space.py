@@ -14,7 +14,7 @@ import gradio as gr
 import pytest
 from conftest import colour_dataset
 from PIL import Image
-from test_distributed import free_port
+from support.launch import free_port
 
 from tl_hub import FeatureExtractionRecipe
 from tl_hub.space import SpaceApp, build_app, example_images, launch
