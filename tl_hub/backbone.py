@@ -63,7 +63,7 @@ def load_image_processor(source: Union[str, ModelSource], **options):
     source = ModelSource.of(source, **options)
     name = source.id
     try:
-        return AutoImageProcessor.from_pretrained(name, **source.loading_kwargs(), **_processor_kwargs())
+        return AutoImageProcessor.from_pretrained(source.location, **source.loading_kwargs(), **_processor_kwargs())
     except (OSError, ValueError, KeyError) as e:
         raise ModelError(
             f"'{name}' has no usable image processor (preprocessor_config.json): {first_line(e)}. tl-hub "
@@ -78,7 +78,7 @@ def load_config(source: ModelSource):
 
     name, trust_remote_code = source.id, source.trust_remote_code
     try:
-        config = AutoConfig.from_pretrained(name, **source.loading_kwargs())
+        config = AutoConfig.from_pretrained(source.location, **source.loading_kwargs())
     except (OSError, ValueError, KeyError) as e:
         msg = first_line(e)
         if "trust_remote_code" in str(e):
@@ -127,7 +127,7 @@ def load_weights(source: ModelSource, **kwargs: Any):
     hf_logging.set_verbosity_error()  # the "newly initialized head" notice is expected: we log our own
     try:
         return AutoModelForImageClassification.from_pretrained(
-            source.id, **source.loading_kwargs(), **kwargs, use_safetensors=None if source.allow_pickle else True,
+            source.location, **source.loading_kwargs(), **kwargs, use_safetensors=None if source.allow_pickle else True,
         )
     except Exception as e:  # OSError, ValueError, safetensors' SafetensorError for a damaged file, ...
         text = str(e)
@@ -170,7 +170,8 @@ def load_backbone(source: Union[str, ModelSource], labels: Sequence[str], *, pre
     label2id = {l: i for i, l in id2label.items()}
     config = load_config(source)
     processor = load_image_processor(source)
-    commit = getattr(config, "_commit_hash", None) or resolved_commit(source.id, source.revision, source.cache_dir)
+    commit = getattr(config, "_commit_hash", None) or resolved_commit(source.location, source.revision,
+                                                                           source.cache_dir)
     if pretrained:
         model = load_weights(source, id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True)
     else:

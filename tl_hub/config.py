@@ -56,7 +56,8 @@ class ModelSource:
         'google/vit-base-patch16-224'
     """
 
-    id: str = field(metadata={"help": "Hub model id or local folder of an image classifier.",
+    id: str = field(metadata={"help": "Hub model id or local folder of an image classifier, or a built-in model "
+                                      "('tl-hub:efficientnet-lite0': ImageNet-1k EfficientNet-Lite0, offline).",
                               "aliases": ["--model"]})
     revision: Optional[str] = setting(None, "Branch, tag or commit of the model on the Hub.")
     trust_remote_code: bool = setting(False, "Allow custom code from the model repo.")
@@ -78,6 +79,14 @@ class ModelSource:
             raise ConfigError(f"Unknown model option(s) {', '.join(unknown)}; valid: revision, trust_remote_code, "
                               "allow_pickle, cache_dir.")
         return cls(model, **options)
+
+    @property
+    def location(self) -> str:
+        """Where the model loads from: ``id`` itself, or for a model built into tl-hub (``"tl-hub:..."``, e.g.
+        ImageNet EfficientNet-Lite0) its local folder, made on first use (see `tl_hub.imagenet`)."""
+        from .imagenet import builtin_path, is_builtin
+
+        return builtin_path(self.id) if is_builtin(self.id) else self.id
 
     def loading_kwargs(self) -> dict[str, Any]:
         """The options as keyword arguments of a transformers ``from_pretrained`` call."""

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 def download(source: ModelSource, token=None) -> str:
     """The local folder of ``source``: the folder itself, or a snapshot of the Hub repo at ``source.revision``."""
-    name = source.id
+    name = source.location
     if os.path.isdir(name):
         return name
     from huggingface_hub import snapshot_download
