@@ -43,6 +43,7 @@ def test_train_evaluate_predict_on_image_folder(tiny_model_dir, tmp_path):
                   "--output-dir", out, "--head-epochs", "1", "--epochs", "3", *TRAIN_FAST[2:])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "validation accuracy" in proc.stdout and str(out) in proc.stdout
+    assert "(only 12 validation images: too few to trust)" in proc.stdout  # 60 images, 20% held out
     assert "Period 'head'" in proc.stderr and "Period 'fine-tune'" in proc.stderr  # frozen/trainable counts logged
     assert "trainable" in proc.stderr and "frozen" in proc.stderr
     info = json.load(open(out / "tl_hub.json"))

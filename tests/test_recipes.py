@@ -329,3 +329,21 @@ def test_num_workers_default_to_none_on_cpu_and_a_share_of_the_cores_with_a_gpu(
     assert recipe.requested_config.num_workers is None
     recipe.fit(colour_dataset(30), progress=False)
     assert recipe.config.num_workers == 0  # resolved for this CPU run
+
+
+def test_a_small_validation_split_is_flagged_in_the_log_the_record_and_the_card(tiny_model_dir, tmp_path, caplog):
+    recipe = FeatureExtractionRecipe(tiny_model_dir("vit"), **FAST)
+    with caplog.at_level("WARNING", logger="tl_hub"):
+        result = recipe.fit(colour_dataset(24, seed=1), colour_dataset(9, seed=2), progress=False)
+    warning = result.extra["validation_warning"]
+    assert "only 9 images" in warning and "at least 30" in warning and result.extra["validation_images"] == 9
+    assert any(r.getMessage() == warning for r in caplog.records)
+    recipe.save(str(tmp_path / "out"))
+    assert json.load(open(tmp_path / "out" / "tl_hub.json"))["validation_warning"] == warning
+    assert "Small validation split" in open(tmp_path / "out" / "README.md").read()
+
+    enough = FeatureExtractionRecipe(tiny_model_dir("vit"), **FAST)
+    result = enough.fit(colour_dataset(24, seed=1), colour_dataset(30, seed=2), progress=False)
+    assert result.extra["validation_warning"] is None and result.extra["validation_images"] == 30
+    enough.save(str(tmp_path / "enough"))
+    assert "Small validation split" not in open(tmp_path / "enough" / "README.md").read()

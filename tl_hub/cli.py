@@ -368,7 +368,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipe.save(train.output_dir, overwrite=train.overwrite)
     if is_main_process():
         m = result.metrics
-        print(f"validation accuracy {m['accuracy']:.4f}  macro-F1 {m['f1']:.4f}  loss {m['loss']:.4f}")
+        few = (f"  (only {result.extra['validation_images']} validation images: too few to trust)"
+               if result.extra.get("validation_warning") else "")
+        print(f"validation accuracy {m['accuracy']:.4f}  macro-F1 {m['f1']:.4f}  loss {m['loss']:.4f}{few}")
         if result.test_metrics:
             t = result.test_metrics
             print(f"test accuracy {t['accuracy']:.4f}  macro-F1 {t['f1']:.4f}")

@@ -321,6 +321,20 @@ def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple
     return sorted(train), sorted(val)
 
 
+# below this many validation images, the validation metrics (and what is chosen on them: the head's
+# regularisation, the kept epoch) move by several points from one image to the next
+MIN_TRUSTED_VALIDATION = 30
+
+
+def small_validation_warning(images: Optional[int]) -> Optional[str]:
+    """What to say when ``images`` validation images are too few to trust (None when they are enough or unknown)."""
+    if images is None or images >= MIN_TRUSTED_VALIDATION:
+        return None
+    return (f"The validation split has only {images} images, so its metrics and what is chosen on them (the head's "
+            f"regularisation, the kept epoch) move by {100 / max(images, 1):.0f} points per image: give a validation "
+            f"split of at least {MIN_TRUSTED_VALIDATION} images, or judge the model on a test split.")
+
+
 @dataclass
 class PreparedData:
     """Training-ready splits with a shared label set."""
@@ -336,6 +350,10 @@ class PreparedData:
     def train_size(self) -> int:
         """Training examples in one pass (a streamed split knows it otherwise, see `tl_hub.streaming`)."""
         return len(self.train)
+
+    def validation_size(self) -> Optional[int]:
+        """Validation examples (None where a stream does not know)."""
+        return len(self.validation)
 
     def summary(self) -> str:
         counts = Counter(self.train[self.label_column])

@@ -25,7 +25,15 @@ import torch
 
 from .backbone import Backbone
 from .checkpoint import Checkpointer, check_same_run, read_checkpoint, resolve_checkpoint
-from .data import ImageClassificationDataset, ImageCollator, PreparedData, images_at, make_loader, prepare_data
+from .data import (
+    ImageClassificationDataset,
+    ImageCollator,
+    PreparedData,
+    images_at,
+    make_loader,
+    prepare_data,
+    small_validation_warning,
+)
 from .errors import ConfigError
 from .exporters import trained_kind
 from .features import (
@@ -170,6 +178,8 @@ def prepare(recipe, train: Any, validation: Any) -> tuple[PreparedData, Backbone
     recipe.data, recipe.backbone, recipe.dataset_name = data, backbone, dataset_name(train)
     if accelerator.is_main_process:
         logger.info("Data: %s", data.summary())
+        if small_validation_warning(data.validation_size()):
+            logger.warning(small_validation_warning(data.validation_size()))
         if recipe.passes > 1:
             logger.info("An epoch is %d passes over the %d training images, so that training gets at least "
                         "min_steps=%d optimizer steps.", recipe.passes, data.train_size(), cfg.min_steps)
@@ -398,7 +408,8 @@ def finish(recipe, backbone: Backbone, data: PreparedData, periods: Sequence[Per
         test_metrics=test_metrics,
         data_summary=data.summary(),
         extra={"periods": [{"name": p.name, "epochs": p.epochs, **p.info} for p in periods],
-               "kept_epoch": kept["epoch"],
+               "kept_epoch": kept["epoch"], "validation_images": data.validation_size(),
+               "validation_warning": small_validation_warning(data.validation_size()),
                "feature_caches": dict(recipe.feature_store.sizes) if recipe.feature_store is not None else {}},
     )
     recipe.classifier.info = run_record(recipe)
@@ -421,6 +432,7 @@ def run_record(recipe) -> dict:
         "label_column": data.label_column,
         "dataset": recipe.dataset_name,
         "data": data.summary(),
+        "validation_warning": result.extra.get("validation_warning"),
         "skipped_images": data.skipped,
         "encoder_groups": [g.name for g in backbone.parts.groups],
         "head_modules": list(backbone.parts.head),

@@ -107,6 +107,9 @@ class StreamData(PreparedData):
     def train_size(self) -> int:
         return self.train_examples
 
+    def validation_size(self) -> Optional[int]:
+        return self.validation_examples
+
     def summary(self) -> str:
         val = f" {self.validation_examples}" if self.validation_examples is not None else ""
         skipped = f"; {self.skipped} undecodable or unlabelled images skipped" if self.skipped else ""
