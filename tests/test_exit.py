@@ -77,14 +77,19 @@ def test_the_trainer_example_exits_0_five_times_beside_a_busy_process(tmp_path):
         busy.wait()
 
 
+RECIPE = os.path.join(HERE, "..", "recipes", "fine_tune.py")
+
+
 @pytest.mark.distributed
-def test_tl_hub_train_under_two_processes_exits_0(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("entry,module", [((RECIPE,), False), (("tl_hub.cli", "train", "--recipe", "fine-tune"), True)],
+                         ids=["recipes/fine_tune.py", "tl-hub train"])
+def test_the_recipe_scripts_and_tl_hub_train_exit_0_under_two_processes(entry, module, tiny_model_dir, tmp_path):
     data = datasets.DatasetDict({"train": colour_dataset(32, seed=1), "validation": colour_dataset(16, seed=2)})
     data.save_to_disk(str(tmp_path / "data"))
-    run(accelerate_launch("tl_hub.cli", "train", "--recipe", "fine-tune", "--model", tiny_model_dir("vit"),
-                          "--dataset", str(tmp_path / "data"), "--output-dir", str(tmp_path / "out"), "--epochs", "2",
-                          "--batch-size", "16", "--checkpoint-dir", str(tmp_path / "ck"), "--no-progress",
-                          module=True), launch_env())
+    run(accelerate_launch(*entry, "--model", tiny_model_dir("vit"), "--dataset", str(tmp_path / "data"),
+                          "--output-dir", str(tmp_path / "out"), "--epochs", "2", "--batch-size", "16",
+                          "--checkpoint-dir", str(tmp_path / "ck"), "--no-progress", module=module),
+        launch_env())
     assert os.path.exists(tmp_path / "out" / "tl_hub.json")
     states = [json.load(open(tmp_path / "ck" / name / "tl_hub_state.json")) for name in os.listdir(tmp_path / "ck")]
     assert states and all(state["run"]["processes"] == 2 for state in states), "not two processes"
