@@ -347,3 +347,19 @@ def test_a_small_validation_split_is_flagged_in_the_log_the_record_and_the_card(
     assert result.extra["validation_warning"] is None and result.extra["validation_images"] == 30
     enough.save(str(tmp_path / "enough"))
     assert "Small validation split" not in open(tmp_path / "enough" / "README.md").read()
+
+
+def test_a_long_period_shows_its_eta_on_each_epoch_line(tiny_model_dir, monkeypatch, caplog):
+    from tl_hub import loop
+
+    assert loop.period_eta([50.0, 70.0], 2) == "  ETA 2m00s for this period"
+    assert loop.period_eta([10.0], 4) == ""  # 50 s expected: short periods say nothing
+    assert loop.period_eta([90.0], 0) == ""  # the period's last epoch
+    monkeypatch.setattr(loop, "ETA_AFTER_S", 0.0)
+    recipe = FineTuneRecipe(tiny_model_dir("vit"), head_epochs=1, epochs=3, lr=1e-2, head_solver="adamw", **FAST)
+    with caplog.at_level("INFO", logger="tl_hub.progress"):
+        recipe.fit(colour_dataset(32, seed=1), colour_dataset(12, seed=2), progress=False)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(lines) == 3
+    assert "ETA" not in lines[0]  # the head period's only epoch
+    assert "ETA" in lines[1] and "for this period" in lines[1] and "ETA" not in lines[2]

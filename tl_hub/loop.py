@@ -396,6 +396,27 @@ class _Trained(NamedTuple):
     seconds: float  # training time, evaluation excluded
 
 
+# a period expected to take longer than this shows the time it still needs on each epoch line
+ETA_AFTER_S = 60.0
+
+
+def period_eta(epoch_seconds: Sequence[float], remaining: int) -> str:
+    """``"  ETA 3m20s for this period"`` from the epochs timed so far and the epochs remaining, when the period is
+    expected to take longer than `ETA_AFTER_S`; else ``""``.
+
+    Example:
+        >>> period_eta([50.0, 70.0], 2)
+        '  ETA 2m00s for this period'
+    """
+    if not epoch_seconds or remaining <= 0:
+        return ""
+    mean = sum(epoch_seconds) / len(epoch_seconds)
+    if mean * (len(epoch_seconds) + remaining) <= ETA_AFTER_S:
+        return ""
+    minutes, seconds = divmod(round(mean * remaining), 60)
+    return f"  ETA {minutes}m{seconds:02d}s for this period"
+
+
 class _EpochRunner:
     """One period's epochs: train an epoch (or solve the head), evaluate and record it, and checkpoint."""
 
@@ -404,6 +425,7 @@ class _EpochRunner:
         self.config, self.checkpointer, self.state = config, checkpointer, state
         self.best, self.progress = best, progress
         self.last_loss = None
+        self.epoch_seconds: list[float] = []  # this period's epochs so far (in this process's run)
 
     def train(self, epoch: int, feature_loaders) -> _Trained:
         """Train one epoch, or fit the head for a ``solve`` period, and time it."""
@@ -435,11 +457,13 @@ class _EpochRunner:
         state.history.append(record)
         log_to_trackers(accelerator, record, None if self.period.solve else prepared.optimizer)
         self.best.update(record, state)
+        self.epoch_seconds.append(record["seconds"])
+        eta = period_eta(self.epoch_seconds, self.period.epochs - state.period_epoch - 1)
         if accelerator.is_main_process:
             progress_log.info(
-                "epoch %d [%s] train_loss %.4f  eval_loss %.4f  accuracy %.4f  f1 %.4f  (%.1fs)",
+                "epoch %d [%s] train_loss %.4f  eval_loss %.4f  accuracy %.4f  f1 %.4f  (%.1fs)%s",
                 record["epoch"], self.period.name, record["train_loss"], record["loss"], record["accuracy"],
-                record["f1"], record["seconds"],
+                record["f1"], record["seconds"], eta,
             )
         state.period_epoch += 1
         state.batches, state.loss_sum, state.seen = 0, 0.0, 0.0
