@@ -19,15 +19,23 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# lines of a failure that name its cause, shown first when a run fails
+SIGNS = ("terminate called", "exitcode", "Error:", "assert ")
 
 
-def outcomes(junit_xml: str) -> dict[str, str]:
-    """test id -> passed, failed or skipped, from a pytest JUnit XML report."""
+def outcomes(junit_xml: str) -> dict[str, tuple[str, str]]:
+    """test id -> (passed, failed or skipped; the first line of the failure that says most), from a pytest JUnit
+    XML report."""
     result = {}
     for case in ET.parse(junit_xml).getroot().iter("testcase"):
         name = f"{case.get('classname')}::{case.get('name')}"
-        kinds = {child.tag for child in case}
-        result[name] = "failed" if kinds & {"failure", "error"} else "skipped" if "skipped" in kinds else "passed"
+        failures = [child for child in case if child.tag in ("failure", "error")]
+        if failures:
+            text = (failures[0].text or failures[0].get("message") or "").splitlines()
+            telling = [line for line in text if any(sign in line for sign in SIGNS)] or text[-1:]
+            result[name] = ("failed", telling[0].strip()[:200] if telling else "")
+        else:
+            result[name] = ("skipped" if any(child.tag == "skipped" for child in case) else "passed", "")
     return result
 
 
@@ -54,12 +62,14 @@ def main(argv=None) -> int:
                 print(proc.stdout[-3000:] + proc.stderr[-3000:], file=sys.stderr)
                 return 2
             result = outcomes(report)
-            for name, outcome in result.items():
+            for name, (outcome, _) in result.items():
                 runs[name] += outcome != "skipped"
                 failures[name] += outcome == "failed"
-            failed = sorted(n for n, o in result.items() if o == "failed")
+            failed = sorted(n for n, (o, _) in result.items() if o == "failed")
             print(f"run {i}/{args.repeat}: {len(result) - len(failed)} passed, {len(failed)} failed "
-                  f"({time.perf_counter() - start:.0f} s){': ' + ', '.join(failed) if failed else ''}", flush=True)
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+            for name in failed:
+                print(f"  failed: {name}: {result[name][1]}", flush=True)
     if not runs:
         print("no test selected", file=sys.stderr)
         return 2
