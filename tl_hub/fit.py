@@ -178,8 +178,9 @@ def prepare(recipe, train: Any, validation: Any) -> tuple[PreparedData, Backbone
     recipe.data, recipe.backbone, recipe.dataset_name = data, backbone, dataset_name(train)
     if accelerator.is_main_process:
         logger.info("Data: %s", data.summary())
-        if small_validation_warning(data.validation_size()):
-            logger.warning(small_validation_warning(data.validation_size()))
+        warning = small_validation_warning(data.validation_size())
+        if warning:
+            logger.warning(warning)
         if recipe.passes > 1:
             logger.info("An epoch is %d passes over the %d training images, so that training gets at least "
                         "min_steps=%d optimizer steps.", recipe.passes, data.train_size(), cfg.min_steps)
