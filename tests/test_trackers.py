@@ -99,6 +99,11 @@ def test_wandb_offline_run(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     recipe = tl_hub.FineTuneRecipe(tiny_model_dir("vit"), epochs=2, head_epochs=1, report_to="wandb", **FAST)
     result = recipe.fit(colour_dataset(30), progress=False)
+    # the run is finished, but wandb's service process writes the run file on its own schedule (a suite run once
+    # read it before the history reached it): wandb.teardown waits for the service to end, so the file is complete
+    import wandb
+
+    wandb.teardown()
     (run_file,) = glob.glob(f"{tmp_path}/wandb/offline-run-*/run-*.wandb")
     # each log is written as a history record and as the run's summary, so every value appears (at least) once
     for key in ("accuracy", "train_loss", "loss"):
