@@ -25,6 +25,7 @@ import torch
 
 from .backbone import Backbone
 from .checkpoint import Checkpointer, check_same_run, read_checkpoint, resolve_checkpoint
+from .cost import training_flops_per_image
 from .data import (
     ImageClassificationDataset,
     ImageCollator,
@@ -170,11 +171,12 @@ def prepare(recipe, train: Any, validation: Any) -> tuple[PreparedData, Backbone
                                 validation_size=cfg.validation_size, seed=cfg.seed)
         set_seed(cfg.seed)
         backbone = recipe.load_backbone(data.labels)
-    recipe.config = cfg.resolved(data.train_size())
+    flops = training_flops_per_image(backbone.model, backbone.processor) if cfg.needs_cost() else None
+    recipe.config = cfg.resolved(data.train_size(), flops)
     if recipe.config.num_workers is None:
         recipe.config = dataclasses.replace(recipe.config, num_workers=default_num_workers(
             accelerator.device.type, processes_per_node(accelerator)))
-    recipe.passes = cfg.passes_per_epoch(data.train_size())
+    recipe.passes = cfg.passes_per_epoch(data.train_size(), flops)
     recipe.data, recipe.backbone, recipe.dataset_name = data, backbone, dataset_name(train)
     if accelerator.is_main_process:
         logger.info("Data: %s", data.summary())
@@ -184,6 +186,9 @@ def prepare(recipe, train: Any, validation: Any) -> tuple[PreparedData, Backbone
         if recipe.passes > 1:
             logger.info("An epoch is %d passes over the %d training images, so that training gets at least "
                         "min_steps=%d optimizer steps.", recipe.passes, data.train_size(), cfg.min_steps)
+        budgeted = cfg.budget_note(data.train_size(), flops)
+        if budgeted:
+            logger.info(budgeted)
     if recipe.config.gradient_checkpointing:
         if not getattr(backbone.model, "supports_gradient_checkpointing", False):
             raise ConfigError(f"{type(backbone.model).__name__} does not support gradient checkpointing; "
