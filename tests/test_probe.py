@@ -11,7 +11,7 @@ from torch import nn
 
 from tl_hub import FeatureExtractionRecipe, FineTuneRecipe, ScratchRecipe
 from tl_hub.config import FeatureExtractionConfig, FineTuneConfig, ScratchConfig, TrainingConfig
-from tl_hub.probe import C_GRID, PATIENCE, fit_probe, linear_inputs, linear_layer
+from tl_hub.probe import C_GRID, PATIENCE, cross_validated_C, fit_probe, linear_inputs, linear_layer, stratified_folds
 
 
 def _digits_split(per_class: int, seed: int = 0):
@@ -234,3 +234,97 @@ def test_fine_tune_defaults_solve_the_head_then_train(tiny_model_dir):
     assert periods[1]["epochs"] == 2  # 48 training images at batch 16: 3 steps per pass, 2 epochs of 2 passes
     assert recipe.passes == 2 and recipe.info()["passes_per_epoch"] == 2
     assert result.history[0]["C"] in C_GRID and result.history[0]["lr"] is None
+
+
+def test_stratified_folds_put_every_class_in_every_training_part():
+    y = torch.tensor([0] * 7 + [1] * 3 + [2] * 5)
+    fold = stratified_folds(y, folds=5)
+    assert int(fold.max()) + 1 == 3  # the smallest class has 3 examples: 3 folds
+    for f in range(3):
+        assert set(y[fold != f].tolist()) == {0, 1, 2} and set(y[fold == f].tolist()) == {0, 1, 2}
+    assert torch.equal(fold, stratified_folds(y, folds=5))  # seeded
+    assert stratified_folds(torch.tensor([0, 0, 1]), folds=5) is None  # a class of one cannot be held out
+
+
+def test_small_validation_chooses_C_by_cross_validation():
+    train, val, _ = _digits_split(5)
+    x, y = torch.tensor(train[0]), torch.tensor(train[1])
+    vx, vy = torch.tensor(val[0][:10]), torch.tensor(val[1][:10])
+    pooled = (torch.cat([x, vx]), torch.cat([y, vy]))
+    result = fit_probe(x, y, vx, vy, 10, cross_validate=pooled)
+    assert result.chosen_by == "cross-validation"
+    best = max(result.path, key=lambda p: (p["cv_accuracy"], -p["cv_loss"]))
+    assert best["C"] == result.C and all(p["folds"] == 5 for p in result.path)
+    # the head itself is fitted on the training images only, with that C
+    plain = fit_probe(x, y, vx, vy, 10, grid=[result.C])
+    assert torch.allclose(result.weight, plain.weight) and plain.chosen_by == "validation"
+    # a class with a single example in the pool: no folds, so C is chosen on the validation split as before
+    lonely = fit_probe(x, y, vx, vy, 10, cross_validate=(pooled[0][:12], torch.tensor([0] * 11 + [1])))
+    assert lonely.chosen_by == "validation" and "val_accuracy" in lonely.path[0]
+
+
+def test_cross_validated_C_walks_the_grid_with_patience():
+    train, val, _ = _digits_split(10)
+    x = torch.tensor(np.concatenate([train[0], val[0][:20]]), dtype=torch.float32)
+    x = (x - x.mean(0)) / x.std()
+    y = torch.tensor(np.concatenate([train[1], val[1][:20]]))
+    full_C, full = cross_validated_C(x, y, 10, patience=None)
+    early_C, early = cross_validated_C(x, y, 10)
+    assert len(full) == len(C_GRID) and len(early) <= len(full) and early_C == full_C
+    assert [p["C"] for p in early] == list(C_GRID[:len(early)])
+
+
+def test_fit_with_a_tiny_validation_split_cross_validates_the_head(tiny_model_dir):
+    small = FeatureExtractionRecipe(tiny_model_dir("vit"), seed=0).fit(colour_dataset(30), progress=False)
+    assert small.history[0]["C_chosen_by"] == "cross-validation"  # 6 validation images
+    large = FeatureExtractionRecipe(tiny_model_dir("vit"), seed=0).fit(colour_dataset(30), colour_dataset(30, seed=1),
+                                                                       progress=False)
+    assert large.history[0]["C_chosen_by"] == "validation"
+
+
+def test_compute_budget_caps_the_schedule_of_expensive_images():
+    """A Lite0-sized image (about 2.3 GFLOP to train on at 224 px) on small data: the 3 TFLOP budget, not min_steps,
+    decides the passes; cheap images (the glyph models, a few MFLOP) keep the min_steps schedule."""
+    lite0, glyph = 2.3e9, 9.4e6
+
+    def plan(config, n, flops):
+        return config.resolved(n, flops).epochs, config.passes_per_epoch(n, flops)
+
+    cfg = TrainingConfig()
+    assert cfg.compute_budget == 3.0
+    assert plan(cfg, 40, glyph) == plan(cfg, 40, None) == (30, 9)  # 540 steps cost 0.2 TFLOP: no cap
+    assert plan(cfg, 40, lite0) == (30, 1)     # 1,200 images trained on: 2.8 TFLOP
+    assert plan(cfg, 200, lite0) == (6, 1)     # 30 passes would cost 13.8 TFLOP: 6 passes fit
+    assert plan(cfg, 10_000, lite0) == (3, 1)  # min_epochs hold whatever the budget
+    assert plan(TrainingConfig(epochs=10), 200, lite0) == (10, 1)  # epochs given: as asked
+    assert plan(TrainingConfig(compute_budget=0), 200, lite0) == (30, 3)  # 0: no cap, min_steps decides
+    assert plan(ScratchConfig(), 200, lite0) == (13, 1)  # twice the budget
+    ft = FineTuneConfig().resolved(200, lite0)
+    assert (ft.head_epochs, ft.epochs) == (30, 36)  # a gradient-trained head runs on cached features: not capped
+    assert FeatureExtractionConfig().needs_cost() is False and FineTuneConfig().needs_cost()
+    note = cfg.budget_note(200, lite0)
+    assert "6 passes" in note and "30" in note and "compute_budget is 3 TFLOP" in note
+    assert cfg.budget_note(40, glyph) is None and TrainingConfig(epochs=3).budget_note(200, lite0) is None
+    with pytest.raises(Exception, match="compute_budget"):
+        TrainingConfig(compute_budget=-1)
+
+
+def test_forward_flops_count_the_model_at_its_processor_size(tiny_model_dir):
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    from tl_hub.cost import forward_flops, training_flops_per_image
+
+    folder = tiny_model_dir("resnet")
+    model = AutoModelForImageClassification.from_pretrained(folder)
+    processor = AutoImageProcessor.from_pretrained(folder)
+    small = forward_flops(model, processor)
+    processor.size = {"height": processor.size["height"] * 2, "width": processor.size["width"] * 2} \
+        if "height" in processor.size else {"shortest_edge": processor.size["shortest_edge"] * 2}
+    if getattr(processor, "crop_size", None):
+        processor.crop_size = {k: v * 2 for k, v in processor.crop_size.items()}
+    large = forward_flops(model, processor)
+    assert small > 0 and 3.5 < large / small < 4.5  # a convolutional network: 4x the pixels, about 4x the work
+    assert training_flops_per_image(model, processor) == 3 * large
+    model.train()
+    forward_flops(model, processor)
+    assert model.training  # counted in eval mode, the caller's mode put back

@@ -330,9 +330,10 @@ def small_validation_warning(images: Optional[int]) -> Optional[str]:
     """What to say when ``images`` validation images are too few to trust (None when they are enough or unknown)."""
     if images is None or images >= MIN_TRUSTED_VALIDATION:
         return None
-    return (f"The validation split has only {images} images, so its metrics and what is chosen on them (the head's "
-            f"regularisation, the kept epoch) move by {100 / max(images, 1):.0f} points per image: give a validation "
-            f"split of at least {MIN_TRUSTED_VALIDATION} images, or judge the model on a test split.")
+    return (f"The validation split has only {images} images, so its metrics and the epoch kept on them move by "
+            f"{100 / max(images, 1):.0f} points per image (a linear head's regularisation is chosen by "
+            f"cross-validation on the training and validation images instead): give a validation split of at least "
+            f"{MIN_TRUSTED_VALIDATION} images, or judge the model on a test split.")
 
 
 @dataclass

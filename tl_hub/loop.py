@@ -31,6 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import Checkpointer, ResumePoint, TrainingState, load_checkpoint
+from .data import MIN_TRUSTED_VALIDATION
 from .errors import TrainingError
 from .metrics import class_report, classification_metrics
 from .param_groups import count_parameters, freeze_all_but
@@ -480,13 +481,19 @@ class _EpochRunner:
         train, val = feature_loaders[1].dataset.cached, feature_loaders[2].dataset.cached
         x = linear_inputs(head, train.features.flatten(0, 1))  # read in chunks, into one float32 copy
         y = train.labels.repeat(train.views)
-        result = fit_probe(x, y, linear_inputs(head, val.features[0]), val.labels, linear.out_features,
-                           bias=linear.bias is not None, overwrite=True)
+        val_x = linear_inputs(head, val.features[0])
+        cross_validate = None
+        if val.labels.numel() < MIN_TRUSTED_VALIDATION:  # too few to choose C on: cross-validate on train + val
+            cross_validate = (torch.cat([linear_inputs(head, train.features[0]), val_x]),
+                              torch.cat([train.labels, val.labels]))
+        result = fit_probe(x, y, val_x, val.labels, linear.out_features, bias=linear.bias is not None,
+                           overwrite=True, cross_validate=cross_validate)
         assign(linear, result)
         if self.accelerator.num_processes > 1:
             for p in linear.parameters():
                 p.data.copy_(broadcast(p.data.to(self.accelerator.device), from_process=0).to(p.device))
-        return result.train_loss, float(x.shape[0]), {"C": result.C, "solver": "lbfgs"}
+        return result.train_loss, float(x.shape[0]), {"C": result.C, "solver": "lbfgs",
+                                                      "C_chosen_by": result.chosen_by}
 
     def train_epoch(self, train_dl, epoch: int) -> tuple[float, float, dict]:
         """One pass over the training data; returns the mean training loss and the images trained on."""

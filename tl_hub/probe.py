@@ -45,6 +45,8 @@ PATIENCE = 3
 # On the transfer benchmark's 18 task x seed feature sets the chosen heads' mean test accuracy is 0.6998 at 3e-5,
 # 0.6997 at 1e-5 (1.3x the iterations); 1e-4 and 3e-4 lose up to 0.7 points on some of them.
 GRADIENT_TOLERANCE = 3e-5
+# folds of the cross-validation that chooses C when the validation split is too small to trust
+CV_FOLDS = 5
 # full-batch L-BFGS costs about 2 * N * D * K flops per evaluation; past this budget per evaluation the head is
 # trained by the optimizer instead (large data gives it enough steps to converge anyway)
 MAX_SOLVE_FLOPS = 2e10
@@ -56,7 +58,7 @@ class ProbeResult:
 
     Attributes:
         weight / bias: the head's parameters in the original (not standardised) feature space.
-        C: the regularisation chosen on validation.
+        C: the regularisation chosen on validation (or by cross-validation, see ``chosen_by``).
         path: per ``C`` tried: validation accuracy, validation loss, training loss, L-BFGS iterations.
     """
 
@@ -66,6 +68,7 @@ class ProbeResult:
     train_loss: float
     path: list = field(default_factory=list)
     seconds: float = 0.0
+    chosen_by: str = "validation"
 
 
 def linear_layer(head: nn.Module) -> Optional[nn.Linear]:
@@ -175,10 +178,16 @@ def _loss_and_accuracy(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: tor
 
 def fit_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
               classes: int, *, bias: bool = True, grid: Sequence[float] = C_GRID,
-              patience: Optional[int] = PATIENCE, overwrite: bool = False) -> ProbeResult:
+              patience: Optional[int] = PATIENCE, overwrite: bool = False,
+              cross_validate: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> ProbeResult:
     """Fit the linear head for the ``C`` values of ``grid`` in order and keep the one with the best validation
     accuracy (ties: lower validation loss, then the stronger regularisation).  The path stops once ``patience``
     values in a row have not beaten the best (None: try every value).
+
+    With ``cross_validate=(x, y)`` (the features and labels of the images to choose ``C`` on, e.g. the training
+    and validation images when the validation split is too small to trust) ``C`` is chosen by stratified k-fold
+    cross-validation on them instead (`cross_validated_C`: every image is held out once, so the choice rests on all
+    of them rather than on a few validation images), and the head is then fitted on the training features with it.
 
     Args:
         train_x / val_x: features of shape ``(N, D)`` (any float dtype).
@@ -202,6 +211,14 @@ def fit_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
     xs /= std.float()
     vs = (val_x.detach().to("cpu", torch.float64) - mean) / std
     ty, vy = train_y.to("cpu", torch.long), val_y.to("cpu", torch.long)
+    if cross_validate is not None:
+        cx = ((cross_validate[0].detach().to("cpu", torch.float64) - mean) / std).float()
+        C, path = cross_validated_C(cx, cross_validate[1].to("cpu", torch.long), classes, bias=bias, grid=grid,
+                                    patience=patience)
+        if C is not None:
+            w, b, _ = fit_logistic(xs, ty, classes, C, bias=bias)
+            return _result(w, b, mean, std, bias, C, _loss_and_accuracy(xs, ty, w, b)[0], path, start,
+                           chosen_by="cross-validation")
     best, best_key, path, init, since = None, None, [], None, 0
     for C in grid:
         w, b, iters = fit_logistic(xs, ty, classes, C, bias=bias, init=init)
@@ -218,10 +235,66 @@ def fit_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
             if patience and since >= patience:
                 break
     C, w, b, train_loss = best
+    return _result(w, b, mean, std, bias, C, train_loss, path, start, chosen_by="validation")
+
+
+def _result(w, b, mean, std, bias: bool, C: float, train_loss: float, path: list, start: float,
+            chosen_by: str) -> ProbeResult:
     weight = w / std  # logits = ((x - mean) / std) W^T + b = x (W / std)^T + (b - (W / std) mean)
     bias_out = b - weight @ mean if bias else None
     return ProbeResult(weight=weight, bias=bias_out, C=C, train_loss=train_loss, path=path,
-                       seconds=time.perf_counter() - start)
+                       seconds=time.perf_counter() - start, chosen_by=chosen_by)
+
+
+def stratified_folds(y: torch.Tensor, folds: int = CV_FOLDS, seed: int = 0) -> Optional[torch.Tensor]:
+    """The fold of each example: each class's examples dealt round-robin (in a seeded random order) over
+    ``min(folds, smallest class)`` folds, so that every class is in every training part; None when a class has a
+    single example (it could not be both trained on and held out)."""
+    labels = y.to("cpu", torch.long)
+    counts = torch.bincount(labels)
+    k = min(folds, int(counts[counts > 0].min()))
+    if k < 2:
+        return None
+    generator = torch.Generator().manual_seed(seed)
+    fold = torch.empty_like(labels)
+    for c in torch.nonzero(counts).flatten().tolist():
+        rows = torch.nonzero(labels == c).flatten()
+        rows = rows[torch.randperm(len(rows), generator=generator)]
+        fold[rows] = torch.arange(len(rows)) % k
+    return fold
+
+
+def cross_validated_C(x: torch.Tensor, y: torch.Tensor, classes: int, *, bias: bool = True,
+                      grid: Sequence[float] = C_GRID, patience: Optional[int] = PATIENCE,
+                      folds: int = CV_FOLDS) -> tuple[Optional[float], list]:
+    """The ``C`` of ``grid`` with the best stratified k-fold accuracy on ``(x, y)`` (standardised features), every
+    example held out once (ties: the lower held-out loss, then the stronger regularisation); the path as in
+    `fit_probe` with ``cv_accuracy`` and ``cv_loss``.  ``(None, [])`` when the data cannot be split in folds."""
+    fold = stratified_folds(y, folds)
+    if fold is None:
+        return None, []
+    k = int(fold.max()) + 1
+    inits: list = [None] * k
+    best, best_key, path, since = None, None, [], 0
+    for C in grid:
+        correct = loss = 0.0
+        iterations = 0
+        for f in range(k):
+            train, held = fold != f, fold == f
+            w, b, iters = fit_logistic(x[train], y[train], classes, C, bias=bias, init=inits[f])
+            inits[f], iterations = (w, b), iterations + iters
+            fold_loss, fold_acc = _loss_and_accuracy(x[held].double(), y[held], w, b)
+            n = int(held.sum())
+            correct, loss = correct + fold_acc * n, loss + fold_loss * n
+        key = (correct / len(y), -loss / len(y))
+        path.append({"C": C, "cv_accuracy": key[0], "cv_loss": -key[1], "folds": k, "iterations": iterations})
+        if best_key is None or key > best_key:
+            best, best_key, since = C, key, 0
+        else:
+            since += 1
+            if patience and since >= patience:
+                break
+    return best, path
 
 
 def assign(linear: nn.Linear, result: ProbeResult) -> None:
