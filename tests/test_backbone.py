@@ -182,6 +182,29 @@ def test_load_backbone_scratch_has_random_encoder(arch, tiny_model_dir):
     assert sorted(unmatched) == sorted(random_ckpt), "scratch model has pretrained weights"
 
 
+def test_scratch_starts_norm_layers_as_identity_so_a_deep_efficientnet_carries_signal(tmp_path):
+    """transformers' EfficientNet draws BatchNorm scales from N(0, 0.02): 16 blocks of that and the features are
+    ~1e-29, so a scratch baseline never leaves chance.  Scratch starts every norm layer at scale 1, shift 0."""
+    from transformers import EfficientNetConfig, EfficientNetForImageClassification, ViTImageProcessor
+
+    from tl_hub.backbone import NORMS
+
+    folder = str(tmp_path / "effnet")
+    EfficientNetForImageClassification(EfficientNetConfig(image_size=64, num_labels=3)).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder)
+    bb = load_backbone(folder, LABELS, pretrained=False)
+    norms = [m for m in bb.model.modules() if isinstance(m, NORMS)]
+    assert len(norms) > 40 and all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in norms)
+    features = []
+    bb.model.classifier.register_forward_pre_hook(lambda module, args: features.append(args[0]))
+    bb.model.train()(pixel_values=torch.randn(4, 3, 64, 64))
+    assert features[0].std() > 1e-2
+    # the pretrained path keeps the checkpoint's norm scales
+    pretrained = load_backbone(folder, LABELS)
+    assert not all(torch.equal(m.weight, torch.ones_like(m.weight))
+                   for m in pretrained.model.modules() if isinstance(m, NORMS))
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Errors
 

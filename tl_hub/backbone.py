@@ -143,6 +143,29 @@ def load_weights(source: ModelSource, **kwargs: Any):
         hf_logging.set_verbosity(verbosity)
 
 
+NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def identity_norms(model: nn.Module) -> int:
+    """Start every normalisation layer of a randomly initialised model as PyTorch does: scale 1, shift 0, BatchNorm
+    statistics 0 / 1 updated at PyTorch's default momentum (0.1) or faster.
+
+    Some architectures' ``_init_weights`` draw the scales from ``N(0, 0.02)`` like a linear layer's weights
+    (transformers' EfficientNet does): each block then shrinks its input about 50-fold and a deep network's output
+    is ~1e-29, which no optimizer recovers from (a scratch baseline stuck at chance).  And a checkpoint's slow
+    BatchNorm momentum (EfficientNet-Lite0's 0.01) suits its long pretraining; over a short run from random weights
+    the running statistics would stay near their initial values, and evaluation would see the wrong scale.
+    Returns how many layers were reset."""
+    reset = 0
+    for module in model.modules():
+        if isinstance(module, NORMS) and getattr(module, "weight", None) is not None:
+            module.reset_parameters()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.momentum is not None:
+                module.momentum = max(module.momentum, 0.1)
+            reset += 1
+    return reset
+
+
 def load_backbone(source: Union[str, ModelSource], labels: Sequence[str], *, pretrained: bool = True,
                   **options: Any) -> Backbone:
     """Load ``source`` with a new head for ``labels`` and its image processor.
@@ -178,6 +201,7 @@ def load_backbone(source: Union[str, ModelSource], labels: Sequence[str], *, pre
         config.id2label, config.label2id = id2label, label2id
         config.num_labels = len(labels)
         model = AutoModelForImageClassification.from_config(config, trust_remote_code=source.trust_remote_code)
+        identity_norms(model)
     parts = split_model(model, example_inputs(model, processor), num_labels=len(labels))
     reset_head(model, parts)
     logger.info(
