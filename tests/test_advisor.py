@@ -112,10 +112,12 @@ def test_demo_end_to_end_quick(tmp_path):
     proc = subprocess.run([exe, "demo", "--quick", "--output-dir", str(tmp_path / "demo")], capture_output=True,
                           text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for step in ("1) advise", "2) compare", "3) best", "results:", "curves:", "model:"):
+    for step in ("1) advise", "2) compare", "3) test accuracy", "vs scratch", "the advisor chose", "saved:",
+                 "results:", "curves:", "model:"):
         assert step in proc.stdout
     results = json.load(open(tmp_path / "demo" / "results.json"))
-    assert results["advisor_case"] == "small+similar"
+    assert results["advisor_case"] == "small+similar" and results["plan"]["scenario"] == "quick"
+    assert (results["plan"]["train"], results["plan"]["validation"], results["plan"]["test"]) == (50, 100, 1647)
     assert set(results["recipes"]) == {"feature-extraction", "fine-tune", "scratch"}
     assert all({"start", "slope", "asymptote", "test_accuracy"} <= set(s) for s in results["recipes"].values())
     from tl_hub import load

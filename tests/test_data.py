@@ -608,3 +608,26 @@ def test_collator_in_a_data_loader(small_ds, vit_processor):
     for x, y in zip(single, multi):
         assert torch.equal(x["pixel_values"], y["pixel_values"])
     assert not all(torch.equal(x["pixel_values"], y["pixel_values"]) for x, y in zip(single, batches))
+
+
+def test_the_shipped_fashion_subset_draws_disjoint_seeded_splits():
+    from tl_hub.errors import DataError
+    from tl_hub.fashion import CLASSES, fashion_data, pool_size
+
+    assert pool_size() == 100
+    train, val, test = fashion_data(5, validation_per_class=3, test_per_class=20, seed=4)
+    assert (len(train), len(val), len(test)) == (50, 30, 200)
+    assert train.features["label"].names == list(CLASSES)
+    for ds, n in ((train, 5), (val, 3), (test, 20)):
+        assert sorted(ds["label"]) == sorted(list(range(10)) * n)
+    image = train[0]["image"]
+    assert image.mode == "RGB" and image.size == (28, 28)
+    pixels = lambda ds: {np.asarray(im).tobytes() for im in ds["image"]}
+    assert not pixels(train) & pixels(val)  # drawn without overlap from the pool
+    again, _, same_test = fashion_data(5, validation_per_class=3, test_per_class=20, seed=4)
+    other, _, other_test = fashion_data(5, validation_per_class=3, test_per_class=20, seed=5)
+    assert pixels(again) == pixels(train) and pixels(other) != pixels(train)
+    assert pixels(same_test) == pixels(other_test) == pixels(test)  # the test set does not depend on the seed
+    assert fashion_data(1)[1] is None
+    with pytest.raises(DataError, match="at most 100 per class"):
+        fashion_data(90, validation_per_class=20)

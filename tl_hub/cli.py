@@ -280,7 +280,8 @@ class ServeArguments:
 @dataclass
 class DemoArguments:
     output_dir: str = field(default="runs/demo", metadata={"help": "Where the demo writes its models and results."})
-    quick: bool = field(default=False, metadata={"help": "A few epochs only (for tests)."})
+    quick: bool = field(default=False, metadata={"help": "Seconds instead of minutes: a toy base (rendered letters) "
+                                                         "-> 8x8 digits, a few epochs."})
 
 
 # name: (its arguments, help, description)
@@ -298,7 +299,8 @@ SUBCOMMANDS: dict[str, tuple[type, str, Optional[str]]] = {
              "with its own head), rank the candidates and recommend a recipe for the best."),
     "compare": (CompareArguments, "Train transfer recipes and scratch with the same budget; compare curves.", None),
     "serve": (ServeArguments, "Serve a trained model (folder or Hub repo) with the Gradio app.", None),
-    "demo": (DemoArguments, "Offline demo: letters -> handwritten digits, advise + compare + save.", None),
+    "demo": (DemoArguments, "Offline demo: ImageNet EfficientNet-Lite0 -> Fashion-MNIST at 224 px, advise + compare "
+             "+ save.", None),
     "push": (PushArguments, "Push a trained model folder to the Hugging Face Hub (only what training changed, in "
                             "one commit, with a model card), or a Space for a model.",
              "tl-hub push OUTPUT_DIR REPO_ID  |  tl-hub push --space SPACE_ID --model REPO"),

