@@ -11,9 +11,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .cost import Cost
 
 SCHEDULERS = ("cosine", "linear", "constant")
 TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio", "all")
@@ -22,9 +25,9 @@ HEAD_SOLVERS = ("lbfgs", "adamw")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 BN_POLICIES = ("frozen", "train")
 FEATURE_CACHES = ("disk", "memory", "off")
+COMPUTE_BUDGET = 2.0  # TFLOP per trained period: ~850 training images of EfficientNet-Lite0 at 224 px
 # settings that say where and how often things are written, not what is trained: a run resumed with other values
 # of these is the same run, and they are not recorded with the model (they can be machine-local paths)
-COMPUTE_BUDGET = 3.0  # TFLOP per trained period: ~1,300 training images of EfficientNet-Lite0 at 224 px
 RUN_ONLY_SETTINGS = ("num_workers", "feature_cache_dir", "checkpoint_dir", "save_steps", "save_total_limit")
 
 
@@ -120,9 +123,9 @@ class TrainingConfig:
     min_epochs: int = setting(3, "With epochs unset: the fewest epochs (large data).")
     max_epochs: int = setting(30, "With epochs unset: the most epochs (small data; an epoch is then several passes, "
                               "see min_steps).")
-    compute_budget: float = setting(COMPUTE_BUDGET, "With epochs unset: the most training compute of a trained "
-                                    "period, in TFLOP (10^12 floating-point operations, forward and backward, counted "
-                                    "on the model: tl_hub.cost); it caps the passes min_steps adds and the epochs "
+    compute_budget: float = setting(COMPUTE_BUDGET, "With epochs unset: the most compute of a trained period, in "
+                                    "TFLOP (10^12 floating-point operations: training passes and validation, counted "
+                                    "on the model, see tl_hub.cost); it caps the passes min_steps adds and the epochs "
                                     "above min_epochs, so a large model at full resolution stays affordable on small "
                                     "data (0: no cap).")
     keep_epoch: str = setting("best", "Which weights the trained model keeps: 'best' (the epoch with the best "
@@ -224,51 +227,47 @@ class TrainingConfig:
                 "is off; turn augment on or set feature_views=1."
             )
 
-    def resolve_epochs(self, train_examples: int, flops_per_image: Optional[float] = None) -> int:
+    def resolve_epochs(self, train_examples: int, cost: Optional[Cost] = None) -> int:
         """The epochs of a trained period: ``epochs`` if set, else enough for ``min_steps`` optimizer steps on
-        ``train_examples`` images, clipped to ``[min_epochs, max_epochs]``; given what a training image costs
-        (``flops_per_image``, see `tl_hub.cost`), no more than ``compute_budget`` affords, but at least
-        ``min_epochs``.
+        ``train_examples`` images, clipped to ``[min_epochs, max_epochs]``; given what an epoch costs (``cost``, see
+        `tl_hub.cost.Cost`), no more than ``compute_budget`` affords, but at least ``min_epochs``.
 
         Example:
             >>> TrainingConfig().resolve_epochs(40)      # 2 steps per pass at batch 32: max_epochs
             30
             >>> TrainingConfig().resolve_epochs(10_000)  # 313 steps per pass: min_epochs
             3
-            >>> TrainingConfig().resolve_epochs(200, flops_per_image=2.3e9)  # 3 TFLOP: 6 passes of 200 images
-            6
+            >>> from tl_hub.cost import Cost  # EfficientNet-Lite0 at 224 px, 50 validation images
+            >>> TrainingConfig().resolve_epochs(200, Cost(2.3e9, 0.77e9, validation_images=50))  # 2 TFLOP
+            4
         """
         if self.epochs is not None:
             return self.epochs
         steps = self.steps_per_pass(train_examples)
         epochs = int(min(max(math.ceil(self.min_steps / steps), self.min_epochs), self.max_epochs))
-        affordable = self.affordable_passes(train_examples, flops_per_image)
-        return epochs if affordable is None else max(self.min_epochs, min(epochs, affordable))
-
-    def affordable_passes(self, train_examples: int, flops_per_image: Optional[float]) -> Optional[int]:
-        """Passes over ``train_examples`` images that ``compute_budget`` pays for (None: no cap)."""
-        if not self.compute_budget or not flops_per_image:
-            return None
-        return int(self.compute_budget * 1e12 // (flops_per_image * max(train_examples, 1)))
+        if not self.compute_budget or cost is None:
+            return epochs
+        affordable = int(self.compute_budget * 1e12 // cost.epoch(train_examples))
+        return max(self.min_epochs, min(epochs, affordable))
 
     def needs_cost(self) -> bool:
-        """Whether the schedule depends on what a training image costs (automatic epochs under a budget)."""
+        """Whether the schedule depends on what an epoch costs (automatic epochs under a budget)."""
         return self.epochs is None and bool(self.compute_budget)
 
-    def budget_note(self, train_examples: int, flops_per_image: Optional[float]) -> Optional[str]:
+    def budget_note(self, train_examples: int, cost: Optional[Cost]) -> Optional[str]:
         """A line saying how ``compute_budget`` shortened the schedule, or None when it did not."""
-        if not self.needs_cost() or not flops_per_image:
+        if not self.needs_cost() or cost is None:
             return None
         free = dataclasses.replace(self, compute_budget=0)
-        wanted = free.resolved(train_examples).trained_epochs() * free.passes_per_epoch(train_examples)
-        got = self.resolved(train_examples, flops_per_image).trained_epochs() * self.passes_per_epoch(
-            train_examples, flops_per_image)
-        if got >= wanted:
+        epochs, passes = free.resolved(train_examples).trained_epochs(), free.passes_per_epoch(train_examples)
+        got = self.resolved(train_examples, cost).trained_epochs() * self.passes_per_epoch(train_examples, cost)
+        if got >= epochs * passes:
             return None
-        return (f"Training makes {got} passes over the {train_examples} training images rather than the {wanted} "
-                f"that min_steps={self.min_steps} asks for: at {flops_per_image / 1e9:.2f} GFLOP per training image "
-                f"they would cost {wanted * train_examples * flops_per_image / 1e12:.1f} TFLOP, and compute_budget is "
-                f"{self.compute_budget:g} TFLOP per period (raise it, or set epochs, for longer training).")
+        return (f"Training makes {got} passes over the {train_examples} training images rather than the "
+                f"{epochs * passes} that min_steps={self.min_steps} asks for: at {cost.train_flops / 1e9:.2f} GFLOP "
+                f"per training image they would cost {epochs * cost.epoch(train_examples, passes) / 1e12:.1f} TFLOP "
+                f"with their evaluations, and compute_budget is {self.compute_budget:g} TFLOP per period (raise it, "
+                "or set epochs, for longer training).")
 
     def steps_per_pass(self, train_examples: int) -> int:
         """Optimizer steps of one pass over ``train_examples`` images."""
@@ -279,31 +278,34 @@ class TrainingConfig:
         """Epochs of the main trained period (of a resolved config)."""
         return self.epochs
 
-    def passes_per_epoch(self, train_examples: int, flops_per_image: Optional[float] = None) -> int:
+    def passes_per_epoch(self, train_examples: int, cost: Optional[Cost] = None) -> int:
         """Passes over the training data per epoch: 1 when ``epochs`` is set (an epoch is one pass, as asked), else
         as many as it takes for the trained period to get ``min_steps`` optimizer steps within its automatic epochs,
-        as far as ``compute_budget`` pays for them (given ``flops_per_image``); at least 1.
+        as far as ``compute_budget`` pays for them (given ``cost``); at least 1.
 
         Example:
             >>> TrainingConfig().passes_per_epoch(40)   # 30 epochs x 9 passes x 2 steps = 540 steps
             9
-            >>> TrainingConfig().passes_per_epoch(40, flops_per_image=2.3e9)  # 3 TFLOP: 32 passes of 40 images
+            >>> from tl_hub.cost import Cost
+            >>> TrainingConfig().passes_per_epoch(40, Cost(2.3e9, 0.77e9, validation_images=10))  # 2 TFLOP: 20 x 1
             1
         """
         if self.epochs is not None:
             return 1
-        resolved = self.resolved(train_examples, flops_per_image)
+        resolved = self.resolved(train_examples, cost)
         epochs = max(resolved.trained_epochs(), 1)
         passes = max(1, math.ceil(self.min_steps / (resolved.steps_per_pass(train_examples) * epochs)))
-        affordable = self.affordable_passes(train_examples, flops_per_image)
-        return passes if affordable is None else max(1, min(passes, affordable // epochs))
+        if not self.compute_budget or cost is None:
+            return passes
+        per_epoch = self.compute_budget * 1e12 / epochs - cost.validation_images * cost.eval_flops
+        return max(1, min(passes, int(per_epoch // (cost.train_flops * max(train_examples, 1)))))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def resolved(self, train_examples: int, flops_per_image: Optional[float] = None) -> TrainingConfig:
+    def resolved(self, train_examples: int, cost: Optional[Cost] = None) -> TrainingConfig:
         """A copy with every automatic setting (``epochs`` and, for fine-tuning, ``head_epochs``) made concrete."""
-        return dataclasses.replace(self, epochs=self.resolve_epochs(train_examples, flops_per_image))
+        return dataclasses.replace(self, epochs=self.resolve_epochs(train_examples, cost))
 
     def training_settings(self) -> dict[str, Any]:
         """The settings that decide what is trained (all but `RUN_ONLY_SETTINGS`): recorded with the model and
@@ -338,16 +340,15 @@ class FeatureExtractionConfig(TrainingConfig):
 class ScratchConfig(TrainingConfig):
     """Training the same architecture from random initialisation (the baseline).
 
-    It gets twice the optimizer steps and the compute budget of the transfer recipes by default (``min_steps=1000``,
-    ``compute_budget=6`` TFLOP): random weights need more steps than pretrained ones, and a weak baseline would
-    inflate every "transfer beats scratch" claim.
+    It gets twice the optimizer steps of the transfer recipes by default (``min_steps=1000``): random weights need
+    more steps than pretrained ones, and a weak baseline would inflate every "transfer beats scratch" claim.  Its
+    ``compute_budget`` is theirs (the same compute: a model at full resolution on small data is compared with
+    fine-tuning at equal cost).
     """
 
     lr: float = setting(1e-3, "Peak learning rate for all parameters.")
     min_steps: int = setting(1000, "With epochs unset: the fewest optimizer steps (twice the transfer recipes': "
                              "random weights need more).")
-    compute_budget: float = setting(2 * COMPUTE_BUDGET, "With epochs unset: the most training compute, in TFLOP "
-                                    "(twice the transfer recipes', as min_steps).")
 
 
 @dataclass
@@ -399,14 +400,14 @@ class FineTuneConfig(TrainingConfig):
     def trained_epochs(self) -> int:
         return self.epochs - self.head_epochs
 
-    def resolved(self, train_examples: int, flops_per_image: Optional[float] = None) -> FineTuneConfig:
+    def resolved(self, train_examples: int, cost: Optional[Cost] = None) -> FineTuneConfig:
         """Concrete ``head_epochs`` and ``epochs``.  With ``epochs`` unset each period gets `resolve_epochs` (period 1
         only matters when the head trains by gradient steps); with ``epochs`` set and ``head_epochs`` unset, period 1
         is one epoch (a solved head takes exactly one) and fine-tuning the rest."""
         if self.epochs is not None:
             head = self.head_epochs if self.head_epochs is not None else min(1, self.epochs - 1)
             return dataclasses.replace(self, head_epochs=head)
-        trained = TrainingConfig.resolve_epochs(self, train_examples, flops_per_image)
+        trained = TrainingConfig.resolve_epochs(self, train_examples, cost)
         # a head trained by gradient steps runs on cached features: the budget, counted on the encoder, spares it
         head = self.head_epochs if self.head_epochs is not None else TrainingConfig.resolve_epochs(self, train_examples)
         return dataclasses.replace(self, head_epochs=head, epochs=head + trained)
