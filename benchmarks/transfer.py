@@ -7,17 +7,26 @@ references run in the same process on the same data:
 - ``probe``: scikit-learn ``LogisticRegression`` on the frozen features (the input of the model's classifier), its
   ``C`` tuned on the validation split.
 
-A task is base model x target x examples per class.  Bases: the shipped letter-pretrained ResNet
-(``tl_hub/assets/glyph-resnet``) and ViT (``tl_hub/assets/glyph-vit``).  Targets: handwritten digits
-(scikit-learn's, similar: strokes), printed digits (rendered from other fonts' digits, similar) and the hue of
-random textures (different: colour, which letters never carried).  Every method gets the same training images and
-the same validation images (20 per class), and is scored on a disjoint test set.
+A task is base model x target x examples per class, in two tiers:
 
-An oracle (``--oracle``) runs a small grid of fine-tune settings (``lr`` x ``head_epochs`` x ``augment``) on three
-tasks, picks the best on validation and scores it on test: the default should be within 2 points of it.
+- **real** (first): EfficientNet-Lite0 pretrained on ImageNet-1k (`tl_hub.imagenet`, ``tl-hub:efficientnet-lite0``)
+  at 224 px on real images: Fashion-MNIST clothing at 5, 10 and 50 per class (the subset shipped in
+  ``tl_hub/assets/fashion-mnist``) and scikit-learn's handwritten digits at 10 per class; 3 validation and 30 test
+  images per class (each costs a 224 px forward pass);
+- **glyph**: the shipped letter-pretrained ResNet (``tl_hub/assets/glyph-resnet``) and ViT
+  (``tl_hub/assets/glyph-vit``) at 32 px on handwritten digits (scikit-learn's, similar: strokes), printed digits
+  (rendered from other fonts' digits, similar) and the hue of random textures (different: colour, which letters
+  never carried); 20 validation images per class and a large test set.
 
-    python benchmarks/transfer.py            # all tasks, 3 seeds, oracle (about 30 minutes on 2 CPU cores)
-    python benchmarks/transfer.py --quick    # one task, one seed, no oracle (about a minute; run in CI)
+Every method gets the same training and validation images and is scored on the same disjoint test set.
+
+An oracle runs a small grid of fine-tune settings (``lr`` x ``head_epochs`` x ``augment``) on four tasks (one of
+the real tier), picks the best on validation and scores it on test: the default should be within 2 points of it.
+
+    python benchmarks/transfer.py                 # both tiers, 3 seeds, oracle (hours on 2 CPU cores)
+    python benchmarks/transfer.py --tier real     # the real tier only
+    python benchmarks/transfer.py --tier glyph    # the glyph tier only (about 30 minutes on 2 CPU cores)
+    python benchmarks/transfer.py --quick         # one glyph task, one seed, no oracle (about a minute)
 
 Prints a table (mean and spread over seeds) and, last, one JSON line with every figure and target.
 """
@@ -42,10 +51,22 @@ sys.path.insert(0, ROOT)
 
 from tl_hub import get_recipe  # noqa: E402
 from tl_hub.demo_data import digits_dataset, glyph_dataset, hue_dataset  # noqa: E402
+from tl_hub.fashion import fashion_data  # noqa: E402
+from tl_hub.imagenet import LITE0, lite0_path  # noqa: E402
 
 ASSETS = os.path.join(ROOT, "tl_hub", "assets")
-BASES = {"resnet": os.path.join(ASSETS, "glyph-resnet"), "vit": os.path.join(ASSETS, "glyph-vit")}
-TASKS = [
+BASES = {"resnet": os.path.join(ASSETS, "glyph-resnet"), "vit": os.path.join(ASSETS, "glyph-vit"),
+         "lite0": LITE0}
+REAL_TASKS = [
+    # the real tier: EfficientNet-Lite0 pretrained on ImageNet-1k, at 224 px, on real images
+    ("lite0/fashion/5", "lite0", "fashion", 5, True),
+    ("lite0/fashion/10", "lite0", "fashion", 10, True),
+    ("lite0/fashion/50", "lite0", "fashion", 50, True),
+    ("lite0/handwritten/10", "lite0", "handwritten", 10, True),
+]
+REAL_VALIDATION_PER_CLASS = 3  # 30 validation images, as a user with few images has (and the fewest tl-hub trusts)
+REAL_TEST_PER_CLASS = 30
+GLYPH_TASKS = [
     # name, base, target, per class, similar to the base task
     ("resnet/handwritten/5", "resnet", "handwritten", 5, True),
     ("resnet/handwritten/30", "resnet", "handwritten", 30, True),
@@ -54,7 +75,8 @@ TASKS = [
     ("vit/handwritten/10", "vit", "handwritten", 10, True),
     ("vit/printed/100", "vit", "printed", 100, True),
 ]
-ORACLE_TASKS = ("resnet/handwritten/5", "resnet/printed/10", "vit/handwritten/10")
+TASKS = REAL_TASKS + GLYPH_TASKS
+ORACLE_TASKS = ("lite0/fashion/10", "resnet/handwritten/5", "resnet/printed/10", "vit/handwritten/10")
 ORACLE_GRID = [{"lr": lr, "head_epochs": he, "augment": aug}
                for lr in (3e-4, 1e-3, 3e-3) for he in (0, None) for aug in (True, False)]
 ABLATION_TASKS = ("resnet/handwritten/5", "resnet/printed/10", "vit/handwritten/10")
@@ -64,8 +86,17 @@ VALIDATION_PER_CLASS = 20
 HAND_EPOCHS = 30
 
 
-def task_data(target: str, per_class: int, seed: int):
-    """``(train, validation, test)`` as ``datasets.Dataset``: disjoint, the same for every method."""
+def task_data(target: str, per_class: int, seed: int, real: bool = False):
+    """``(train, validation, test)`` as ``datasets.Dataset``: disjoint, the same for every method.  The real tier
+    (``real``) keeps 3 validation and 30 test images per class: its models cost 224 px forward passes."""
+    if target == "fashion":
+        return fashion_data(per_class, REAL_VALIDATION_PER_CLASS, REAL_TEST_PER_CLASS, seed=seed)
+    if target == "handwritten" and real:
+        train, used = digits_dataset(per_class=per_class, seed=seed)
+        val, used_val = digits_dataset(per_class=REAL_VALIDATION_PER_CLASS, seed=seed + 1000, exclude=used)
+        test, _ = digits_dataset(per_class=REAL_TEST_PER_CLASS, seed=seed + 2000,
+                                 exclude=np.concatenate([used, used_val]))
+        return train, val, test
     if target == "handwritten":
         train, used = digits_dataset(per_class=per_class, seed=seed)
         val, used_val = digits_dataset(per_class=VALIDATION_PER_CLASS, seed=seed + 1000, exclude=used)
@@ -88,6 +119,8 @@ def _tensors(processor, ds):
 
 def _load(base: str, classes: int, pretrained: bool):
     from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+
+    base = lite0_path() if base == LITE0 else base  # the references load the converted folder themselves
 
     if pretrained:
         model = AutoModelForImageClassification.from_pretrained(base, num_labels=classes,
@@ -181,12 +214,16 @@ def tlhub(recipe: str, base: str, data, seed: int, **settings) -> dict:
             "seconds": time.perf_counter() - start}
 
 
+def is_real(name: str) -> bool:
+    return name in {t[0] for t in REAL_TASKS}
+
+
 def run_task(name, base_key, target, per_class, similar, seeds) -> dict:
     base = BASES[base_key]
     runs = {m: [] for m in (*RECIPES, "hand fine-tune", "hand scratch", "probe")}
     seconds = {m: [] for m in runs}
     for seed in seeds:
-        data = task_data(target, per_class, seed)
+        data = task_data(target, per_class, seed, real=is_real(name))
         for recipe in RECIPES:
             out = tlhub(recipe, base, data, seed)
             runs[recipe].append(out["test"])
@@ -203,7 +240,7 @@ def run_task(name, base_key, target, per_class, similar, seeds) -> dict:
 
 def oracle(name, base_key, target, per_class, similar, seed: int) -> dict:
     """The best fine-tune of the grid on validation, scored on test (one seed)."""
-    data = task_data(target, per_class, seed)
+    data = task_data(target, per_class, seed, real=is_real(name))
     trials = []
     for point in ORACLE_GRID:
         settings = {k: v for k, v in point.items() if v is not None}
@@ -254,7 +291,9 @@ def check_targets(results: dict, oracles: dict) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="One task, one seed, no oracle.")
+    parser.add_argument("--quick", action="store_true", help="One glyph task, one seed, no oracle.")
+    parser.add_argument("--tier", choices=("all", "real", "glyph"), default="all",
+                        help="The real tier (ImageNet Lite0 at 224 px), the glyph tier, or both (default).")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--tasks", nargs="*", help="Task names to run (default: all).")
     parser.add_argument("--no-oracle", action="store_true")
@@ -270,7 +309,8 @@ def main(argv=None) -> int:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    tasks = TASKS[:1] if args.quick else [t for t in TASKS if not args.tasks or t[0] in args.tasks]
+    tier = {"all": TASKS, "real": REAL_TASKS, "glyph": GLYPH_TASKS}[args.tier]
+    tasks = GLYPH_TASKS[:1] if args.quick else [t for t in tier if not args.tasks or t[0] in args.tasks]
     seeds = [0] if args.quick else list(range(args.seeds))
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tl_hub_transfer_") as cache:

@@ -283,28 +283,35 @@ def test_fit_with_a_tiny_validation_split_cross_validates_the_head(tiny_model_di
 
 
 def test_compute_budget_caps_the_schedule_of_expensive_images():
-    """A Lite0-sized image (about 2.3 GFLOP to train on at 224 px) on small data: the 3 TFLOP budget, not min_steps,
-    decides the passes; cheap images (the glyph models, a few MFLOP) keep the min_steps schedule."""
-    lite0, glyph = 2.3e9, 9.4e6
+    """A Lite0-sized image (about 2.3 GFLOP to train on at 224 px, 0.77 to evaluate) on small data: the 2 TFLOP
+    budget, not min_steps, decides the epochs and passes; cheap images (the glyph models, a few MFLOP) keep the
+    min_steps schedule."""
+    from tl_hub.cost import Cost
 
-    def plan(config, n, flops):
-        return config.resolved(n, flops).epochs, config.passes_per_epoch(n, flops)
+    def lite0(validation):
+        return Cost(2.3e9, 0.77e9, validation)
+
+    def plan(config, n, cost):
+        return config.resolved(n, cost).epochs, config.passes_per_epoch(n, cost)
 
     cfg = TrainingConfig()
-    assert cfg.compute_budget == 3.0
+    assert cfg.compute_budget == 2.0 and ScratchConfig().compute_budget == 2.0
+    glyph = Cost(9.4e6, 3.1e6, 10)
     assert plan(cfg, 40, glyph) == plan(cfg, 40, None) == (30, 9)  # 540 steps cost 0.2 TFLOP: no cap
-    assert plan(cfg, 40, lite0) == (30, 1)     # 1,200 images trained on: 2.8 TFLOP
-    assert plan(cfg, 200, lite0) == (6, 1)     # 30 passes would cost 13.8 TFLOP: 6 passes fit
-    assert plan(cfg, 10_000, lite0) == (3, 1)  # min_epochs hold whatever the budget
-    assert plan(TrainingConfig(epochs=10), 200, lite0) == (10, 1)  # epochs given: as asked
-    assert plan(TrainingConfig(compute_budget=0), 200, lite0) == (30, 3)  # 0: no cap, min_steps decides
-    assert plan(ScratchConfig(), 200, lite0) == (13, 1)  # twice the budget
-    ft = FineTuneConfig().resolved(200, lite0)
-    assert (ft.head_epochs, ft.epochs) == (30, 36)  # a gradient-trained head runs on cached features: not capped
+    assert plan(cfg, 40, lite0(10)) == (20, 1)   # 20 epochs x (40 trained on + 10 evaluated) = 1.99 TFLOP
+    assert plan(cfg, 40, lite0(0)) == (21, 1)    # no validation: a little more training
+    assert plan(cfg, 10, lite0(0)) == (30, 2)    # 30 epochs fit with 2 passes each (1.38 TFLOP), not 17
+    assert plan(cfg, 200, lite0(50)) == (4, 1)
+    assert plan(cfg, 10_000, lite0(2000)) == (3, 1)  # min_epochs hold whatever the budget
+    assert plan(TrainingConfig(epochs=10), 200, lite0(50)) == (10, 1)  # epochs given: as asked
+    assert plan(TrainingConfig(compute_budget=0), 200, lite0(50)) == (30, 3)  # 0: no cap, min_steps decides
+    assert plan(ScratchConfig(), 40, lite0(10)) == (20, 1)  # scratch: the same compute as the transfer recipes
+    ft = FineTuneConfig().resolved(200, lite0(50))
+    assert (ft.head_epochs, ft.epochs) == (30, 34)  # a gradient-trained head runs on cached features: not capped
     assert FeatureExtractionConfig().needs_cost() is False and FineTuneConfig().needs_cost()
-    note = cfg.budget_note(200, lite0)
-    assert "6 passes" in note and "30" in note and "compute_budget is 3 TFLOP" in note
-    assert cfg.budget_note(40, glyph) is None and TrainingConfig(epochs=3).budget_note(200, lite0) is None
+    note = cfg.budget_note(200, lite0(50))
+    assert "4 passes" in note and "rather than the 90" in note and "compute_budget is 2 TFLOP" in note
+    assert cfg.budget_note(40, glyph) is None and TrainingConfig(epochs=3).budget_note(200, lite0(50)) is None
     with pytest.raises(Exception, match="compute_budget"):
         TrainingConfig(compute_budget=-1)
 
@@ -312,7 +319,7 @@ def test_compute_budget_caps_the_schedule_of_expensive_images():
 def test_forward_flops_count_the_model_at_its_processor_size(tiny_model_dir):
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    from tl_hub.cost import forward_flops, training_flops_per_image
+    from tl_hub.cost import forward_flops, measure_cost, training_flops_per_image
 
     folder = tiny_model_dir("resnet")
     model = AutoModelForImageClassification.from_pretrained(folder)
@@ -325,6 +332,8 @@ def test_forward_flops_count_the_model_at_its_processor_size(tiny_model_dir):
     large = forward_flops(model, processor)
     assert small > 0 and 3.5 < large / small < 4.5  # a convolutional network: 4x the pixels, about 4x the work
     assert training_flops_per_image(model, processor) == 3 * large
+    cost = measure_cost(model, processor, validation_images=7)
+    assert (cost.train_flops, cost.eval_flops, cost.epoch(10, passes=2)) == (3 * large, large, 67 * large)
     model.train()
     forward_flops(model, processor)
     assert model.training  # counted in eval mode, the caller's mode put back

@@ -9,6 +9,8 @@ schedule, and the same results, on a laptop and on a GPU node.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -36,3 +38,22 @@ def forward_flops(model: nn.Module, processor=None) -> int:
 def training_flops_per_image(model: nn.Module, processor=None) -> float:
     """About what one training image costs: forward and backward, ``3 x`` the forward FLOPs."""
     return TRAINING_TO_FORWARD * forward_flops(model, processor)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What an epoch of a trained period costs, in FLOPs: each training image trained on (``train_flops``, forward
+    and backward) in each pass, and each of the ``validation_images`` evaluated once (``eval_flops``)."""
+
+    train_flops: float
+    eval_flops: float
+    validation_images: int = 0
+
+    def epoch(self, train_images: int, passes: int = 1) -> float:
+        return passes * max(train_images, 1) * self.train_flops + self.validation_images * self.eval_flops
+
+
+def measure_cost(model: nn.Module, processor=None, validation_images: int = 0) -> Cost:
+    """The `Cost` of an epoch of ``model`` (one forward pass counted, see `forward_flops`)."""
+    forward = forward_flops(model, processor)
+    return Cost(TRAINING_TO_FORWARD * forward, float(forward), int(validation_images or 0))

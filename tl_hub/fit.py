@@ -25,7 +25,7 @@ import torch
 
 from .backbone import Backbone
 from .checkpoint import Checkpointer, check_same_run, read_checkpoint, resolve_checkpoint
-from .cost import training_flops_per_image
+from .cost import Cost, measure_cost
 from .data import (
     ImageClassificationDataset,
     ImageCollator,
@@ -171,12 +171,12 @@ def prepare(recipe, train: Any, validation: Any) -> tuple[PreparedData, Backbone
                                 validation_size=cfg.validation_size, seed=cfg.seed)
         set_seed(cfg.seed)
         backbone = recipe.load_backbone(data.labels)
-    flops = training_flops_per_image(backbone.model, backbone.processor) if cfg.needs_cost() else None
-    recipe.config = cfg.resolved(data.train_size(), flops)
+    cost = epoch_cost(backbone, data) if cfg.needs_cost() else None
+    recipe.config = cfg.resolved(data.train_size(), cost)
     if recipe.config.num_workers is None:
         recipe.config = dataclasses.replace(recipe.config, num_workers=default_num_workers(
             accelerator.device.type, processes_per_node(accelerator)))
-    recipe.passes = cfg.passes_per_epoch(data.train_size(), flops)
+    recipe.passes = cfg.passes_per_epoch(data.train_size(), cost)
     recipe.data, recipe.backbone, recipe.dataset_name = data, backbone, dataset_name(train)
     if accelerator.is_main_process:
         logger.info("Data: %s", data.summary())
@@ -186,7 +186,7 @@ def prepare(recipe, train: Any, validation: Any) -> tuple[PreparedData, Backbone
         if recipe.passes > 1:
             logger.info("An epoch is %d passes over the %d training images, so that training gets at least "
                         "min_steps=%d optimizer steps.", recipe.passes, data.train_size(), cfg.min_steps)
-        budgeted = cfg.budget_note(data.train_size(), flops)
+        budgeted = cfg.budget_note(data.train_size(), cost)
         if budgeted:
             logger.info(budgeted)
     if recipe.config.gradient_checkpointing:
@@ -195,6 +195,17 @@ def prepare(recipe, train: Any, validation: Any) -> tuple[PreparedData, Backbone
                               "turn gradient_checkpointing off.")
         backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return data, backbone
+
+
+def epoch_cost(backbone: Backbone, data) -> Optional[Cost]:
+    """What an epoch costs (`tl_hub.cost`), or None, with the reason logged, when the model cannot be counted (the
+    schedule is then min_steps', uncapped)."""
+    try:
+        return measure_cost(backbone.model, backbone.processor, data.validation_size() or 0)
+    except Exception as error:  # a count is advice: a model PyTorch's counter cannot run trains uncapped
+        logger.warning("Could not count the FLOPs of %s (%s: %s); compute_budget does not apply to this run.",
+                       type(backbone.model).__name__, type(error).__name__, error)
+        return None
 
 
 @dataclass
