@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -219,22 +218,18 @@ def fit_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
             w, b, _ = fit_logistic(xs, ty, classes, C, bias=bias)
             return _result(w, b, mean, std, bias, C, _loss_and_accuracy(xs, ty, w, b)[0], path, start,
                            chosen_by="cross-validation")
-    best, best_key, path, init, since = None, None, [], None, 0
-    for C in grid:
+    init = None
+
+    def on_validation(C: float):
+        nonlocal init
         w, b, iters = fit_logistic(xs, ty, classes, C, bias=bias, init=init)
         init = (w, b)
         val_loss, val_acc = _loss_and_accuracy(vs, vy, w, b)
         train_loss, _ = _loss_and_accuracy(xs, ty, w, b)
-        path.append({"C": C, "val_accuracy": val_acc, "val_loss": val_loss, "train_loss": train_loss,
-                     "iterations": iters})
-        key = (val_acc, -val_loss)
-        if best_key is None or key > best_key or (not math.isfinite(key[1]) and best is None):
-            best, best_key, since = (C, w, b, train_loss), key, 0
-        else:
-            since += 1
-            if patience and since >= patience:
-                break
-    C, w, b, train_loss = best
+        record = {"C": C, "val_accuracy": val_acc, "val_loss": val_loss, "train_loss": train_loss, "iterations": iters}
+        return (val_acc, -val_loss), (C, w, b, train_loss), record
+
+    (C, w, b, train_loss), path = walk_grid(grid, on_validation, patience)
     return _result(w, b, mean, std, bias, C, train_loss, path, start, chosen_by="validation")
 
 
@@ -275,8 +270,8 @@ def cross_validated_C(x: torch.Tensor, y: torch.Tensor, classes: int, *, bias: b
         return None, []
     k = int(fold.max()) + 1
     inits: list = [None] * k
-    best, best_key, path, since = None, None, [], 0
-    for C in grid:
+
+    def held_out(C: float):
         correct = loss = 0.0
         iterations = 0
         for f in range(k):
@@ -287,9 +282,21 @@ def cross_validated_C(x: torch.Tensor, y: torch.Tensor, classes: int, *, bias: b
             n = int(held.sum())
             correct, loss = correct + fold_acc * n, loss + fold_loss * n
         key = (correct / len(y), -loss / len(y))
-        path.append({"C": C, "cv_accuracy": key[0], "cv_loss": -key[1], "folds": k, "iterations": iterations})
+        return key, C, {"C": C, "cv_accuracy": key[0], "cv_loss": -key[1], "folds": k, "iterations": iterations}
+
+    return walk_grid(grid, held_out, patience)
+
+
+def walk_grid(grid: Sequence[float], evaluate, patience: Optional[int]) -> tuple:
+    """Evaluate the ``C`` values of ``grid`` in order (``evaluate(C) -> (key, kept, record)``, a higher key is
+    better; ties keep the earlier, stronger regularisation) and return the best one's ``kept`` value and the path of
+    records; the walk stops once ``patience`` values in a row have not beaten the best (None: every value)."""
+    best, best_key, path, since = None, None, [], 0
+    for C in grid:
+        key, kept, record = evaluate(C)
+        path.append(record)
         if best_key is None or key > best_key:
-            best, best_key, since = C, key, 0
+            best, best_key, since = kept, key, 0
         else:
             since += 1
             if patience and since >= patience:
