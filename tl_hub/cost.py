@@ -35,11 +35,6 @@ def forward_flops(model: nn.Module, processor=None) -> int:
     return int(counter.get_total_flops())
 
 
-def training_flops_per_image(model: nn.Module, processor=None) -> float:
-    """About what one training image costs: forward and backward, ``3 x`` the forward FLOPs."""
-    return TRAINING_TO_FORWARD * forward_flops(model, processor)
-
-
 @dataclass(frozen=True)
 class Cost:
     """What an epoch of a trained period costs, in FLOPs: each training image trained on (``train_flops``, forward
@@ -54,6 +49,7 @@ class Cost:
 
 
 def measure_cost(model: nn.Module, processor=None, validation_images: int = 0) -> Cost:
-    """The `Cost` of an epoch of ``model`` (one forward pass counted, see `forward_flops`)."""
+    """The `Cost` of an epoch of ``model`` (one forward pass counted, see `forward_flops`; a training image costs
+    ``TRAINING_TO_FORWARD`` times that, forward and backward)."""
     forward = forward_flops(model, processor)
     return Cost(TRAINING_TO_FORWARD * forward, float(forward), int(validation_images or 0))
