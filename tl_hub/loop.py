@@ -484,7 +484,8 @@ class _EpochRunner:
         val_x = linear_inputs(head, val.features[0])
         cross_validate = None
         if val.labels.numel() < MIN_TRUSTED_VALIDATION:  # too few to choose C on: cross-validate on train + val
-            cross_validate = (torch.cat([linear_inputs(head, train.features[0]), val_x]),
+            plain = x[:train.labels.numel()]  # view 0 of each image comes first in the flattened views
+            cross_validate = (torch.cat([plain, val_x]),
                               torch.cat([train.labels, val.labels]))
         result = fit_probe(x, y, val_x, val.labels, linear.out_features, bias=linear.bias is not None,
                            overwrite=True, cross_validate=cross_validate)
