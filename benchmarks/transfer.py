@@ -1,5 +1,5 @@
 """Do tl-hub's defaults transfer?  Every recipe with DEFAULT settings on offline tasks nobody tuned for, against two
-references run in the same process on the same data:
+references run on the same data (in the same process, unless ``--references`` reuses their earlier results):
 
 - ``hand``: a hand-written PyTorch two-period fine-tune (head 100 full-batch Adam steps on the frozen encoder, then
   30 epochs of AdamW with the backbone at 1e-4 and the head at 1e-3, batch 32, last epoch kept), and the same loop
@@ -10,9 +10,10 @@ references run in the same process on the same data:
 A task is base model x target x examples per class, in two tiers:
 
 - **real** (first): EfficientNet-Lite0 pretrained on ImageNet-1k (`tl_hub.imagenet`, ``tl-hub:efficientnet-lite0``)
-  at 224 px on real images: Fashion-MNIST clothing at 5, 10 and 50 per class (the subset shipped in
+  at 224 px on real images: Fashion-MNIST clothing at 5 and 10 per class (the subset shipped in
   ``tl_hub/assets/fashion-mnist``) and scikit-learn's handwritten digits at 10 per class; 3 validation and 30 test
-  images per class (each costs a 224 px forward pass);
+  images per class (each costs a 224 px forward pass).  Fashion-MNIST at 50 per class runs when named
+  (``--tasks lite0/fashion/50``): its hand references alone take about an hour per seed on 2 CPU cores;
 - **glyph**: the shipped letter-pretrained ResNet (``tl_hub/assets/glyph-resnet``) and ViT
   (``tl_hub/assets/glyph-vit``) at 32 px on handwritten digits (scikit-learn's, similar: strokes), printed digits
   (rendered from other fonts' digits, similar) and the hue of random textures (different: colour, which letters
@@ -20,12 +21,17 @@ A task is base model x target x examples per class, in two tiers:
 
 Every method gets the same training and validation images and is scored on the same disjoint test set.
 
+The references do not depend on tl-hub's code: ``--references FILE`` keeps their results per task and seed (with
+the date and machine of each) and reuses them, so that a change to tl-hub is measured without re-running an hour of
+hand loops; the JSON line lists every reused entry.  Without it every reference runs.
+
 An oracle runs a small grid of fine-tune settings (``lr`` x ``head_epochs`` x ``augment``) on four tasks (one of
 the real tier), picks the best on validation and scores it on test: the default should be within 2 points of it.
 
     python benchmarks/transfer.py                 # both tiers, 3 seeds, oracle (hours on 2 CPU cores)
     python benchmarks/transfer.py --tier real     # the real tier only
     python benchmarks/transfer.py --tier glyph    # the glyph tier only (about 30 minutes on 2 CPU cores)
+    python benchmarks/transfer.py --tier real --references benchmarks/results/transfer_references.json
     python benchmarks/transfer.py --quick         # one glyph task, one seed, no oracle (about a minute)
 
 Prints a table (mean and spread over seeds) and, last, one JSON line with every figure and target.
@@ -61,9 +67,10 @@ REAL_TASKS = [
     # the real tier: EfficientNet-Lite0 pretrained on ImageNet-1k, at 224 px, on real images
     ("lite0/fashion/5", "lite0", "fashion", 5, True),
     ("lite0/fashion/10", "lite0", "fashion", 10, True),
-    ("lite0/fashion/50", "lite0", "fashion", 50, True),
     ("lite0/handwritten/10", "lite0", "handwritten", 10, True),
 ]
+# run only when named (--tasks lite0/fashion/50): its two hand references take about an hour per seed on 2 CPU cores
+LARGE_REAL_TASKS = [("lite0/fashion/50", "lite0", "fashion", 50, True)]
 REAL_VALIDATION_PER_CLASS = 3  # 30 validation images, as a user with few images has (and the fewest tl-hub trusts)
 REAL_TEST_PER_CLASS = 30
 GLYPH_TASKS = [
@@ -76,6 +83,7 @@ GLYPH_TASKS = [
     ("vit/printed/100", "vit", "printed", 100, True),
 ]
 TASKS = REAL_TASKS + GLYPH_TASKS
+NAMED_ONLY = LARGE_REAL_TASKS
 ORACLE_TASKS = ("lite0/fashion/10", "resnet/handwritten/5", "resnet/printed/10", "vit/handwritten/10")
 ORACLE_GRID = [{"lr": lr, "head_epochs": he, "augment": aug}
                for lr in (3e-4, 1e-3, 3e-3) for he in (0, None) for aug in (True, False)]
@@ -215,25 +223,66 @@ def tlhub(recipe: str, base: str, data, seed: int, **settings) -> dict:
 
 
 def is_real(name: str) -> bool:
-    return name in {t[0] for t in REAL_TASKS}
+    return name in {t[0] for t in REAL_TASKS + LARGE_REAL_TASKS}
 
 
-def run_task(name, base_key, target, per_class, similar, seeds) -> dict:
+REFERENCES = ("hand fine-tune", "hand scratch", "probe")
+
+
+class ReferenceStore:
+    """The references' results per task and seed, kept in a JSON file (``--references FILE``) so that a run of new
+    tl-hub code can reuse the figures of the hand loops and the probe, which do not depend on tl-hub: each entry
+    records when and on what it was measured.  Without a file every reference runs, as the other methods do."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self.entries = {}
+        if path and os.path.exists(path):
+            with open(path) as f:
+                self.entries = json.load(f)
+        self.reused = []
+
+    def get(self, key: str, label: str):
+        entry = self.entries.get(key, {}).get(label)
+        if entry is not None:
+            self.reused.append(f"{key} {label}")
+        return entry
+
+    def put(self, key: str, label: str, test: float, seconds: float) -> None:
+        if not self.path:
+            return
+        self.entries.setdefault(key, {})[label] = {
+            "test": test, "seconds": seconds, "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"}
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.entries, f, indent=1)
+        os.replace(tmp, self.path)
+
+
+def run_task(name, base_key, target, per_class, similar, seeds, references: ReferenceStore | None = None,
+             recipes=RECIPES) -> dict:
     base = BASES[base_key]
-    runs = {m: [] for m in (*RECIPES, "hand fine-tune", "hand scratch", "probe")}
+    references = references or ReferenceStore(None)
+    runs = {m: [] for m in (*recipes, *REFERENCES)}
     seconds = {m: [] for m in runs}
     for seed in seeds:
         data = task_data(target, per_class, seed, real=is_real(name))
-        for recipe in RECIPES:
+        for recipe in recipes:
             out = tlhub(recipe, base, data, seed)
             runs[recipe].append(out["test"])
             seconds[recipe].append(out["seconds"])
         for label, fn, args in (("hand fine-tune", hand_reference, (base, data, seed, True)),
                                 ("hand scratch", hand_reference, (base, data, seed, False)),
                                 ("probe", probe_reference, (base, data))):
-            start = time.perf_counter()
-            runs[label].append(fn(*args))
-            seconds[label].append(time.perf_counter() - start)
+            key = f"{name}/seed{seed}"
+            kept = references.get(key, label)
+            if kept is None:
+                start = time.perf_counter()
+                kept = {"test": fn(*args), "seconds": time.perf_counter() - start}
+                references.put(key, label, kept["test"], kept["seconds"])
+            runs[label].append(kept["test"])
+            seconds[label].append(kept["seconds"])
         print(f"  {name} seed {seed}: " + ", ".join(f"{m} {v[-1]:.3f}" for m, v in runs.items()), flush=True)
     return {"runs": runs, "seconds": {m: statistics.median(v) for m, v in seconds.items()}}
 
@@ -300,6 +349,11 @@ def main(argv=None) -> int:
     parser.add_argument("--oracle-only", action="store_true", help="Only the oracle (for a second process).")
     parser.add_argument("--ablation", action="store_true",
                         help="Only the augmentation ablation (fine-tune and scratch, augmentation off / flips on).")
+    parser.add_argument("--references", metavar="FILE",
+                        help="Keep the references' results (hand loops, probe) per task and seed in this JSON file: "
+                             "entries there are reused, missing ones are measured and added.")
+    parser.add_argument("--references-only", action="store_true",
+                        help="Only measure the references (into --references FILE); no tl-hub recipe runs.")
     parser.add_argument("--output", help="Also write the JSON here.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
@@ -310,6 +364,12 @@ def main(argv=None) -> int:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     tier = {"all": TASKS, "real": REAL_TASKS, "glyph": GLYPH_TASKS}[args.tier]
+    if args.tasks:
+        tier = tier + [t for t in NAMED_ONLY if args.tier in ("all", "real")]
+        unknown = set(args.tasks) - {t[0] for t in tier}
+        if unknown:
+            parser.error(f"unknown task(s) {sorted(unknown)} for --tier {args.tier}; choose from "
+                         f"{[t[0] for t in tier]}")
     tasks = GLYPH_TASKS[:1] if args.quick else [t for t in tier if not args.tasks or t[0] in args.tasks]
     seeds = [0] if args.quick else list(range(args.seeds))
     start = time.perf_counter()
@@ -320,7 +380,12 @@ def main(argv=None) -> int:
             print(json.dumps({"seeds": seeds, "ablation": ablations,
                               "seconds": time.perf_counter() - start}))
             return 0
-        results = {} if args.oracle_only else {t[0]: run_task(*t, seeds) for t in tasks}
+        references = ReferenceStore(args.references)
+        recipes = () if args.references_only else RECIPES
+        results = {} if args.oracle_only else {t[0]: run_task(*t, seeds, references, recipes) for t in tasks}
+        if args.references_only:
+            print(json.dumps({"references": args.references, "seconds": time.perf_counter() - start}))
+            return 0
         oracles = {} if args.quick or args.no_oracle else {
             t[0]: oracle(*t, seed=0) for t in tasks if t[0] in ORACLE_TASKS}
     checks = check_targets(results, oracles)
@@ -345,7 +410,8 @@ def main(argv=None) -> int:
     summary = {"seeds": seeds, "seconds": total,
                "tasks": {n: {"mean": {m: statistics.mean(v) for m, v in r["runs"].items()}, "runs": r["runs"],
                              "seconds": r["seconds"]} for n, r in results.items()},
-               "oracle": oracles, "targets": checks, "targets_met": not missed}
+               "oracle": oracles, "targets": checks, "targets_met": not missed,
+               "references_reused": {"file": args.references, "entries": references.reused}}
     if args.output:
         with open(args.output, "w") as f:
             json.dump(summary, f, indent=1)
