@@ -5,6 +5,13 @@ rendered digits 0-4, colour textures, noise with random labels, nothing, and let
 targets: four tasks of ``benchmarks/transfer.py`` (its ``task_data``): handwritten digits with 5 and 30 images per
 class, printed digits with 10, the hue of textures with 10.
 
+The real tier (``--tier real``): EfficientNet-Lite0 pretrained on ImageNet-1k, the same architecture randomly
+initialised, Yahoo's open-NSFW ResNet (a real network pretrained on another task, 2 classes; converted from ONNX, see
+``recipes/convert_opennsfw.py``) and the two glyph bases, on three real targets of ``benchmarks/transfer.py``:
+Fashion-MNIST with 5 and 10 images per class and handwritten digits with 10, at each model's own resolution (224 px
+for the real bases), 3 validation and 30 test images per class.  Results in ``rank_real_truth.json``,
+``rank_real.json`` and ``rank_real.png``.
+
 Two stages, so the slow one runs once:
 
 - ``truth``: every candidate x target x seed, the DEFAULT fine-tune (``FineTuneRecipe(candidate, seed=seed)``
@@ -30,6 +37,8 @@ Two stages, so the slow one runs once:
 
     python benchmarks/rank.py truth                   # the ground truth: about 25 minutes, resumable
     python benchmarks/rank.py rank                    # the ranking against it: a few minutes
+    python benchmarks/rank.py truth --tier real --seeds 0,1   # the real tier's truth (224 px fine-tunes)
+    python benchmarks/rank.py rank --tier real
     python benchmarks/rank.py truth --quick           # both stages with --quick: tiny zoo, 2 candidates, 1 target,
     python benchmarks/rank.py rank --quick            #   few images, 1 seed; results in a temp folder
 
@@ -66,8 +75,12 @@ import build_zoo  # noqa: E402  (recipes/build_zoo.py)
 from run import host  # noqa: E402  (the same host description as the main benchmark)
 from transfer import task_data  # noqa: E402
 
-CANDIDATES = list(build_zoo.ZOO)
+CANDIDATES = list(build_zoo.GLYPH)
 TARGETS = [("handwritten", 5), ("handwritten", 30), ("printed", 10), ("hue", 10)]
+# the real tier: real bases at 224 px (and the glyph bases, which see the images at their own 32 px) on the real
+# targets of benchmarks/transfer.py (3 validation and 30 test images per class)
+REAL_CANDIDATES = [*build_zoo.REAL, "glyph-resnet", "glyph-vit"]
+REAL_TARGETS = [("fashion", 5), ("fashion", 10), ("handwritten", 10)]
 SEEDS = (0, 1, 2)
 QUICK_CANDIDATES = ["glyph-resnet", "digits04-resnet"]
 QUICK_TARGETS = [("handwritten", 5)]
@@ -84,9 +97,10 @@ def target_key(target: str, per_class: int) -> str:
     return f"{target}/{per_class}"
 
 
-def load_target(target: str, per_class: int, seed: int, quick: bool = False):
-    """``(train, validation, test)`` of ``benchmarks/transfer.py``; with ``quick``, validation and test shrunk."""
-    train, validation, test = task_data(target, per_class, seed)
+def load_target(target: str, per_class: int, seed: int, quick: bool = False, real: bool = False):
+    """``(train, validation, test)`` of ``benchmarks/transfer.py`` (its real tier's splits with ``real``); with
+    ``quick``, validation and test shrunk."""
+    train, validation, test = task_data(target, per_class, seed, real=real)
     if quick:
         validation = validation.shuffle(seed=seed).select(range(min(QUICK_SIZES["validation"], len(validation))))
         test = test.shuffle(seed=seed).select(range(min(QUICK_SIZES["test"], len(test))))
@@ -141,7 +155,7 @@ def open_truth(path: str, head: dict, quick: bool) -> dict:
     return {**truth, **head, "earlier_runs": earlier}
 
 
-def run_truth(zoo: str, path: str, candidates, targets, seeds, quick: bool, head: dict) -> dict:
+def run_truth(zoo: str, path: str, candidates, targets, seeds, quick: bool, head: dict, real: bool = False) -> dict:
     """Fine-tune every candidate on every target for every seed (seed-major), writing ``path`` after every fit."""
     built = build_zoo.build_zoo(zoo, quick=quick, names=candidates)
     truth = open_truth(path, head, quick)
@@ -163,7 +177,7 @@ def run_truth(zoo: str, path: str, candidates, targets, seeds, quick: bool, head
                     if (name, key, seed) in done:
                         continue
                     if data is None:
-                        data = load_target(target, per_class, seed, quick)
+                        data = load_target(target, per_class, seed, quick, real)
                     try:
                         out = fine_tune(os.path.join(zoo, name), data, seed)
                     except Exception as e:  # recorded apart from the entries, so a rerun retries it
@@ -436,7 +450,8 @@ def plot(path: str, truth: dict, measured: dict, summary: dict, default_score: s
     plt.close(fig)
 
 
-def run_rank(zoo: str, truth_path: str, out_dir: str, candidates, targets, quick: bool, head: dict) -> dict:
+def run_rank(zoo: str, truth_path: str, out_dir: str, candidates, targets, quick: bool, head: dict,
+             prefix: str = "rank") -> dict:
     import tl_hub
 
     if not hasattr(tl_hub, "rank"):
@@ -451,7 +466,7 @@ def run_rank(zoo: str, truth_path: str, out_dir: str, candidates, targets, quick
     folders = {n: os.path.join(zoo, n) for n in candidates}
     measured, evaluations = {}, {}
     for (target, per_class), key in zip(targets, keys):
-        train, validation, _ = load_target(target, per_class, 0, quick)
+        train, validation, _ = load_target(target, per_class, 0, quick, real=prefix == "rank_real")
         m = measured[key] = measure_target(folders, train, validation)
         names = list(dict.fromkeys(s for sc in m["scores"].values() for s in sc))
         evaluations[key] = {s: evaluate_score({n: m["scores"][n].get(s) for n in folders}, truth[key]) for s in names}
@@ -465,9 +480,9 @@ def run_rank(zoo: str, truth_path: str, out_dir: str, candidates, targets, quick
     result = {**head, "zoo": zoo, "truth_file": truth_path, "truth_seeds": seeds, "candidates": list(candidates),
               "default_score": default_score, "truth": truth, "evaluation": evaluations, "measured": measured,
               "summary": summary, "cost": c, "targets": checks, "targets_met": all(ch["ok"] for ch in checks)}
-    write_json(os.path.join(out_dir, "rank.json"), result)
-    plot(os.path.join(out_dir, "rank.png"), truth, measured, summary, default_score)
-    print(f"wrote {os.path.join(out_dir, 'rank.json')} and rank.png")
+    write_json(os.path.join(out_dir, f"{prefix}.json"), result)
+    plot(os.path.join(out_dir, f"{prefix}.png"), truth, measured, summary, default_score)
+    print(f"wrote {os.path.join(out_dir, prefix + '.json')} and {prefix}.png")
     print(json.dumps(result))
     return result
 
@@ -488,6 +503,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=("truth", "rank"))
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="Comma-separated seeds of the truth.")
+    parser.add_argument("--tier", choices=("glyph", "real"), default="glyph",
+                        help="glyph: the six small bases on the glyph targets (default); real: ImageNet Lite0, its "
+                             "random-init copy, the open-NSFW ResNet and the glyph bases on the real targets at 224 px "
+                             "(results in rank_real*.json)")
     parser.add_argument("--zoo", help=f"The zoo folder, built if missing (default {DEFAULT_ZOO}).")
     parser.add_argument("--quick", action="store_true",
                         help=f"Zoo with --quick plans, {len(QUICK_CANDIDATES)} candidates, 1 target with few images, "
@@ -499,16 +518,19 @@ def main(argv=None) -> int:
     out_dir = QUICK_RESULTS if args.quick else RESULTS
     os.makedirs(out_dir, exist_ok=True)
     zoo = os.path.join(QUICK_RESULTS, "zoo") if args.quick else os.path.abspath(os.path.expanduser(args.zoo or DEFAULT_ZOO))
-    candidates, targets = (QUICK_CANDIDATES, QUICK_TARGETS) if args.quick else (CANDIDATES, TARGETS)
+    real = args.tier == "real" and not args.quick
+    candidates, targets = ((QUICK_CANDIDATES, QUICK_TARGETS) if args.quick else
+                           (REAL_CANDIDATES, REAL_TARGETS) if real else (CANDIDATES, TARGETS))
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
-    truth_path = os.path.join(out_dir, "rank_truth.json")
+    prefix = "rank_real" if real else "rank"
+    truth_path = os.path.join(out_dir, f"{prefix}_truth.json")
     head = header(argv)
     start = time.perf_counter()
     if args.stage == "truth" or args.quick:  # --quick ranks against its own quick truth (seconds when present)
-        run_truth(zoo, truth_path, candidates, targets, seeds, args.quick, head)
+        run_truth(zoo, truth_path, candidates, targets, seeds, args.quick, head, real)
         print(f"truth: {truth_path} ({time.perf_counter() - start:.0f} s)", flush=True)
     if args.stage == "rank":
-        run_rank(zoo, truth_path, out_dir, candidates, targets, args.quick, head)
+        run_rank(zoo, truth_path, out_dir, candidates, targets, args.quick, head, prefix)
     return 0
 
 

