@@ -1,11 +1,16 @@
 """tl-hub against the transformers Trainer and pipeline, in one run, on the same model, data and machine.
 
-    python benchmarks/run.py                 # about 12 minutes on 2 idle CPU cores (estimated; --repeats 5)
+    python benchmarks/run.py --model lite0   # the real base at 224 px (--repeats 3 on 2 idle CPU cores)
+    python benchmarks/run.py                 # --model vit: about 12 minutes on 2 idle CPU cores (--repeats 5)
     python benchmarks/run.py --quick         # tiny sizes, one timed run each: checks that every path runs (~2-5 min)
     python benchmarks/run.py --device cuda --mixed-precision bf16
 
-Model: a ViT-like config (64x64 input, patch 8, hidden 192, 6 layers), random "pretrained" weights, saved to a
-temporary folder. Data: 1,000 training and 100 validation 64x64 images of 10 classes, made in memory.
+Models (``--model``):
+- ``lite0``: EfficientNet-Lite0 pretrained on ImageNet-1k (``tl-hub:efficientnet-lite0``, converted offline) with a
+  new 10-class head, at 224 px; data: Fashion-MNIST images from the subset shipped with tl-hub, 100 training and 30
+  validation images (10 and 3 per class), resized by the model's own image processor;
+- ``vit``: a ViT-like config (64x64 input, patch 8, hidden 192, 6 layers), random "pretrained" weights, saved to a
+  temporary folder; data: 1,000 training and 100 validation 64x64 images of 10 classes, made in memory.
 
 Protocol, the same for every compared figure:
 - each side runs once untimed first (warm-up: imports, thread pools, allocator, page cache), then ``--repeats``
@@ -81,6 +86,20 @@ class Sizes:
 
 
 QUICK = Sizes(train=64, val=20, fe_epochs=2, predict_images=80)
+# at 224 px one image costs about 60 ms of forward on 2 CPU cores: fewer images, and 3 frozen epochs (the Trainer
+# runs the frozen encoder every epoch)
+LITE0_SIZES = Sizes(train=100, val=30, fe_epochs=3, predict_images=100)
+LITE0_QUICK = Sizes(train=20, val=10, fe_epochs=1, predict_images=10)
+
+
+MODEL_NAMES = {"vit": f"ViT 6x192 patch 8 at {SIZE}x{SIZE}, random weights",
+               "lite0": "EfficientNet-Lite0 (ImageNet-1k) at 224x224, Fashion-MNIST photos"}
+
+
+def sizes_for(args) -> Sizes:
+    if args.model == "lite0":
+        return LITE0_QUICK if args.quick else LITE0_SIZES
+    return QUICK if args.quick else Sizes()
 
 
 @dataclasses.dataclass
@@ -136,10 +155,24 @@ def autocast_dtype(mixed_precision: str):
 # Setup
 
 
-def make_model(path: str) -> str:
+def make_model(path: str, model: str = "vit") -> str:
+    """The model both sides load from ``path``: the real Lite0 with a new 10-class head, or the small ViT."""
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
     torch.manual_seed(0)
+    if model == "lite0":
+        from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+        from tl_hub.fashion import CLASSES
+        from tl_hub.imagenet import lite0_path
+
+        base = lite0_path()
+        labels = dict(enumerate(CLASSES))
+        AutoModelForImageClassification.from_pretrained(
+            base, num_labels=N_CLASSES, id2label=labels, label2id={v: k for k, v in labels.items()},
+            ignore_mismatched_sizes=True).save_pretrained(path)
+        AutoImageProcessor.from_pretrained(base).save_pretrained(path)
+        return path
     config = ViTConfig(image_size=SIZE, patch_size=8, hidden_size=192, num_hidden_layers=6, num_attention_heads=3,
                        intermediate_size=768, num_labels=N_CLASSES)
     ViTForImageClassification(config).save_pretrained(path)
@@ -155,9 +188,18 @@ def make_image(rng, y: int, base):
     return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
 
 
-def make_data(n: int, seed: int):
+def make_data(n: int, seed: int, model: str = "vit"):
+    """``n`` images of 10 classes: for the real model, Fashion-MNIST photos from the shipped subset (an even ``seed``:
+    a seeded draw from its training pool; an odd one: its test images, disjoint from the pool); for the ViT,
+    synthetic 64x64 stripes."""
     import datasets
 
+    if model == "lite0":
+        from tl_hub.fashion import fashion_data
+
+        per_class = max(n // N_CLASSES, 1)
+        train, _, test = fashion_data(per_class, 0, per_class, seed=seed)
+        return train if seed % 2 == 0 else test
     rng = np.random.default_rng(seed)
     base = np.random.default_rng(123).integers(0, 255, (N_CLASSES, 3), dtype=np.int64)
     labels = [i % N_CLASSES for i in range(n)]
@@ -433,7 +475,7 @@ def warm_up(model_dir: str, args) -> None:
     """Pay one-time costs (imports, metric modules, thread pools) before a memory measurement."""
     from tl_hub import FeatureExtractionRecipe, FineTuneRecipe
 
-    small, small_val = make_data(64, 7), make_data(20, 8)
+    small, small_val = make_data(20, 8, args.model), make_data(10, 7, args.model)
     common = dict(batch_size=BATCH, eval_batch_size=EVAL_BATCH, augment=False, seed=0,
                   mixed_precision=args.mixed_precision)
     FeatureExtractionRecipe(model_dir, epochs=1, feature_cache="memory", **common).fit(small, small_val, progress=False)
@@ -445,8 +487,8 @@ def memory_phase(phase: str, model_dir: str, args) -> int:
     """Peak memory growth in bytes of one frozen or full run, in this (fresh) process, after a warm-up."""
     from tl_hub import FeatureExtractionRecipe, FineTuneRecipe
 
-    sizes = QUICK if args.quick else Sizes()
-    train, val = make_data(sizes.train, 0), make_data(sizes.val, 1)
+    sizes = sizes_for(args)
+    train, val = make_data(sizes.train, 0, args.model), make_data(sizes.val, 1, args.model)
     warm_up(model_dir, args)
     common = dict(lr=1e-3, batch_size=BATCH, eval_batch_size=EVAL_BATCH, augment=False, seed=0,
                   mixed_precision=args.mixed_precision)
@@ -462,7 +504,8 @@ def memory_phase(phase: str, model_dir: str, args) -> int:
 def in_subprocess(phase: str, folder: str, args) -> float:
     """Run ``--phase`` of this script in a fresh process; its last line is ``{"value": ...}``."""
     cmd = [sys.executable, os.path.abspath(__file__), "--phase", phase, "--model-dir", folder, "--device",
-           args.device, "--mixed-precision", args.mixed_precision] + (["--quick"] if args.quick else [])
+           args.device, "--mixed-precision", args.mixed_precision, "--model", args.model] + (
+               ["--quick"] if args.quick else [])
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
@@ -649,12 +692,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs of each side (default 5; --quick 1)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed runs of each side (default 5, lite0 3; --quick 1)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and one timed run: a smoke test")
+    parser.add_argument("--model", default="vit", choices=["vit", "lite0"],
+                        help="vit: the small ViT at 64 px on synthetic images; lite0: ImageNet EfficientNet-Lite0 "
+                             "at 224 px on Fashion-MNIST photos")
     parser.add_argument("--phase", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    args.repeats = args.repeats or (1 if args.quick else 5)
+    args.repeats = args.repeats or (1 if args.quick else 3 if args.model == "lite0" else 5)
     if args.repeats < 3 and not args.quick and not args.phase:
         parser.error(f"--repeats should be at least 3 (a min, a median and a max), got {args.repeats}; "
                      "for a smoke test pass --quick.")
@@ -668,14 +715,14 @@ def main():
         return
 
     total = time.perf_counter()
-    sizes = QUICK if args.quick else Sizes()
+    sizes = sizes_for(args)
     where = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"tl-hub benchmark on {where}, mixed precision {args.mixed_precision}; {sizes.train} train / {sizes.val} "
-          f"validation images of {SIZE}x{SIZE}, ViT 6x192 patch 8; {args.repeats} timed runs of each side",
+          f"validation images, {MODEL_NAMES[args.model]}; {args.repeats} timed runs of each side",
           flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        bench = Bench(args, sizes, make_model(os.path.join(tmp, "vit")), make_data(sizes.train, 0),
-                      make_data(sizes.val, 1))
+        bench = Bench(args, sizes, make_model(os.path.join(tmp, args.model), args.model),
+                      make_data(sizes.train, 0, args.model), make_data(sizes.val, 1, args.model))
         figures, notes = measure(bench, tmp)
 
     s = {name: stats(values) for name, values in figures.items()}
@@ -686,7 +733,7 @@ def main():
           f"total {time.perf_counter() - total:.0f} s")
     out = {"device": where, "mixed_precision": args.mixed_precision,
            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "host": host(),
-           "quick": args.quick, "repeats": args.repeats, "sizes": dataclasses.asdict(sizes)}
+           "model": args.model, "quick": args.quick, "repeats": args.repeats, "sizes": dataclasses.asdict(sizes)}
     for name, v in s.items():
         out.update({f"{name}_median": v["median"], f"{name}_min": v["min"], f"{name}_max": v["max"]})
     out.update(r)
