@@ -172,7 +172,7 @@ def test_kept_epoch_is_the_saved_model(tiny_model_dir, tmp_path, keep):
     assert again["accuracy"] == pytest.approx(kept["accuracy"], abs=1e-9)
     assert again["loss"] == pytest.approx(kept["loss"], rel=1e-4, abs=1e-5)
     info = json.load(open(tmp_path / "out" / "tl_hub.json"))
-    assert info["kept_epoch"] == {"epoch": kept["epoch"], "rule": keep}
+    assert info["kept_epoch"] == {"epoch": kept["epoch"], "rule": keep, "smoothed": False}  # 30 validation images
     from tl_hub.hub import model_card
 
     card = str(model_card({**info, "metrics": json.load(open(tmp_path / "out" / "metrics.json"))}, "me/colours"))
@@ -180,6 +180,53 @@ def test_kept_epoch_is_the_saved_model(tiny_model_dir, tmp_path, keep):
     assert f"Kept epoch: {kept['epoch']} of 6 ({rule})" in card
     if keep == "best":
         assert [h["epoch"] for h in history if h.get("best")] == [best["epoch"]]
+
+
+def _run_best_epoch(records, smooth):
+    """Feed ``(period, accuracy, loss)`` records to a `BestEpoch` over a one-weight model whose weight is set to the
+    epoch number before each record; returns the kept epoch and the weight restored."""
+    from tl_hub.checkpoint import TrainingState
+    from tl_hub.loop import BestEpoch, Period
+
+    model = nn.Linear(1, 1, bias=False)
+    periods = [Period("head", 1, [{"params": list(model.parameters())}]),
+               Period("fine-tune", len(records) - 1, [{"params": list(model.parameters())}])]
+    best, state = BestEpoch(model, periods, smooth=smooth), TrainingState(history=[])
+    for epoch, (period, accuracy, loss) in enumerate(records, 1):
+        model.weight.data.fill_(epoch)
+        record = {"epoch": epoch, "period": period, "accuracy": accuracy, "loss": loss}
+        state.history.append(record)
+        best.update(record, state)
+    best.restore(state.history)
+    return best.epoch, float(model.weight)
+
+
+def test_small_validation_judges_an_epoch_with_the_one_before():
+    """One lucky epoch (0.9 between 0.5s) wins on its own figures; judged with the epoch before it (a small
+    validation split), two steady epochs at 0.8 win.  The first epoch of a period is judged alone."""
+    records = [("head", 0.6, 1.0), ("fine-tune", 0.5, 1.2), ("fine-tune", 0.9, 1.1), ("fine-tune", 0.5, 1.3),
+               ("fine-tune", 0.8, 1.0), ("fine-tune", 0.8, 0.9)]
+    assert _run_best_epoch(records, smooth=False) == (3, 3.0)
+    assert _run_best_epoch(records, smooth=True) == (6, 6.0)
+    # the head epoch is not averaged with the fine-tune epoch after it (another period), and wins alone
+    assert _run_best_epoch([("head", 0.9, 0.5), ("fine-tune", 0.4, 2.0), ("fine-tune", 0.85, 0.6)],
+                           smooth=True) == (1, 1.0)
+
+
+@pytest.mark.parametrize("validation, smoothed", [(8, True), (30, False)])
+def test_small_validation_smoothing_is_recorded(tiny_model_dir, tmp_path, validation, smoothed):
+    """Under 30 validation images the kept epoch is judged on two-epoch means, and the saved model and its card
+    say so; at 30 or more it is not."""
+    train, val = colour_dataset(40, seed=0), colour_dataset(validation, seed=1)
+    recipe = ScratchRecipe(tiny_model_dir("resnet"), epochs=3, lr=0.05, batch_size=8, seed=0)
+    recipe.fit(train, val, progress=False)
+    recipe.save(tmp_path / "out")
+    info = json.load(open(tmp_path / "out" / "tl_hub.json"))
+    assert info["kept_epoch"]["smoothed"] is smoothed
+    from tl_hub.hub import model_card
+
+    card = str(model_card({**info, "metrics": json.load(open(tmp_path / "out" / "metrics.json"))}, "me/colours"))
+    assert ("judged on the mean of it and the epoch before" in card) is smoothed
 
 
 def test_best_epoch_differs_from_last_when_training_degrades(tiny_model_dir):

@@ -331,8 +331,9 @@ def small_validation_warning(images: Optional[int]) -> Optional[str]:
     if images is None or images >= MIN_TRUSTED_VALIDATION:
         return None
     return (f"The validation split has only {images} images, so its metrics and the epoch kept on them move by "
-            f"{100 / max(images, 1):.0f} points per image (a linear head's regularisation is chosen by "
-            f"cross-validation on the training and validation images instead): give a validation split of at least "
+            f"{100 / max(images, 1):.0f} points per image (so a linear head's regularisation is chosen by "
+            f"cross-validation on the training and validation images instead, and an epoch is judged on the mean of "
+            f"its and the previous epoch's validation figures): give a validation split of at least "
             f"{MIN_TRUSTED_VALIDATION} images, or judge the model on a test split.")
 
 

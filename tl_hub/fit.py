@@ -115,6 +115,7 @@ def fit(recipe, train: Any, validation: Any = None, *, accelerator=None, progres
         accelerator, backbone.model, periods, loaders.train, loaders.eval, config=recipe.config,
         feature_loaders=loaders.features, prefix_loaders=loaders.prefix, on_epoch_start=loaders.set_epoch,
         on_period_end=on_period_end, progress=progress, checkpointer=checkpointer, resume=resume,
+        validation_images=data.validation_size(),
     )
     result = finish(recipe, backbone, data, periods, history, initial_buffers)
     if started_trackers:
@@ -455,7 +456,9 @@ def run_record(recipe) -> dict:
         "head_modules": list(backbone.parts.head),
         "periods": result.extra.get("periods", []),
         "passes_per_epoch": recipe.passes,
-        "kept_epoch": {"epoch": result.extra.get("kept_epoch"), "rule": recipe.config.keep_epoch},
+        "kept_epoch": {"epoch": result.extra.get("kept_epoch"), "rule": recipe.config.keep_epoch,
+                       "smoothed": recipe.config.keep_epoch == "best" and result.extra.get("validation_warning")
+                       is not None},
         "trained": recipe.trained,
     }
 

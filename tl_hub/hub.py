@@ -188,6 +188,8 @@ def _kept_epoch_text(info: dict) -> Optional[str]:
         return None
     total = sum(p.get("epochs", 0) for p in info.get("periods", []))
     rule = "the best on validation" if kept.get("rule") == "best" else "the last"
+    if kept.get("smoothed"):
+        rule += ", judged on the mean of it and the epoch before: the validation split is small"
     return f"{kept['epoch']} of {total} ({rule})"
 
 

@@ -204,7 +204,7 @@ def train_periods(accelerator, model: nn.Module, periods: Sequence[Period], trai
                   on_epoch_start: Optional[Callable[[int], None]] = None,
                   on_period_end: Optional[Callable[[Period, nn.Module, Any], None]] = None,
                   progress: bool = True, checkpointer: Optional[Checkpointer] = None,
-                  resume: Optional[ResumePoint] = None) -> list[dict]:
+                  resume: Optional[ResumePoint] = None, validation_images: Optional[int] = None) -> list[dict]:
     """Run ``periods`` in order; return the per-epoch history.
 
     Args:
@@ -225,6 +225,8 @@ def train_periods(accelerator, model: nn.Module, periods: Sequence[Period], trai
         resume: a checkpoint of this same run to continue from (see `tl_hub.checkpoint`): the periods before
             its period are skipped, its state is loaded into the period's prepared objects and training goes on
             from its epoch and batch.
+        validation_images: the validation split's size; under `MIN_TRUSTED_VALIDATION` the best epoch is judged on
+            validation figures smoothed over consecutive epochs (see `BestEpoch`).
 
     Returns:
         `list[dict]`: one record per epoch with ``epoch``, ``period``, ``train_loss``, ``loss``, ``accuracy``,
@@ -233,7 +235,8 @@ def train_periods(accelerator, model: nn.Module, periods: Sequence[Period], trai
     """
     state = TrainingState(history=[]) if resume is None else dataclasses.replace(
         resume.state, history=list(resume.state.history))
-    best = BestEpoch(model, periods, enabled=config.keep_epoch == "best")
+    small_validation = validation_images is not None and validation_images < MIN_TRUSTED_VALIDATION
+    best = BestEpoch(model, periods, enabled=config.keep_epoch == "best", smooth=small_validation)
     if resume is not None:
         best.load(resume.path, state)
     epoch = sum(p.epochs for p in periods[:state.period] if p.epochs > 0) + state.period_epoch  # global index
@@ -333,6 +336,11 @@ class BestEpoch:
     """Keeps the weights of the epoch with the best validation accuracy (ties: the lower validation loss), and puts
     them back at the end, as ``load_best_model_at_end`` does in the transformers ``Trainer``.
 
+    With ``smooth`` (a validation split under `MIN_TRUSTED_VALIDATION` images, where one image moves accuracy by
+    several points) an epoch is judged by the mean accuracy and loss of itself and the epoch before it in the same
+    period: consecutive epochs' weights are close, so the mean is a steadier estimate of this epoch's quality than
+    its own figures, and a single lucky epoch is not kept on the strength of one image.
+
     Only what training can change is kept: the parameters of every period's groups and the buffers (BatchNorm
     statistics), as CPU copies.  Checkpoints carry the copy (``best.safetensors``), so a resumed run restores the
     same epoch.
@@ -340,9 +348,10 @@ class BestEpoch:
 
     FILE = "best.safetensors"
 
-    def __init__(self, model: nn.Module, periods: Sequence[Period], *, enabled: bool = True):
+    def __init__(self, model: nn.Module, periods: Sequence[Period], *, enabled: bool = True, smooth: bool = False):
         self.model = model
         self.enabled = enabled
+        self.smooth = smooth
         trained = {id(p) for period in periods if period.epochs > 0 for g in period.param_groups for p in g["params"]}
         params = {n for n, p in model.named_parameters() if id(p) in trained}
         buffers = {n for n, _ in model.named_buffers()}
@@ -354,10 +363,20 @@ class BestEpoch:
     def key(record: dict) -> tuple:
         return (record["accuracy"], -record["loss"])
 
+    def score(self, history: Sequence[dict], epoch: int) -> tuple:
+        """What epoch ``epoch`` (1-based) is judged by: its `key`, or with ``smooth`` the mean key of it and the
+        epoch before it in the same period."""
+        record = history[epoch - 1]
+        if not self.smooth:
+            return self.key(record)
+        window = [r for r in history[max(epoch - 2, 0):epoch] if r["period"] == record["period"]]
+        return tuple(sum(k) / len(window) for k in zip(*map(self.key, window)))
+
     def update(self, record: dict, state: TrainingState) -> None:
         if not self.enabled:
             return
-        if self.epoch is None or self.key(record) > self.key(state.history[self.epoch - 1]):
+        history = state.history
+        if self.epoch is None or self.score(history, record["epoch"]) > self.score(history, self.epoch):
             self.epoch = record["epoch"]
             self.weights = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
                             if k in self.keys}
@@ -382,7 +401,8 @@ class BestEpoch:
             return
         if self.epoch != len(history):
             self.model.load_state_dict(self.weights, strict=False)
-            progress_log.info("Restored the weights of epoch %d, the best on validation (accuracy %.4f)", self.epoch,
+            progress_log.info("Restored the weights of epoch %d, the best on validation%s (accuracy %.4f)",
+                              self.epoch, " (mean of it and the epoch before)" if self.smooth else "",
                               history[self.epoch - 1]["accuracy"])
         history[self.epoch - 1]["best"] = True
 
