@@ -225,8 +225,7 @@ def train_periods(accelerator, model: nn.Module, periods: Sequence[Period], trai
         resume: a checkpoint of this same run to continue from (see `tl_hub.checkpoint`): the periods before
             its period are skipped, its state is loaded into the period's prepared objects and training goes on
             from its epoch and batch.
-        validation_images: the validation split's size; under `MIN_TRUSTED_VALIDATION` the best epoch is judged on
-            validation figures smoothed over consecutive epochs (see `BestEpoch`).
+        validation_images: the validation split's size (a small one smooths the best-epoch choice: `BestEpoch`).
 
     Returns:
         `list[dict]`: one record per epoch with ``epoch``, ``period``, ``train_loss``, ``loss``, ``accuracy``,
@@ -235,10 +234,7 @@ def train_periods(accelerator, model: nn.Module, periods: Sequence[Period], trai
     """
     state = TrainingState(history=[]) if resume is None else dataclasses.replace(
         resume.state, history=list(resume.state.history))
-    small_validation = validation_images is not None and validation_images < MIN_TRUSTED_VALIDATION
-    best = BestEpoch(model, periods, enabled=config.keep_epoch == "best", smooth=small_validation)
-    if resume is not None:
-        best.load(resume.path, state)
+    best = BestEpoch.for_run(model, periods, config, validation_images, resume, state)
     epoch = sum(p.epochs for p in periods[:state.period] if p.epochs > 0) + state.period_epoch  # global index
     for index, period in enumerate(periods):
         if period.epochs <= 0 or index < state.period:
@@ -362,6 +358,17 @@ class BestEpoch:
     @staticmethod
     def key(record: dict) -> tuple:
         return (record["accuracy"], -record["loss"])
+
+    @classmethod
+    def for_run(cls, model: nn.Module, periods: Sequence[Period], config, validation_images: Optional[int],
+                resume: Optional[ResumePoint], state: TrainingState) -> BestEpoch:
+        """The run's tracker: on with ``keep_epoch="best"``, smoothed under `MIN_TRUSTED_VALIDATION` validation
+        images, and holding a resumed run's best epoch."""
+        small = validation_images is not None and validation_images < MIN_TRUSTED_VALIDATION
+        best = cls(model, periods, enabled=config.keep_epoch == "best", smooth=small)
+        if resume is not None:
+            best.load(resume.path, state)
+        return best
 
     def score(self, history: Sequence[dict], epoch: int) -> tuple:
         """What epoch ``epoch`` (1-based) is judged by: its `key`, or with ``smooth`` the mean key of it and the
