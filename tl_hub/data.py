@@ -326,9 +326,14 @@ def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple
 MIN_TRUSTED_VALIDATION = 30
 
 
+def is_small_validation(images: Optional[int]) -> bool:
+    """Whether ``images`` validation images are too few to choose on directly (False when unknown)."""
+    return images is not None and images < MIN_TRUSTED_VALIDATION
+
+
 def small_validation_warning(images: Optional[int]) -> Optional[str]:
     """What to say when ``images`` validation images are too few to trust (None when they are enough or unknown)."""
-    if images is None or images >= MIN_TRUSTED_VALIDATION:
+    if not is_small_validation(images):
         return None
     return (f"The validation split has only {images} images, so its metrics and the epoch kept on them move by "
             f"{100 / max(images, 1):.0f} points per image (so a linear head's regularisation is chosen by "

@@ -31,6 +31,7 @@ from .data import (
     ImageCollator,
     PreparedData,
     images_at,
+    is_small_validation,
     make_loader,
     prepare_data,
     small_validation_warning,
@@ -457,8 +458,8 @@ def run_record(recipe) -> dict:
         "periods": result.extra.get("periods", []),
         "passes_per_epoch": recipe.passes,
         "kept_epoch": {"epoch": result.extra.get("kept_epoch"), "rule": recipe.config.keep_epoch,
-                       "smoothed": recipe.config.keep_epoch == "best" and result.extra.get("validation_warning")
-                       is not None},
+                       "smoothed": recipe.config.keep_epoch == "best"
+                       and is_small_validation(result.extra.get("validation_images"))},
         "trained": recipe.trained,
     }
 

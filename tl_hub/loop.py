@@ -31,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import Checkpointer, ResumePoint, TrainingState, load_checkpoint
-from .data import MIN_TRUSTED_VALIDATION
+from .data import is_small_validation
 from .errors import TrainingError
 from .metrics import class_report, classification_metrics
 from .param_groups import count_parameters, freeze_all_but
@@ -364,8 +364,7 @@ class BestEpoch:
                 resume: Optional[ResumePoint], state: TrainingState) -> BestEpoch:
         """The run's tracker: on with ``keep_epoch="best"``, smoothed under `MIN_TRUSTED_VALIDATION` validation
         images, and holding a resumed run's best epoch."""
-        small = validation_images is not None and validation_images < MIN_TRUSTED_VALIDATION
-        best = cls(model, periods, enabled=config.keep_epoch == "best", smooth=small)
+        best = cls(model, periods, enabled=config.keep_epoch == "best", smooth=is_small_validation(validation_images))
         if resume is not None:
             best.load(resume.path, state)
         return best
@@ -510,7 +509,7 @@ class _EpochRunner:
         y = train.labels.repeat(train.views)
         val_x = linear_inputs(head, val.features[0])
         cross_validate = None
-        if val.labels.numel() < MIN_TRUSTED_VALIDATION:  # too few to choose C on: cross-validate on train + val
+        if is_small_validation(val.labels.numel()):  # too few to choose C on: cross-validate on train + val
             plain = x[:train.labels.numel()]  # view 0 of each image comes first in the flattened views
             cross_validate = (torch.cat([plain, val_x]),
                               torch.cat([train.labels, val.labels]))
