@@ -450,8 +450,13 @@ def plot(path: str, truth: dict, measured: dict, summary: dict, default_score: s
     plt.close(fig)
 
 
+def results_prefix(real: bool) -> str:
+    """The results files' name: ``rank*`` for the glyph tier, ``rank_real*`` for the real one."""
+    return "rank_real" if real else "rank"
+
+
 def run_rank(zoo: str, truth_path: str, out_dir: str, candidates, targets, quick: bool, head: dict,
-             prefix: str = "rank") -> dict:
+             real: bool = False) -> dict:
     import tl_hub
 
     if not hasattr(tl_hub, "rank"):
@@ -466,7 +471,7 @@ def run_rank(zoo: str, truth_path: str, out_dir: str, candidates, targets, quick
     folders = {n: os.path.join(zoo, n) for n in candidates}
     measured, evaluations = {}, {}
     for (target, per_class), key in zip(targets, keys):
-        train, validation, _ = load_target(target, per_class, 0, quick, real=prefix == "rank_real")
+        train, validation, _ = load_target(target, per_class, 0, quick, real)
         m = measured[key] = measure_target(folders, train, validation)
         names = list(dict.fromkeys(s for sc in m["scores"].values() for s in sc))
         evaluations[key] = {s: evaluate_score({n: m["scores"][n].get(s) for n in folders}, truth[key]) for s in names}
@@ -480,6 +485,7 @@ def run_rank(zoo: str, truth_path: str, out_dir: str, candidates, targets, quick
     result = {**head, "zoo": zoo, "truth_file": truth_path, "truth_seeds": seeds, "candidates": list(candidates),
               "default_score": default_score, "truth": truth, "evaluation": evaluations, "measured": measured,
               "summary": summary, "cost": c, "targets": checks, "targets_met": all(ch["ok"] for ch in checks)}
+    prefix = results_prefix(real)
     write_json(os.path.join(out_dir, f"{prefix}.json"), result)
     plot(os.path.join(out_dir, f"{prefix}.png"), truth, measured, summary, default_score)
     print(f"wrote {os.path.join(out_dir, prefix + '.json')} and {prefix}.png")
@@ -522,15 +528,14 @@ def main(argv=None) -> int:
     candidates, targets = ((QUICK_CANDIDATES, QUICK_TARGETS) if args.quick else
                            (REAL_CANDIDATES, REAL_TARGETS) if real else (CANDIDATES, TARGETS))
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
-    prefix = "rank_real" if real else "rank"
-    truth_path = os.path.join(out_dir, f"{prefix}_truth.json")
+    truth_path = os.path.join(out_dir, f"{results_prefix(real)}_truth.json")
     head = header(argv)
     start = time.perf_counter()
     if args.stage == "truth" or args.quick:  # --quick ranks against its own quick truth (seconds when present)
         run_truth(zoo, truth_path, candidates, targets, seeds, args.quick, head, real)
         print(f"truth: {truth_path} ({time.perf_counter() - start:.0f} s)", flush=True)
     if args.stage == "rank":
-        run_rank(zoo, truth_path, out_dir, candidates, targets, args.quick, head, prefix)
+        run_rank(zoo, truth_path, out_dir, candidates, targets, args.quick, head, real)
     return 0
 
 

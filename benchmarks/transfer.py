@@ -59,6 +59,7 @@ from tl_hub import get_recipe  # noqa: E402
 from tl_hub.demo_data import digits_dataset, glyph_dataset, hue_dataset  # noqa: E402
 from tl_hub.fashion import fashion_data  # noqa: E402
 from tl_hub.imagenet import LITE0, lite0_path  # noqa: E402
+from tl_hub.outputs import atomic_path  # noqa: E402
 
 ASSETS = os.path.join(ROOT, "tl_hub", "assets")
 BASES = {"resnet": os.path.join(ASSETS, "glyph-resnet"), "vit": os.path.join(ASSETS, "glyph-vit"),
@@ -83,7 +84,6 @@ GLYPH_TASKS = [
     ("vit/printed/100", "vit", "printed", 100, True),
 ]
 TASKS = REAL_TASKS + GLYPH_TASKS
-NAMED_ONLY = LARGE_REAL_TASKS
 ORACLE_TASKS = ("lite0/fashion/10", "resnet/handwritten/5", "resnet/printed/10", "vit/handwritten/10")
 ORACLE_GRID = [{"lr": lr, "head_epochs": he, "augment": aug}
                for lr in (3e-4, 1e-3, 3e-3) for he in (0, None) for aug in (True, False)]
@@ -254,10 +254,8 @@ class ReferenceStore:
         self.entries.setdefault(key, {})[label] = {
             "test": test, "seconds": seconds, "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"}
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
+        with atomic_path(self.path) as tmp, open(tmp, "w") as f:
             json.dump(self.entries, f, indent=1)
-        os.replace(tmp, self.path)
 
 
 def run_task(name, base_key, target, per_class, similar, seeds, references: ReferenceStore | None = None,
@@ -365,7 +363,7 @@ def main(argv=None) -> int:
     hf_logging.disable_progress_bar()
     tier = {"all": TASKS, "real": REAL_TASKS, "glyph": GLYPH_TASKS}[args.tier]
     if args.tasks:
-        tier = tier + [t for t in NAMED_ONLY if args.tier in ("all", "real")]
+        tier = tier + [t for t in LARGE_REAL_TASKS if args.tier in ("all", "real")]
         unknown = set(args.tasks) - {t[0] for t in tier}
         if unknown:
             parser.error(f"unknown task(s) {sorted(unknown)} for --tier {args.tier}; choose from "
