@@ -38,6 +38,7 @@ from .recipes import FeatureExtractionRecipe, FineTuneRecipe, LoRARecipe, Scratc
 from .runtime import PROGRESS_LOGGER, is_main_process
 from .space import build_app, example_images, push_space
 from .space import launch as launch_app
+from .threads import check_threads, threads_for
 from .version import __version__
 
 __all__ = [
@@ -50,7 +51,7 @@ __all__ = [
     "LoRARecipe", "FitResult", "Period", "RECIPES", "get_recipe", "register_recipe", "head_period",
     "advise", "Advice", "Thresholds", "rank", "Ranking", "param_groups", "compare", "Comparison", "curve_summary",
     "run_demo", "demo_model", "build_app", "example_images", "launch_app", "push_space", "check_output_dir",
-    "is_main_process", "PROGRESS_LOGGER", "TransferTrainer", "TransferArguments",
+    "is_main_process", "PROGRESS_LOGGER", "threads_for", "check_threads", "TransferTrainer", "TransferArguments",
 ]
 
 

@@ -46,6 +46,7 @@ from . import (
     advise,
     build_app,
     check_output_dir,
+    check_threads,
     compare,
     example_images,
     get_recipe,
@@ -56,6 +57,7 @@ from . import (
     push_to_hub,
     rank,
     run_demo,
+    threads_for,
 )
 
 logger = logging.getLogger("tl_hub")
@@ -176,6 +178,14 @@ class LoggingArguments:
     verbose: bool = field(default=False, metadata={
         "help": "Also print the details: data, caches, loading, the libraries' own messages and progress bars.",
         "aliases": ["-v", "--verbose"]})
+
+
+@dataclass
+class ThreadsArguments:
+    threads: str = field(default="auto", metadata={
+        "help": "CPU threads PyTorch computes with: 'auto' (OMP_NUM_THREADS if set, else the cores this process may "
+                "use less those other processes keep busy; see tl_hub.threads) or a number.",
+        "metavar": "auto|N"})
 
 
 @dataclass
@@ -331,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
         elif name == "rank":  # the loading options, for every candidate
             add_dataclass_arguments(command, ModelSource, prefix=SOURCE, only=RANK_SOURCE_OPTIONS)
         add_dataclass_arguments(command, arguments)
+        if name != "train":  # train has it among the training settings
+            add_dataclass_arguments(command, ThreadsArguments)
         if name == "train":
             add_train_arguments(command, *(cls.config_class for cls in RECIPES.values()))
         elif name == "advise":
@@ -508,11 +520,21 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
         transformers.utils.logging.set_verbosity_error()
 
 
+def command_threads(setting: str):
+    """The CPU threads of a command (`tl_hub.threads`); a number is also exported as ``OMP_NUM_THREADS``, so that
+    the runs the command starts (their ``threads="auto"``) and its worker processes keep it."""
+    count = check_threads(setting, "--threads")
+    if count != "auto":
+        os.environ["OMP_NUM_THREADS"] = str(count)
+    return threads_for(count)
+
+
 def _run(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run ``command``: a user error is one ``error: ...`` line and status 2; Ctrl-C is status 130."""
     setup_logging(args.quiet, getattr(args, "verbose", False))
     try:
-        return command(args)
+        with command_threads(getattr(args, "threads", "auto")):
+            return command(args)
     except TlHubError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from .errors import ConfigError
+from .threads import check_threads
 
 if TYPE_CHECKING:
     from .cost import Cost
@@ -159,6 +160,10 @@ class TrainingConfig:
                                          "(default: none on the CPU, where they would take cores from the model; "
                                          "with a GPU, the cores per process minus one, at most 8: see "
                                          "tl_hub.runtime.default_num_workers).")
+    threads: Union[str, int] = setting("auto", "CPU threads PyTorch computes with: 'auto' (OMP_NUM_THREADS if set; "
+                                       "else 1 for small models, where threads only add waiting; else the cores "
+                                       "this process may use, less those other processes keep busy: see "
+                                       "tl_hub.threads) or a number.")
     train_examples: Optional[int] = setting(None, "Streamed training data only: the examples in one epoch, needed "
                                             "when the stream's length is unknown (no split info, not plain "
                                             "parquet files); smaller than the stream, it makes shorter epochs.")
@@ -203,6 +208,7 @@ class TrainingConfig:
         for name in ("weight_decay", "num_workers", "label_smoothing", "save_steps", "min_steps", "compute_budget"):
             _positive(name, getattr(self, name), allow_zero=True)
         _positive("max_grad_norm", self.max_grad_norm)
+        self.threads = check_threads(self.threads)
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"`warmup_ratio` should be in [0, 1), got {self.warmup_ratio}.")
         if not 0 < self.validation_size < 1:

@@ -53,6 +53,7 @@ from .prefix import PrefixModel, find_cut, frozen_in_eval_mode, prefix_groups, r
 from .probe import can_solve, linear_inputs, linear_layer
 from .runtime import check_batch_size, default_num_workers, make_accelerator, processes_per_node
 from .streaming import StreamData, is_stream, make_stream_loaders, prepare_stream
+from .threads import threads_for
 from .version import __version__
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,14 @@ def fit(recipe, train: Any, validation: Any = None, *, accelerator=None, progres
     check_batch_size(cfg.eval_batch_size, accelerator.num_processes, "eval_batch_size")
     checkpointer, resume = open_checkpoints(cfg, resume_from_checkpoint, overwrite_checkpoints)
     data, backbone = prepare(recipe, train, validation)
+    with threads_for(cfg.threads, recipe.step_flops, processes_per_node(accelerator), accelerator.device.type):
+        return train_prepared(recipe, data, backbone, checkpointer, resume, progress, on_period_end)
+
+
+def train_prepared(recipe, data: PreparedData, backbone: Backbone, checkpointer, resume, progress: bool,
+                   on_period_end) -> FitResult:
+    """The loaders, the periods and the result of a `fit` whose data and model are ready."""
+    accelerator = recipe.accelerator
     periods = recipe.periods(backbone)
     loaders = (streamed_loaders if isinstance(data, StreamData) else Loaders.build)(recipe, backbone, data, periods,
                                                                                   progress=progress)
@@ -173,7 +182,10 @@ def prepare(recipe, train: Any, validation: Any) -> tuple[PreparedData, Backbone
                                 validation_size=cfg.validation_size, seed=cfg.seed)
         set_seed(cfg.seed)
         backbone = recipe.load_backbone(data.labels)
-    cost = epoch_cost(backbone, data) if cfg.needs_cost() else None
+    sized_threads = cfg.threads == "auto" and accelerator.device.type == "cpu" and not os.environ.get("OMP_NUM_THREADS")
+    cost = epoch_cost(backbone, data) if cfg.needs_cost() or sized_threads else None
+    recipe.step_flops = cost.train_flops * cfg.batch_size / accelerator.num_processes if cost else None
+    cost = cost if cfg.needs_cost() else None
     recipe.config = cfg.resolved(data.train_size(), cost)
     if recipe.config.num_workers is None:
         recipe.config = dataclasses.replace(recipe.config, num_workers=default_num_workers(

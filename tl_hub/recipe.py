@@ -80,6 +80,7 @@ class Recipe:
         self.source = ModelSource.of(model, **options)
         self.requested_config = self.config = self.config_class.from_kwargs(**settings)
         self.passes = 1
+        self.step_flops: Optional[float] = None  # FLOPs of a training step, for the thread count (tl_hub.threads)
         self.accelerator = self.backbone = self.data = self.classifier = self.result = self.feature_store = None
         self.dataset_name: Optional[str] = None
         self.trained: dict = {}
