@@ -24,7 +24,16 @@ from .config import (
     TrainingConfig,
 )
 from .demo import demo_model, run_demo
-from .errors import ConfigError, DataError, ModelError, OutputError, TlHubError, TrainingError
+from .errors import (
+    ConfigError,
+    DataError,
+    MissingDependency,
+    ModelError,
+    OutputError,
+    TlHubError,
+    TrainingError,
+    missing_dependency,
+)
 from .exporters import EXPORTERS, Exporter, register_exporter
 from .fit import FitResult
 from .inference import Classifier
@@ -45,7 +54,8 @@ __all__ = [
     "__version__",
     "Backbone", "LayerGroup", "ModelParts", "load_backbone", "split_model", "ModelSource",
     "TrainingConfig", "FeatureExtractionConfig", "FineTuneConfig", "TrainAllConfig", "ScratchConfig", "LoRAConfig",
-    "TlHubError", "ConfigError", "DataError", "ModelError", "OutputError", "TrainingError",
+    "TlHubError", "ConfigError", "DataError", "ModelError", "OutputError", "TrainingError", "MissingDependency",
+    "missing_dependency",
     "Classifier", "TrainedModel", "load", "push_to_hub", "export_for_hub", "EXPORTERS", "Exporter",
     "register_exporter", "Recipe", "FeatureExtractionRecipe", "FineTuneRecipe", "TrainAllRecipe", "ScratchRecipe",
     "LoRARecipe", "FitResult", "Period", "RECIPES", "get_recipe", "register_recipe", "head_period",

@@ -53,6 +53,7 @@ from . import (
     is_main_process,
     launch_app,
     load,
+    missing_dependency,
     push_space,
     push_to_hub,
     rank,
@@ -537,6 +538,12 @@ def _run(command: Callable[[argparse.Namespace], int], args: argparse.Namespace)
             return command(args)
     except TlHubError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:  # an optional package a command reached for: name its extra
+        error = missing_dependency(e.name)
+        if error is None:
+            raise
+        print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -5,6 +5,8 @@ argument) is reported as a :class:`TlHubError` whose message says what was wrong
 and what to do.  The CLI prints it as one line, without a traceback.
 """
 
+from typing import Optional
+
 
 def first_line(error: BaseException) -> str:
     """The first line of an exception's message (its type name when the message is empty), for one-line errors."""
@@ -34,3 +36,40 @@ class OutputError(TlHubError, OSError):
 
 class TrainingError(TlHubError, RuntimeError):
     """Training cannot go on (e.g. the loss became NaN or infinite)."""
+
+
+class MissingDependency(TlHubError, ImportError):
+    """An optional package a feature needs is not installed; the message names the extra that installs it."""
+
+
+# optional packages, by the top-level module a feature imports: (the tl-hub extra that installs it, what needs it)
+OPTIONAL_MODULES = {
+    "gradio": ("space", "the Gradio app (`tl-hub serve`, `tl_hub.build_app`)"),
+    "gradio_client": ("space", "the Gradio app's client"),
+    "tensorboard": ("tracking", "report_to='tensorboard'"),
+    "tensorboardX": ("tracking", "report_to='tensorboard'"),
+    "mlflow": ("tracking", "report_to='mlflow'"),
+    "wandb": ("tracking", "report_to='wandb'"),
+}
+
+
+def missing_dependency(module: Optional[str]) -> Optional[MissingDependency]:
+    """The one-line error for ``module`` (or a module inside it) when it is one of the optional `OPTIONAL_MODULES`
+    and is not installed; None for any other module (a missing required package is a broken install)."""
+    top = (module or "").split(".")[0]
+    if top not in OPTIONAL_MODULES:
+        return None
+    extra, needed_by = OPTIONAL_MODULES[top]
+    return MissingDependency(f"{needed_by} needs {top}, which is not installed: pip install \"tl-hub[{extra}]\"")
+
+
+def require(module: str) -> None:
+    """Raise `missing_dependency` unless ``module`` can be imported (found without importing it)."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package that is missing or broken
+        found = False
+    if not found:
+        raise missing_dependency(module) or MissingDependency(f"{module} is not installed: pip install {module}")

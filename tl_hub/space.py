@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 from PIL import Image
 
+from .errors import require
 from .model_folder import load
 
 MAX_PIXELS = 40_000_000
@@ -137,6 +138,7 @@ def example_images() -> list[str]:
 def build_app(source: str, *, examples: Optional[Sequence[str]] = None, top_k: int = 5,
               max_pixels: int = MAX_PIXELS, title: Optional[str] = None):
     """The Gradio ``Blocks`` app for the classifier at ``source`` (folder or Hub repo id)."""
+    require("gradio")
     import gradio as gr
 
     classifier = load(source)
@@ -176,6 +178,7 @@ def local_theme():
 
 def launch(demo, *, host: str = "127.0.0.1", port: Optional[int] = None, block: bool = True, **kwargs):
     """Launch ``demo`` with the limits and offline settings tl-hub uses."""
+    require("gradio")
     return demo.launch(server_name=host, server_port=port, max_file_size=MAX_FILE_SIZE, show_error=True,
                        theme=local_theme(), prevent_thread_lock=not block, ssr_mode=False, footer_links=[],
                        **kwargs)
