@@ -16,6 +16,8 @@ import io
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import traceback
 from types import SimpleNamespace
 
@@ -897,3 +899,41 @@ def test_push_while_the_hub_cannot_be_reached(trained, capsys):
 def test_push_without_a_repo_id(trained, capsys):
     proc = run_main(capsys, "push", trained[1])
     assert_one_line_error(proc, "tl-hub push OUTPUT_DIR REPO_ID")
+
+
+@pytest.mark.parametrize("typed", ["data/sqaures", "./data/sqaures", "data/sqaures/train", "~/no-such-tl-hub-folder",
+                                   "/no/such/folder"])
+def test_a_local_looking_path_that_does_not_exist_is_folder_not_found_without_the_hub(tmp_path, monkeypatch, typed):
+    """A typo in a folder path: 'folder not found' with the closest name, and no Hub request (was 25 s of retries)."""
+    from tl_hub.data import load_source
+
+    (tmp_path / "data" / "squares" / "red").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("the Hub was asked for a local path"))
+    with pytest.raises(DataError) as info:
+        load_source(typed)
+    assert str(info.value).startswith(f"folder not found: '{os.path.expanduser(typed)}'")
+    if typed.lstrip("./").startswith("data/"):
+        assert "did you mean 'data/squares'?" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["beans", "owner/dataset"])
+def test_hub_ids_still_go_to_the_hub(tmp_path, monkeypatch, name):
+    from tl_hub.data import load_source
+
+    monkeypatch.chdir(tmp_path)  # no folder named like the id's owner here
+    asked = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda path, **k: asked.append(path) or {"train": None})
+    load_source(name)
+    assert asked == [name]
+
+
+def test_a_typo_on_the_command_line_is_one_line(tiny_model_dir, tmp_path):
+    (tmp_path / "data" / "squares").mkdir(parents=True)
+    proc = subprocess.run([sys.executable, "-m", "tl_hub.cli", "train", "--recipe", "feature-extraction", "--model",
+                           tiny_model_dir("vit"), "--dataset", "data/sqaures", "--output-dir", "out"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"error: folder not found: 'data/sqaures' ({tmp_path / 'data' / 'sqaures'}); did you mean 'data/squares'?"]

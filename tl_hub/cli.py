@@ -527,7 +527,7 @@ def command_threads(setting: str):
     count = check_threads(setting, "--threads")
     if count != "auto":
         os.environ["OMP_NUM_THREADS"] = str(count)
-    return threads_for(count)
+    return threads_for(count, announce=False)  # a run the command starts says its own
 
 
 def _run(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:

@@ -16,11 +16,13 @@ data is rejected.
 from __future__ import annotations
 
 import concurrent.futures
+import difflib
 import io
 import logging
 import math
 import os
 import random
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -70,7 +72,7 @@ def load_source(source: Any, *, revision: Optional[str] = None, cache_dir: Optio
         raise DataError(
             f"Expected a datasets.Dataset, DatasetDict, folder or Hub dataset id, got {type(source).__name__}."
         )
-    path = os.fspath(source)
+    path = os.path.expanduser(os.fspath(source))
     if os.path.isdir(path):
         if os.path.exists(os.path.join(path, "dataset_dict.json")) or os.path.exists(
             os.path.join(path, "state.json")
@@ -92,14 +94,57 @@ def load_source(source: Any, *, revision: Optional[str] = None, cache_dir: Optio
         return data
     if os.path.exists(path):
         raise DataError(f"'{path}' is a file; pass a folder of images, a saved dataset folder or a Hub dataset id.")
+    if looks_local(path):
+        raise folder_not_found(path)
+    return load_hub_dataset(path, revision=revision, cache_dir=cache_dir)
+
+
+def looks_local(path: str) -> bool:
+    """Whether a dataset given as text means a local folder rather than a Hub id (``name`` or ``owner/name``): it
+    starts with ``.``, ``~`` or a separator, holds a backslash, a drive or more than one ``/``, or its first part is
+    a folder here (``data/sqaures`` when there is a ``data/``)."""
+    if path.startswith((".", "~", "/", os.sep)) or "\\" in path or re.match(r"^[A-Za-z]:", path) or path.count("/") > 1:
+        return True
+    return "/" in path and os.path.isdir(path.split("/")[0])
+
+
+def folder_not_found(path: str) -> DataError:
+    """'folder not found', with the closest names in the nearest existing parent folder."""
+    full = os.path.abspath(path)
+    parent = os.path.dirname(full.rstrip(os.sep))
+    while parent and not os.path.isdir(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    hint = ""
+    if os.path.isdir(parent):
+        wanted = os.path.relpath(full, parent).split(os.sep)[0]
+        close = difflib.get_close_matches(wanted, [d for d in os.listdir(parent)
+                                                   if os.path.isdir(os.path.join(parent, d))], n=1, cutoff=0.6)
+        if close:
+            hint = f"; did you mean '{os.path.relpath(os.path.join(parent, close[0]))}'?"
+    return DataError(f"folder not found: '{path}' ({full}){hint}")
+
+
+def load_hub_dataset(name: str, *, revision: Optional[str] = None, cache_dir: Optional[str] = None):
+    """``datasets.load_dataset(name)`` from the Hub, the libraries' retry messages hidden; one `DataError` if not."""
+    import datasets
+
+    quiet = [logging.getLogger(n) for n in ("huggingface_hub", "datasets", "urllib3", "httpx")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.CRITICAL)
     try:
-        return datasets.load_dataset(path, revision=revision, cache_dir=cache_dir)
+        return datasets.load_dataset(name, revision=revision, cache_dir=cache_dir)
     except Exception as e:  # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ConnectionError)
+        offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
         raise DataError(
-            f"Could not load dataset '{path}': not a local folder, and loading it from the Hub failed "
-            f"({first_line(e)}). "
-            "Check the path or id (offline? set HF_DATASETS_OFFLINE=0 and check the network)."
+            f"Could not load dataset '{name}': it is not a folder here, and "
+            + ("the Hub is switched off (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE=1) and it is not in the cache. "
+               if offline else f"loading it from the Hub failed ({first_line(e)}). ")
+            + "Check the folder path or the Hub id (owner/name)."
         ) from None
+    finally:
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

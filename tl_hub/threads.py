@@ -152,16 +152,16 @@ def choose_threads(setting: Union[str, int, None] = "auto", step_flops: Optional
 
 @contextlib.contextmanager
 def threads_for(setting: Union[str, int, None] = "auto", step_flops: Optional[float] = None, processes: int = 1,
-                device_type: str = "cpu"):
+                device_type: str = "cpu", announce: bool = True):
     """Compute with `choose_threads` threads inside the block; the previous count is restored after it.  Fewer
-    threads than cores because other processes are busy is said on the progress log (``threads`` to choose)."""
+    threads than cores because other processes are busy is said on the progress log (with ``announce``)."""
     import torch
 
     previous = torch.get_num_threads()
     count, reason = choose_threads(setting, step_flops, processes, device_type)
     if count != previous:
         torch.set_num_threads(count)
-    if "busy" in reason:
+    if announce and "busy" in reason:
         logging.getLogger(PROGRESS_LOGGER).info("Computing on %d CPU thread%s: %s (set threads to choose).", count,
                                                 "" if count == 1 else "s", reason)
     else:
