@@ -120,3 +120,52 @@ def test_a_pickled_adapter_loads_only_with_allow_pickle(tiny_model_dir, tmp_path
     images = colour_dataset(6, seed=4)["image"]
     loaded = load(str(out), allow_pickle=True)
     assert torch.allclose(loaded.predict_proba(images), recipe.classifier.predict_proba(images), atol=1e-6)
+
+
+@pytest.mark.parametrize("make, source, pretrained", [
+    (lambda m: FeatureExtractionRecipe(m, epochs=1, **FAST), "local", True),
+    (lambda m: ScratchRecipe(m, epochs=1, **FAST), "local", False),
+], ids=["local-base", "scratch"])
+def test_the_saved_card_is_right_for_a_local_base_and_for_scratch(tiny_model_dir, tmp_path, monkeypatch, make, source,
+                                                                  pretrained):
+    """A title, no link to huggingface.co for a folder, no path of the training machine, and no 'transfer' claim
+    for scratch; the learning curve's title names the base without its path."""
+    from huggingface_hub import ModelCard
+
+    import tl_hub.model_folder as model_folder
+
+    titles = []
+    plot = model_folder.plot_learning_curves
+    monkeypatch.setattr(model_folder, "plot_learning_curves", lambda h, p, title: titles.append(title) or plot(h, p,
+                                                                                                              title))
+    base = tiny_model_dir("vit")
+    recipe = make(base)
+    recipe.fit(colour_dataset(30), progress=False)
+    recipe.save(str(tmp_path / "colours"))
+    record = read_json(str(tmp_path / "colours" / "tl_hub.json"))
+    assert record["base_model_source"] == source and record["pretrained"] is pretrained
+    card = ModelCard.load(str(tmp_path / "colours" / "README.md"))
+    assert card.text.lstrip().startswith("# colours\n")
+    assert "huggingface.co//" not in card.text and base not in card.text and "base_model" not in card.data.to_dict()
+    assert "a local model folder, `vit`" in card.text
+    assert ("by transfer learning" in card.text) is pretrained
+    assert ("from random initialisation" in card.text) is not pretrained
+    assert titles and base not in titles[0] and titles[0].endswith(" on vit")
+
+
+def test_the_card_of_a_hub_base_links_and_pins_it():
+    from huggingface_hub import ModelCard
+
+    info = {"base_model": "google/vit-base-patch16-224-in21k", "base_model_revision": "abc1234", "pretrained": True,
+            "base_model_source": "hub", "labels": ["a", "b"], "recipe": "fine-tune",
+            "metrics": {"validation": {"accuracy": 0.9, "f1": 0.9}}}
+    card = ModelCard(str(model_card(info, "me/beans")))
+    assert card.text.lstrip().startswith("# beans\n")
+    assert ("by transfer learning from [google/vit-base-patch16-224-in21k]"
+            "(https://huggingface.co/google/vit-base-patch16-224-in21k) at revision `abc1234`") in card.text
+    assert card.data.to_dict()["base_model"] == "google/vit-base-patch16-224-in21k"
+    scratch = ModelCard(str(model_card({**info, "pretrained": False}, "me/beans")))
+    assert "from random initialisation" in scratch.text and "by transfer learning" not in scratch.text
+    assert "base_model" not in scratch.data.to_dict()  # not a fine-tune of it
+    old_record = {k: v for k, v in info.items() if k != "base_model_source"}  # saved before the field existed
+    assert "https://huggingface.co/google/vit-base-patch16-224-in21k" in str(model_card(old_record, "me/beans"))

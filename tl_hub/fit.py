@@ -47,6 +47,7 @@ from .features import (
     data_fingerprint,
     state_fingerprint,
 )
+from .hub import base_source
 from .inference import Classifier
 from .loop import Period, train_periods
 from .prefix import PrefixModel, find_cut, frozen_in_eval_mode, prefix_groups, reference_batch
@@ -456,6 +457,7 @@ def run_record(recipe) -> dict:
         "recipe_text": recipe.card_text,
         "base_model": recipe.source.id,
         "base_model_revision": backbone.revision or recipe.source.revision,
+        "base_model_source": base_source(recipe.source.id, recipe.source.location),
         "pretrained": recipe.pretrained,
         "settings": recipe.config.training_settings(),
         "labels": data.labels,

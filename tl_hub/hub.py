@@ -111,12 +111,15 @@ CARD_TEMPLATE = """---
 {{ card_data }}
 ---
 
-# {{ model_name }}
+# {{ title }}
 
 An image classifier for {{ n_labels }} classes ({{ labels_preview }}), trained with
-[tl-hub](https://pypi.org/project/tl-hub/) by transfer learning from
-{% if base_link %}[{{ base_model }}]({{ base_link }}){% else %}`{{ base_model }}`{% endif %}
-{%- if base_revision %} at revision `{{ base_revision }}`{% endif %}.
+[tl-hub](https://pypi.org/project/tl-hub/)
+{%- if pretrained %} by transfer learning from {% else %} from random initialisation (no pretrained weights), with
+the architecture of {% endif %}
+{%- if base_kind == "local" %}a local model folder, {% endif %}
+{%- if base_link %}[{{ base_name }}]({{ base_link }}){% else %}`{{ base_name }}`{% endif %}
+{%- if base_revision and pretrained %} at revision `{{ base_revision }}`{% endif %}.
 
 ## Training
 
@@ -193,6 +196,27 @@ def _kept_epoch_text(info: dict) -> Optional[str]:
     return f"{kept['epoch']} of {total} ({rule})"
 
 
+def base_of(info: dict) -> tuple[str, str, Optional[str]]:
+    """Where a trained model's base came from, as ``(kind, name to show, link)``: ``builtin`` (a tl-hub name),
+    ``hub`` (a Hub id, linked) or ``local`` (a folder: only its name is shown, never the path on the machine that
+    trained it).  Records without ``base_model_source`` count as Hub models when they pinned a commit."""
+    base = info.get("base_model") or ""
+    kind = info.get("base_model_source") or ("builtin" if is_builtin(base) else
+                                             "hub" if info.get("base_model_revision") else "local")
+    if kind == "builtin":
+        return kind, base, BUILTIN_HOME
+    if kind == "hub":
+        return kind, base, f"https://huggingface.co/{base}"
+    return "local", os.path.basename(os.path.normpath(base)) if base else "unknown", None
+
+
+def base_source(source_id: str, location: str) -> str:
+    """``builtin``, ``local`` or ``hub``: the kind of base a run trains from (recorded as ``base_model_source``)."""
+    if is_builtin(source_id):
+        return "builtin"
+    return "local" if os.path.isdir(location) else "hub"
+
+
 def model_card(info: dict, repo_id: str, dataset_name: Optional[str] = None):
     """A `huggingface_hub.ModelCard` with base model, dataset, metrics (model-index eval results) and usage."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -209,10 +233,10 @@ def model_card(info: dict, repo_id: str, dataset_name: Optional[str] = None):
                                           dataset_name=dataset_name, dataset_split=split, metric_type=name,
                                           metric_value=round(float(values[name]), 4)))
     base = info.get("base_model", "")
-    builtin = is_builtin(base)
-    on_hub = bool(base) and not builtin and not os.path.exists(base)
+    base_kind, base_name, base_link = base_of(info)
+    builtin = base_kind == "builtin"
     card_data = ModelCardData(
-        base_model=base if on_hub else None, library_name="transformers",
+        base_model=base if base_kind == "hub" and info.get("pretrained", True) else None, library_name="transformers",
         pipeline_tag="image-classification", tags=["tl-hub", "image-classification", "transfer-learning"],
         eval_results=results or None, model_name=repo_id.split("/")[-1],
     )
@@ -220,8 +244,9 @@ def model_card(info: dict, repo_id: str, dataset_name: Optional[str] = None):
     return ModelCard.from_template(
         card_data, template_str=CARD_TEMPLATE, repo_id=repo_id, n_labels=len(info.get("labels", [])),
         labels_preview=", ".join(info.get("labels", [])[:8]) + (" ..." if len(info.get("labels", [])) > 8 else ""),
-        base_model=base, base_revision=info.get("base_model_revision"), recipe=info.get("recipe"),
-        base_link=BUILTIN_HOME if builtin else f"https://huggingface.co/{base}" if on_hub else None,
+        title=repo_id.split("/")[-1], pretrained=info.get("pretrained", True), base_kind=base_kind,
+        base_name=base_name, base_link=base_link, base_revision=info.get("base_model_revision"),
+        recipe=info.get("recipe"),
         base_is_builtin=builtin, base_ref=f"tl_hub.ModelSource({base!r}).location" if builtin else repr(base),
         recipe_text=info.get("recipe_text", ""), data=info.get("data", ""),
         settings={k: v for k, v in info.get("settings", {}).items() if v is not None},

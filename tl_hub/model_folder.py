@@ -37,7 +37,7 @@ from .filenames import (
     METRICS_FILE,
     PREPROCESSOR_FILE,
 )
-from .hub import download, model_card, upload_model
+from .hub import base_of, download, model_card, upload_model
 from .inference import Classifier
 from .outputs import atomic_output_dir, read_json, write_json
 from .plots import plot_confusion_matrix, plot_learning_curves
@@ -91,7 +91,7 @@ class TrainedModel:
                 write_json(os.path.join(tmp, HISTORY_FILE), self.history)
                 name = record.get("recipe", "model")
                 plot_learning_curves({name: self.history}, os.path.join(tmp, CURVE_FILE),
-                                     title=f"{name} on {record.get('base_model', '')}")
+                                     title=f"{name} on {base_of(record)[1]}")
             validation = (self.metrics or {}).get("validation") or {}
             if validation.get("confusion_matrix"):
                 plot_confusion_matrix(validation["confusion_matrix"], list(validation["per_class"]),

@@ -20,6 +20,7 @@ from typing import Any, Optional
 from PIL import Image
 
 from .errors import require
+from .hub import base_of
 from .model_folder import load
 
 MAX_PIXELS = 40_000_000
@@ -112,8 +113,10 @@ class SpaceApp:
         lines = [f"**Model**: `{source}`", f"**Classes** ({len(self.classifier.labels)}): "
                  + ", ".join(self.classifier.labels[:20]) + (" ..." if len(self.classifier.labels) > 20 else "")]
         if info.get("base_model"):
-            lines.append(f"**Base model**: `{info['base_model']}`"
-                         + (f" @ `{info['base_model_revision'][:10]}`" if info.get("base_model_revision") else ""))
+            kind, name, _ = base_of(info)
+            lines.append(f"**Base model**: `{name}`" + (" (a local folder)" if kind == "local" else "")
+                         + (f" @ `{info['base_model_revision'][:10]}`" if info.get("base_model_revision") else "")
+                         + ("" if info.get("pretrained", True) else " (its architecture, trained from scratch)"))
         if info.get("recipe"):
             lines.append(f"**Recipe**: {info['recipe']}")
         if info.get("data"):
@@ -124,14 +127,20 @@ class SpaceApp:
         return "\n\n".join(lines)
 
 
-SPACE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "spaces")
+def space_dir() -> Optional[str]:
+    """The Space's files (``app.py``, ``requirements.txt``, ``README.md``, ``examples/``): the ``spaces/`` folder of
+    the source tree, which an installed package carries as ``tl_hub/space_template`` (None if neither is there)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for folder in (os.path.join(here, "space_template"), os.path.join(os.path.dirname(here), "spaces")):
+        if os.path.isfile(os.path.join(folder, "app.py")):
+            return folder
+    return None
 
 
 def example_images() -> list[str]:
     """The small example images shipped with the Space (digits made from the demo data)."""
-    folder = os.path.join(SPACE_DIR, "examples")
+    folder = os.path.join(space_dir() or "", "examples")
     return sorted(os.path.join(folder, f) for f in os.listdir(folder)) if os.path.isdir(folder) else []
-
 
 
 
@@ -193,10 +202,12 @@ def push_space(space_id: str, model_repo: str, *, private: Optional[bool] = None
     from .errors import TlHubError
     from .hub import upload_space
 
-    if not os.path.exists(os.path.join(SPACE_DIR, "app.py")):
-        raise TlHubError(f"The Space files are missing ({SPACE_DIR}); install tl-hub from its source tree.")
+    template = space_dir()
+    if template is None:
+        raise TlHubError("The Space files are missing from this tl-hub install (tl_hub/space_template); reinstall "
+                         "tl-hub (pip install --force-reinstall tl-hub).")
     with tempfile.TemporaryDirectory(prefix="tl_hub_space_") as tmp:
-        shutil.copytree(SPACE_DIR, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(template, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "__init__.py"))
         app_path = os.path.join(tmp, "app.py")
         with open(app_path, encoding="utf-8") as f:
             app = f.read()
