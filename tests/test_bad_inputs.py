@@ -418,7 +418,7 @@ def _bert(tmp_path):
 
 @pytest.mark.parametrize("model,expected", [
     ("no-such-org/no-such-model", ["Could not load model 'no-such-org/no-such-model'", "Check the name"]),
-    ("/no/such/model/folder", ["Could not load model '/no/such/model/folder'", "path of a saved model"]),
+    ("/no/such/model/folder", ["model folder not found: '/no/such/model/folder'", "folder of a saved model"]),
     ("bert", ["is a 'bert' model", "no image-classification architecture", "Use an image classification checkpoint"]),
 ], ids=["unknown-model-id", "missing-model-folder", "non-image-model-bert"])
 def test_unusable_model_is_a_model_error(tmp_path, model, expected):

@@ -127,7 +127,7 @@ def test_advise_with_several_models_ranks_them_first(tmp_path):
     from tl_hub import advise  # several models: ranked first
 
     train, _ = digits_dataset(per_class=5, seed=1)
-    vit = os.path.join(ROOT, "tl_hub", "assets", "glyph-vit")
+    vit = os.path.join(ROOT, "benchmarks", "assets", "glyph-vit")
     advice = advise([vit, base_model_path()], train, feature_cache_dir=str(tmp_path))
     assert advice.ranking["order"][0] == advice.model
     assert set(advice.ranking["order"]) == {vit, base_model_path()}
@@ -145,9 +145,45 @@ def test_cli_rank_end_to_end_on_two_tiny_models(tmp_path):
                          cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "ensemble" in out.stdout and "recommendation:" in out.stdout and "failed" in out.stdout
+    assert sum("missing" in line for line in (out.stdout + out.stderr).splitlines()) == 1  # listed once
     saved = json.load(open(tmp_path / "rank" / "ranking.json"))
     assert set(saved["order"]) == {a, b}
     assert os.path.getsize(tmp_path / "rank" / "ranking.png") > 1000
     bad = subprocess.run([sys.executable, "-m", "tl_hub.cli", "rank", "--model", a, "--dataset", folder,
                           "--max-per-class", "1"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "max_per_class" in bad.stderr
+
+
+def _ranking(scores, recipe="feature-extraction", case="small+similar"):
+    from types import SimpleNamespace
+
+    advice = SimpleNamespace(recipe=recipe, case=case, reason="why", to_dict=lambda: {})
+    return Ranking(scores=scores, default_score="logme", seconds={m: {"encode": 1.0} for m in scores},
+                   info={m: {"feature_dim": 8} for m in scores}, advice=advice)
+
+
+def test_negative_scores_draw_the_better_candidate_as_the_longer_bar(tmp_path, monkeypatch):
+    """LogME, LEEP and NCE are often negative: under "higher is better", the better bar must be the longer one."""
+    import tl_hub.plots
+    from tl_hub.ranking import bar_base, plot_ranking
+
+    assert bar_base([0.8, 0.5]) == 0.0 and bar_base([-0.9, -1.5]) < -1.5
+    figures = []
+    monkeypatch.setattr(tl_hub.plots, "save_figure", lambda fig, path: figures.append(fig) or path)
+    ranking = _ranking({"good": {"logme": -0.9, "knn": 0.8}, "bad": {"logme": -1.5, "knn": 0.5}})
+    plot_ranking(ranking, str(tmp_path / "r.png"))
+    for ax in figures[0].axes:
+        if not ax.patches:
+            continue
+        bars = {t.get_text(): p for t, p in zip(ax.get_yticklabels(), ax.patches)}
+        assert bars["good"].get_width() > bars["bad"].get_width() > 0, ax.get_title()
+        assert bars["good"].get_x() + bars["good"].get_width() == pytest.approx(
+            {"logme": -0.9, "knn": 0.8}[ax.get_title().split(" ")[0]])  # the bar ends at the score
+
+
+def test_a_scratch_recommendation_does_not_say_start_from():
+    ranking = _ranking({"/zoo/glyph-vit": {"logme": 0.1}}, recipe="scratch", case="small+different")
+    text = ranking.table().splitlines()[-1]
+    assert text.startswith("recommendation: train from scratch (case small+different: why)")
+    assert "start from" not in text and "glyph-vit" in text
+    assert _ranking({"/zoo/a": {"logme": 0.1}}).recommendation().startswith("start from /zoo/a with feature-extraction")

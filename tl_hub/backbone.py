@@ -19,6 +19,7 @@ from torch import nn
 from .config import ModelSource
 from .errors import ModelError, first_line
 from .filenames import CONFIG_FILE
+from .paths import looks_local, not_found
 from .structure import BATCHNORM_TYPES, LayerGroup, ModelParts, example_inputs, reset_head, split_model
 
 __all__ = ["BATCHNORM_TYPES", "Backbone", "LayerGroup", "ModelParts", "load_backbone", "load_image_processor",
@@ -77,6 +78,9 @@ def load_config(source: ModelSource):
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
     name, trust_remote_code = source.id, source.trust_remote_code
+    if looks_local(source.location) and not os.path.exists(source.location):
+        raise ModelError(not_found(source.location, "model folder") + ". Give the folder of a saved model, or a "
+                         "Hub model id (owner/name).")
     try:
         config = AutoConfig.from_pretrained(source.location, **source.loading_kwargs())
     except (OSError, ValueError, KeyError) as e:

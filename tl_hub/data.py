@@ -16,13 +16,11 @@ data is rejected.
 from __future__ import annotations
 
 import concurrent.futures
-import difflib
 import io
 import logging
 import math
 import os
 import random
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ import torch
 from PIL import Image, ImageOps
 
 from .errors import DataError, first_line
+from .paths import looks_local, not_found
 
 logger = logging.getLogger(__name__)
 
@@ -95,33 +94,8 @@ def load_source(source: Any, *, revision: Optional[str] = None, cache_dir: Optio
     if os.path.exists(path):
         raise DataError(f"'{path}' is a file; pass a folder of images, a saved dataset folder or a Hub dataset id.")
     if looks_local(path):
-        raise folder_not_found(path)
+        raise DataError(not_found(path))
     return load_hub_dataset(path, revision=revision, cache_dir=cache_dir)
-
-
-def looks_local(path: str) -> bool:
-    """Whether a dataset given as text means a local folder rather than a Hub id (``name`` or ``owner/name``): it
-    starts with ``.``, ``~`` or a separator, holds a backslash, a drive or more than one ``/``, or its first part is
-    a folder here (``data/sqaures`` when there is a ``data/``)."""
-    if path.startswith((".", "~", "/", os.sep)) or "\\" in path or re.match(r"^[A-Za-z]:", path) or path.count("/") > 1:
-        return True
-    return "/" in path and os.path.isdir(path.split("/")[0])
-
-
-def folder_not_found(path: str) -> DataError:
-    """'folder not found', with the closest names in the nearest existing parent folder."""
-    full = os.path.abspath(path)
-    parent = os.path.dirname(full.rstrip(os.sep))
-    while parent and not os.path.isdir(parent) and os.path.dirname(parent) != parent:
-        parent = os.path.dirname(parent)
-    hint = ""
-    if os.path.isdir(parent):
-        wanted = os.path.relpath(full, parent).split(os.sep)[0]
-        close = difflib.get_close_matches(wanted, [d for d in os.listdir(parent)
-                                                   if os.path.isdir(os.path.join(parent, d))], n=1, cutoff=0.6)
-        if close:
-            hint = f"; did you mean '{os.path.relpath(os.path.join(parent, close[0]))}'?"
-    return DataError(f"folder not found: '{path}' ({full}){hint}")
 
 
 def load_hub_dataset(name: str, *, revision: Optional[str] = None, cache_dir: Optional[str] = None):

@@ -169,6 +169,7 @@ class Ranking:
         out = asdict(self)
         out["order"] = self.order()
         out["advice"] = self.advice.to_dict() if self.advice is not None else None
+        out["recommendation"] = self.recommendation()
         out["score_help"] = SCORE_HELP
         return out
 
@@ -184,9 +185,18 @@ class Ranking:
             lines.append(f"{'-':>2} {short_name(m):<{width}} failed: {why}")
         lines.append(f"default score: {self.default_score}: {SCORE_HELP[self.default_score]}")
         if self.advice is not None:
-            lines.append(f"recommendation: start from {self.best} with {self.advice.recipe} "
-                         f"(case {self.advice.case}: {self.advice.reason})")
+            lines.append(f"recommendation: {self.recommendation()}")
         return "\n".join(lines)
+
+    def recommendation(self) -> Optional[str]:
+        """The advice in one sentence: which model to start from with which recipe, or to train from scratch."""
+        if self.advice is None:
+            return None
+        why = f"(case {self.advice.case}: {self.advice.reason})"
+        if self.advice.recipe == "scratch":  # no transfer: the candidate only lends its architecture
+            return (f"train from scratch {why}; the best-ranked candidate, {short_name(self.best)}, is not "
+                    "expected to help as a starting point")
+        return f"start from {self.best} with {self.advice.recipe} {why}"
 
     def save(self, output_dir: str) -> dict:
         """Write ``ranking.json`` and ``ranking.png`` (the scores per model) to ``output_dir``; returns paths."""
@@ -207,6 +217,20 @@ def _cell(value: Optional[float]) -> str:
     return f"{'-':>8}" if value is None else f"{value:>8.3f}"
 
 
+def bar_base(values: Sequence[float]) -> float:
+    """Where a panel's bars start: 0 for scores that are all positive, else a little below the lowest one (LogME,
+    LEEP and NCE are often negative), so that a higher score is always a longer bar to the right.
+
+    Example:
+        >>> bar_base([0.8, 0.5]), bar_base([-0.9, -1.5])
+        (0.0, -1.56)
+    """
+    low, high = min(values), max(values)
+    if low >= 0:
+        return 0.0
+    return round(low - 0.1 * max(high - low, abs(low) * 0.1, 1e-6), 6)
+
+
 def plot_ranking(ranking: Ranking, path: str) -> str:
     """One bar panel per score (models in ranked order, the best highlighted) into a PNG at ``path``."""
     from .plots import pyplot, save_figure
@@ -224,7 +248,10 @@ def plot_ranking(ranking: Ranking, path: str) -> str:
         values = [ranking.scores[m].get(name) for m in models]
         shown = [(short_name(m), v) for m, v in zip(models, values) if v is not None]
         colors = ["C1" if label == short_name(models[0]) else "C0" for label, _ in shown]
-        ax.barh([label for label, _ in shown][::-1], [v for _, v in shown][::-1], color=colors[::-1])
+        base = bar_base([v for _, v in shown])  # bars grow right from below the lowest score, so better is longer
+        ax.barh([label for label, _ in shown][::-1], [v - base for _, v in shown][::-1], left=base,
+                color=colors[::-1])
+        ax.set_xlim(left=base)
         ax.set_title(f"{name}{' (default)' if name == ranking.default_score else ''}", fontsize=10)
         ax.tick_params(labelsize=8)
         ax.grid(axis="x", alpha=0.3)
@@ -266,7 +293,7 @@ def _score_candidates(sources: list, sample: Sample, encoding: dict, on_error: s
             if on_error == "raise":
                 raise
             failed[source.id] = str(e) if isinstance(e, TlHubError) else first_line(e)
-            logger.warning("Could not rank %s: %s", source.id, failed[source.id])
+            logger.info("Could not rank %s: %s", source.id, failed[source.id])  # listed once, in the ranking
             continue
         features = encoded[source.id]
         scores[source.id], own = candidate_scores(features, len(sample.names))
