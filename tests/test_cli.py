@@ -29,7 +29,7 @@ def assert_one_line_error(proc, *fragments):
 def test_help():
     top = tl_hub("--help")
     assert top.returncode == 0 and "train" in top.stdout and "predict" in top.stdout
-    train = tl_hub("train", "--help")
+    train = tl_hub("train", "--help-all")
     assert train.returncode == 0
     for flag in ("--recipe", "--model", "--dataset", "--output-dir", "--head-epochs", "--backbone-lr-ratio",
                  "--layer-decay", "--unfreeze", "--bn-policy", "--overwrite"):
@@ -152,7 +152,7 @@ def test_existing_output_dir_is_refused_and_kept(tiny_model_dir, tmp_path, image
 def test_bad_setting_value(tiny_model_dir, tmp_path, image_folder):
     proc = tl_hub("train", "--recipe", "fine-tune", "--model", tiny_model_dir("vit"), "--dataset", image_folder,
                   "--output-dir", tmp_path / "out", "--epochs", "2", "--head-epochs", "2")
-    assert_one_line_error(proc, "head_epochs", "FeatureExtractionRecipe")
+    assert_one_line_error(proc, "`--head-epochs`", "FeatureExtractionRecipe")
 
 
 def test_predict_errors(tmp_path):
@@ -182,3 +182,40 @@ def test_logs_default_verbose_and_quiet(tiny_model_dir, tmp_path):
     quiet = runs["quiet"]
     assert "epoch" not in quiet.stderr and "Saved checkpoint" not in quiet.stderr
     assert "validation accuracy" in quiet.stdout  # results are printed, not logged
+
+
+def _exit_and_stderr(capsys, *argv):
+    from tl_hub.cli import main
+
+    try:
+        code = main(list(argv))
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["train", "--recipe", "fine-tunning"], "invalid choice 'fine-tunning'; did you mean fine-tune?"),
+    (["trian"], "invalid choice 'trian'; did you mean train?"),
+    (["train", "--recipe", "fine-tune", "--model", "m", "--dataset", "d", "--output-dir", "o", "--lr-rate", "3"],
+     "unrecognized arguments: --lr-rate 3; did you mean --lr? (see `tl-hub train --help`)"),
+    (["train", "--recipe", "fine-tune", "--model", "m", "--dataset", "d", "--output-dir", "o", "--scheduler", "cosin"],
+     "`--scheduler` should be one of cosine, linear, constant; got 'cosin' (did you mean cosine?)."),
+    (["train", "--recipe", "fine-tune", "--model", "m", "--dataset", "d", "--output-dir", "o", "--batch-size", "0"],
+     "`--batch-size` should be positive"),
+], ids=["recipe-typo", "command-typo", "unknown-flag", "setting-choice", "setting-value"])
+def test_cli_mistakes_are_one_line_naming_the_flag(capsys, argv, expected):
+    code, lines = _exit_and_stderr(capsys, *argv)
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert expected in lines[0], lines[0]
+
+
+def test_train_help_is_short_true_and_shows_defaults():
+    short, full = tl_hub("train", "--help").stdout, tl_hub("train", "--help-all").stdout  # the built-in recipes only
+    assert len(short.splitlines()) <= 90 < len(full.splitlines())
+    assert "--help-all" in short and "--head-epochs" not in short and "--head-epochs" in full
+    assert "Global training batch size" in short and "(default: 32)" in short
+    assert "resolve_epochs" not in full and "horizontal flip on training" not in full
+    assert "flips only with hflip" in short
+    head_epochs = " ".join(full.split("\n  --head-epochs HEAD_EPOCHS")[1].split("\n  --")[0].split())
+    assert "(default: fine-tune: automatic; train-all: 0)" in head_epochs.replace("- ", "-")  # per recipe

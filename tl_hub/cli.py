@@ -27,6 +27,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 import types
 import typing
@@ -65,7 +66,12 @@ logger = logging.getLogger("tl_hub")
 
 # namespace prefixes of the argument groups that are not a command's own (training settings, model, thresholds)
 SETTING, SOURCE, THRESHOLD = "cfg_", "source_", "threshold_"
-SETTINGS_TITLE = "training settings (defaults depend on the recipe)"
+SETTINGS_TITLE = "training settings (defaults per recipe where they differ)"
+COMMON_SETTINGS_TITLE = "common training settings (every setting: --help-all)"
+# what `tl-hub train --help` lists; --help-all lists every flag
+COMMON_TRAIN_FLAGS = {"recipe", "id", "dataset", "output_dir", "validation_dataset", "overwrite",
+                      "resume_from_checkpoint", "epochs", "lr", "batch_size", "seed", "unfreeze", "augment",
+                      "mixed_precision", "threads", "checkpoint_dir", "report_to"}
 RANK_SOURCE_OPTIONS = ("revision", "trust_remote_code", "allow_pickle", "cache_dir")
 DATASET_HELP = "Image folder, save_to_disk folder or Hub dataset id."
 MODEL_DIR_HELP = "A folder written by `tl-hub train`."
@@ -107,9 +113,20 @@ def _default(f: dataclasses.Field) -> Any:
     return dataclasses.MISSING
 
 
-def _add_field(parser, f: dataclasses.Field, hint: Any, prefix: str, suppress: bool) -> None:
+def _default_text(default: Any) -> str:
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    return str(default)
+
+
+def _add_field(parser, f: dataclasses.Field, hint: Any, prefix: str, suppress: bool, shown: bool = True,
+               default_text: Optional[str] = None) -> None:
     meta, default = f.metadata, _default(f)
-    kwargs: dict[str, Any] = {"help": meta.get("help")}
+    unshown = (dataclasses.MISSING, None, False, [], "")
+    if default_text is None and default not in unshown and not meta.get("positional"):
+        default_text = _default_text(default)
+    help_text = (meta.get("help") or "") + (f" (default: {default_text})" if default_text else "")
+    kwargs: dict[str, Any] = {"help": help_text if shown else argparse.SUPPRESS}
     if hint is bool:
         kwargs["action"] = argparse.BooleanOptionalAction if suppress or default is True else "store_true"
     else:
@@ -137,13 +154,34 @@ def _add_field(parser, f: dataclasses.Field, hint: Any, prefix: str, suppress: b
     parser.add_argument(*flags, dest=prefix + f.name, **kwargs)
 
 
+def class_defaults(name: str, classes: dict[str, type]) -> Optional[str]:
+    """The default of field ``name`` across ``classes`` (``{label: dataclass}``): one value, or the common one
+    with the exceptions (``"0.001; scratch: 0.003"``)."""
+    values = {label: _default(f) for label, cls in classes.items() for f in dataclasses.fields(cls) if f.name == name}
+    shown = {label: "automatic" if v is None else _default_text(v) for label, v in values.items()
+             if v is not dataclasses.MISSING}
+    if not shown:
+        return None
+    counts = {v: list(shown.values()).count(v) for v in shown.values()}
+    common = max(counts, key=counts.get)
+    if 2 * counts[common] <= len(shown) and len(counts) > 1:  # no majority: each recipe's own
+        return "; ".join(f"{label}: {v}" for label, v in shown.items())
+    rest = [f"{label}: {v}" for label, v in shown.items() if v != common]
+    if common == "automatic" and not rest:
+        return None  # the help text says what unset means
+    return "; ".join([common, *rest])
+
+
 def add_dataclass_arguments(parser, *classes: type, prefix: str = "", suppress: bool = False,
-                            only: Optional[Collection[str]] = None) -> None:
+                            only: Optional[Collection[str]] = None, shown: Optional[Collection[str]] = None,
+                            defaults_from: Optional[dict[str, type]] = None) -> None:
     """Add one argument per field of ``classes`` to ``parser`` (a field of several classes: the first one's).
 
     ``prefix`` starts each destination in the namespace (read back with `dataclass_values`).  With ``suppress``,
     a flag left unset is absent from the namespace, so the dataclass' own default applies; bools are then
-    ``--x/--no-x``.  ``only`` selects fields by name.
+    ``--x/--no-x``.  ``only`` selects fields by name; ``shown``: the fields the help lists (default all; the others
+    parse but are listed by ``--help-all``).  The help gives each default, from ``defaults_from``
+    (``{label: class}``, e.g. per recipe) where given.
     """
     chosen: dict[str, tuple[dataclasses.Field, Any]] = {}
     for cls in classes:
@@ -152,7 +190,8 @@ def add_dataclass_arguments(parser, *classes: type, prefix: str = "", suppress: 
             if f.name not in chosen and (only is None or f.name in only):
                 chosen[f.name] = (f, hints[f.name])
     for f, hint in chosen.values():
-        _add_field(parser, f, hint, prefix, suppress)
+        text = class_defaults(f.name, defaults_from) if defaults_from else None
+        _add_field(parser, f, hint, prefix, suppress, shown is None or f.name in shown, text)
 
 
 def dataclass_values(args: argparse.Namespace, cls: Optional[type] = None, prefix: str = "") -> dict[str, Any]:
@@ -191,7 +230,11 @@ class ThreadsArguments:
 
 @dataclass
 class RecipeArguments:
-    recipe: str = field(metadata={"help": "What to train (see README).", "choices": lambda: sorted(RECIPES)})
+    recipe: str = field(metadata={
+        "help": "What to train: feature-extraction (frozen encoder, a new head), fine-tune (the head, then the "
+                "encoder at smaller learning rates), train-all (everything from the pretrained weights), lora "
+                "(low-rank adapters), scratch (the same architecture from random weights: the baseline).",
+        "choices": lambda: sorted(RECIPES)})
 
 
 @dataclass
@@ -319,16 +362,56 @@ SUBCOMMANDS: dict[str, tuple[type, str, Optional[str]]] = {
 }
 
 
-def add_train_arguments(parser, *config_classes: type[TrainingConfig]) -> None:
-    """Flags of a training run: the model (`ModelSource`), data, output and the settings of ``config_classes``."""
-    add_dataclass_arguments(parser, ModelSource, prefix=SOURCE)
-    add_dataclass_arguments(parser, TrainArguments)
-    group = parser.add_argument_group(SETTINGS_TITLE)
-    add_dataclass_arguments(group, *config_classes, prefix=SETTING, suppress=True)
+def add_train_arguments(parser, recipes: dict[str, type], full_help: bool = False) -> None:
+    """Flags of a training run: the model (`ModelSource`), data, output and the settings of the ``recipes``'
+    configs (``{name: recipe class}``); the help lists the common ones unless ``full_help``."""
+    shown = None if full_help else COMMON_TRAIN_FLAGS
+    add_dataclass_arguments(parser, ModelSource, prefix=SOURCE, shown=shown)
+    add_dataclass_arguments(parser, TrainArguments, shown=shown)
+    group = parser.add_argument_group(SETTINGS_TITLE if full_help else COMMON_SETTINGS_TITLE)
+    configs = {name: cls.config_class for name, cls in recipes.items()}
+    add_dataclass_arguments(group, *configs.values(), prefix=SETTING, suppress=True, shown=shown,
+                            defaults_from=configs if len(configs) > 1 else None)
+    parser.add_argument("--help-all", action="store_true", help="Show every setting, not only the common ones.")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose mistakes are one line: the error, a close match ("did you mean ...?") for a
+    mistyped choice or flag, and where the help is (not the usage block)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str):
+        import difflib
+
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:
+            options = [o.strip(" '") for o in choice.group(2).split(",")]
+            close = difflib.get_close_matches(choice.group(1), options, n=1, cutoff=0.5)
+            message = (message[:choice.start()] + f"invalid choice '{choice.group(1)}'"
+                       + (f"; did you mean {close[0]}?" if close else "") + f" (choose from {', '.join(options)})")
+        command = self.command()
+        unknown = re.match(r"unrecognized arguments: (\S+)", message)
+        if unknown:
+            flags = [f for action in command._actions for f in action.option_strings]
+            close = difflib.get_close_matches(unknown.group(1).split("=")[0], flags, n=1, cutoff=0.6)
+            message += f"; did you mean {close[0]}?" if close else ""
+        self.exit(2, f"error: {message} (see `{command.prog} --help`)\n")
+
+    def command(self) -> argparse.ArgumentParser:
+        """The subcommand's parser named in the arguments being parsed (this parser when there is none)."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for arg in getattr(self, "_argv", []):
+                    if arg in action.choices:
+                        return action.choices[arg]
+        return self
+
+
+def build_parser(full_help: bool = False) -> argparse.ArgumentParser:
+    parser = Parser(
         prog="tl-hub",
         description="Transfer learning for image classification: reuse any pretrained image classifier "
                     "(ViT, DeiT, ConvNeXt, ResNet, Swin, DINOv2, ...) on your own labels.",
@@ -345,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "train":  # train has it among the training settings
             add_dataclass_arguments(command, ThreadsArguments)
         if name == "train":
-            add_train_arguments(command, *(cls.config_class for cls in RECIPES.values()))
+            add_train_arguments(command, dict(RECIPES), full_help)
         elif name == "advise":
             add_dataclass_arguments(command, Thresholds, prefix=THRESHOLD, suppress=True)
         elif name == "compare":
@@ -521,6 +604,25 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
         transformers.utils.logging.set_verbosity_error()
 
 
+def flag_names() -> set[str]:
+    """Every name a flag of the CLI is made from (settings, model options, thresholds, the commands' arguments)."""
+    classes = [ModelSource, Thresholds, ThreadsArguments, *(a for a, _, _ in SUBCOMMANDS.values()),
+               TrainArguments, *(cls.config_class for cls in RECIPES.values())]
+    return {f.name for cls in classes for f in dataclasses.fields(cls)}
+
+
+def as_flags(message: str) -> str:
+    """A message about settings, for the command line: each `` `setting` `` becomes the flag the user typed
+    (`` `--setting` ``).
+
+    Example:
+        >>> as_flags("`batch_size` (33) must be divisible by 2")
+        '`--batch-size` (33) must be divisible by 2'
+    """
+    names = flag_names()
+    return re.sub(r"`([a-z_]+)`", lambda m: f"`{_flag(m.group(1))}`" if m.group(1) in names else m.group(0), message)
+
+
 def command_threads(setting: str):
     """The CPU threads of a command (`tl_hub.threads`); a number is also exported as ``OMP_NUM_THREADS``, so that
     the runs the command starts (their ``threads="auto"``) and its worker processes keep it."""
@@ -537,7 +639,7 @@ def _run(command: Callable[[argparse.Namespace], int], args: argparse.Namespace)
         with command_threads(getattr(args, "threads", "auto")):
             return command(args)
     except TlHubError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {as_flags(str(e))}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as e:  # an optional package a command reached for: name its extra
         error = missing_dependency(e.name)
@@ -553,16 +655,20 @@ def _run(command: Callable[[argparse.Namespace], int], args: argparse.Namespace)
 def script_main(recipe: str, description: str, argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the runnable scripts in ``recipes/``: ``tl-hub train --recipe <recipe>`` with the
     flags of that recipe only.  Works under ``python`` and ``accelerate launch``."""
-    parser = argparse.ArgumentParser(description=description)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    full_help = "--help-all" in argv
+    parser = Parser(description=description)
     add_dataclass_arguments(parser, LoggingArguments)
-    add_train_arguments(parser, get_recipe(recipe).config_class)
-    args = parser.parse_args(argv)
+    add_train_arguments(parser, {recipe: get_recipe(recipe)}, full_help)
+    args = parser.parse_args(["--help" if a == "--help-all" else a for a in argv])
     args.recipe = recipe
     return _run(cmd_train, args)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    full_help = "--help-all" in argv
+    args = build_parser(full_help).parse_args(["--help" if a == "--help-all" else a for a in argv])
     return _run(COMMANDS[args.command], args)
 
 

@@ -48,7 +48,11 @@ def _positive(name: str, value, allow_zero: bool = False) -> None:
 
 def _choice(name: str, value, choices) -> None:
     if value not in choices:
-        raise ConfigError(f"`{name}` should be one of {', '.join(map(str, choices))}; got {value!r}.")
+        import difflib
+
+        close = difflib.get_close_matches(str(value), list(map(str, choices)), n=1, cutoff=0.6)
+        raise ConfigError(f"`{name}` should be one of {', '.join(map(str, choices))}; got {value!r}"
+                          + (f" (did you mean {close[0]}?)." if close else "."))
 
 
 @dataclass
@@ -116,8 +120,8 @@ class TrainingConfig:
         3
     """
 
-    epochs: Optional[int] = setting(None, "Training epochs (default: enough epochs for min_steps optimizer steps, at "
-                                    "least min_epochs and at most max_epochs; see resolve_epochs).")
+    epochs: Optional[int] = setting(None, "Training epochs; unset: automatic, enough for min_steps optimizer steps, "
+                                    "between min_epochs and max_epochs, within compute_budget.")
     min_steps: int = setting(500, "With epochs unset: the fewest optimizer steps a trained period gets; when "
                              "max_epochs passes over small data are fewer, each epoch makes several passes (0: one "
                              "pass per epoch).")
@@ -152,7 +156,8 @@ class TrainingConfig:
     label_column: Optional[str] = setting(None, "Label column (detected if not given).")
     validation_size: float = setting(0.2, "Fraction of the training data held out (stratified) when no validation "
                                      "split exists.")
-    augment: bool = setting(True, "Random resized crop + horizontal flip on training images.")
+    augment: bool = setting(True, "Random resized crops of the training images (see crop_scale); flips only with "
+                                  "hflip.")
     hflip: bool = setting(False, "Add random horizontal flips to augmentation; only for labels that a mirror image "
                           "keeps (not text, digits, or left/right classes).")
     crop_scale: float = setting(0.6, "Smallest area fraction kept by the random resized crop (0 < s <= 1).")
