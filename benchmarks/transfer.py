@@ -15,7 +15,7 @@ A task is base model x target x examples per class, in two tiers:
   images per class (each costs a 224 px forward pass).  Fashion-MNIST at 50 per class runs when named
   (``--tasks lite0/fashion/50``): its hand references alone take about an hour per seed on 2 CPU cores;
 - **glyph**: the shipped letter-pretrained ResNet (``tl_hub/assets/glyph-resnet``) and ViT
-  (``tl_hub/assets/glyph-vit``) at 32 px on handwritten digits (scikit-learn's, similar: strokes), printed digits
+  (``benchmarks/assets/glyph-vit``) at 32 px on handwritten digits (scikit-learn's, similar: strokes), printed digits
   (rendered from other fonts' digits, similar) and the hue of random textures (different: colour, which letters
   never carried); 20 validation images per class and a large test set.
 
@@ -62,7 +62,7 @@ from tl_hub.imagenet import LITE0, lite0_path  # noqa: E402
 from tl_hub.outputs import atomic_path  # noqa: E402
 
 ASSETS = os.path.join(ROOT, "tl_hub", "assets")
-BASES = {"resnet": os.path.join(ASSETS, "glyph-resnet"), "vit": os.path.join(ASSETS, "glyph-vit"),
+BASES = {"resnet": os.path.join(ASSETS, "glyph-resnet"), "vit": os.path.join(ROOT, "benchmarks", "assets", "glyph-vit"),
          "lite0": LITE0}
 REAL_TASKS = [
     # the real tier: EfficientNet-Lite0 pretrained on ImageNet-1k, at 224 px, on real images

@@ -8,7 +8,7 @@ the candidates differ only by their pretraining (see ``recipes/pretrain_base.py`
 - ``textures-resnet``: the hue of colour textures;
 - ``noise-resnet``: random noise with random labels (trained, learned nothing that transfers);
 - ``random-resnet``: the untrained architecture;
-- ``glyph-vit``: a copy of the shipped ``tl_hub/assets/glyph-vit`` (another architecture, same letters).
+- ``glyph-vit``: a copy of ``benchmarks/assets/glyph-vit`` (another architecture, same letters).
 
 and three real candidates at 224 px, for the real tier of ``benchmarks/rank.py``:
 
@@ -50,7 +50,7 @@ ZOO = {
     "textures-resnet": ("pretrain", ["--task", "textures"]),
     "noise-resnet": ("pretrain", ["--task", "noise"]),
     "random-resnet": ("pretrain", ["--random-init"]),
-    "glyph-vit": ("copy", os.path.join(ASSETS, "glyph-vit")),
+    "glyph-vit": ("copy", os.path.join(os.path.dirname(HERE), "benchmarks", "assets", "glyph-vit")),
     "imagenet-lite0": ("real", "imagenet"),
     "random-lite0": ("real", "random"),
     "opennsfw-resnet": ("real", "opennsfw"),

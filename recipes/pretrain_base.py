@@ -18,7 +18,7 @@ model zoo (see ``recipes/build_zoo.py``):
 ``--random-init`` saves the untrained architecture with its image processor (no training).
 
     python recipes/pretrain_base.py --output-dir tl_hub/assets/glyph-resnet              # the shipped ResNet
-    python recipes/pretrain_base.py --arch vit --output-dir tl_hub/assets/glyph-vit      # the shipped ViT
+    python recipes/pretrain_base.py --arch vit --output-dir benchmarks/assets/glyph-vit # the benchmarks' ViT
     python recipes/pretrain_base.py --task textures --output-dir /tmp/textures-resnet    # about 2 min on 2 cores
     python recipes/pretrain_base.py --random-init --output-dir /tmp/random-resnet        # seconds
     python recipes/pretrain_base.py --quick --output-dir /tmp/base                       # seconds, for tests
