@@ -13,9 +13,9 @@ import re
 
 
 def looks_local(path: str) -> bool:
-    """Whether a dataset or model given as text means a local folder rather than a Hub id (``name`` or ``owner/name``): it
-    starts with ``.``, ``~`` or a separator, holds a backslash, a drive or more than one ``/``, or its first part is
-    a folder here (``data/sqaures`` when there is a ``data/``)."""
+    """Whether a dataset or model given as text means a local folder rather than a Hub id (``name`` or
+    ``owner/name``): it starts with ``.``, ``~`` or a separator, holds a backslash, a drive or more than one ``/``,
+    or its first part is a folder here (``data/sqaures`` when there is a ``data/``)."""
     if path.startswith((".", "~", "/", os.sep)) or "\\" in path or re.match(r"^[A-Za-z]:", path) or path.count("/") > 1:
         return True
     return "/" in path and os.path.isdir(path.split("/")[0])
