@@ -123,6 +123,15 @@ def test_demo_end_to_end_quick(tmp_path):
     from tl_hub import load
     clf = load(str(tmp_path / "demo" / "model"))
     assert clf.labels == [str(d) for d in range(10)]
+    # its own text: a "try it" command that runs as printed, every progress line names its recipe, no stray lines
+    try_it = next(l for l in proc.stdout.splitlines() if "try it:" in l).split("try it:")[1].split("(")[0].split()
+    assert try_it[:2] == ["tl-hub", "predict"] and os.path.isfile(try_it[3])
+    assert clf.predict(try_it[3])[0]["label"] in clf.labels
+    assert results["example"]["label"] in clf.labels
+    periods = [l for l in proc.stderr.splitlines() if "Period '" in l]
+    assert periods and all(l.split(":")[0] in results["recipes"] for l in periods), periods
+    assert not [l for l in proc.stdout.splitlines() if l.strip().startswith("(") and l.strip().endswith(" s)")]
+    assert "vs scratch: +" in proc.stdout or "vs scratch: -" in proc.stdout
 
 
 def test_pretrain_base_quick(tmp_path):

@@ -19,6 +19,7 @@ letters (``recipes/pretrain_base.py``) -> scikit-learn's 8x8 handwritten digits,
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .filenames import INFO_FILE
-from .outputs import cache_root, write_json
+from .outputs import atomic_path, cache_root, write_json
 
 BASE_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "glyph-resnet")
 
@@ -67,12 +68,12 @@ FULL = Scenario(
     base=_lite0, data=_fashion, per_class=10, epochs=None,
     heading="tl-hub demo: EfficientNet-Lite0 pretrained on ImageNet -> Fashion-MNIST clothing at 224 px, "
             "{per_class} examples per class ({train} images); {validation} validation and {test} test images",
-    title="ImageNet -> Fashion-MNIST, {per_class} per class: transfer vs scratch", example="shoe.png")
+    title="ImageNet -> Fashion-MNIST, {per_class} per class: transfer vs scratch", example="example.png")
 QUICK = Scenario(
     base=lambda: BASE_MODEL, data=_digits, per_class=5, epochs=4,
     heading="tl-hub demo --quick: a ResNet pretrained on rendered letters -> handwritten digits, {per_class} "
             "examples per digit ({train} images); {validation} validation and {test} test digits",
-    title="Letters -> digits, {per_class} per class: transfer vs scratch", example="digit.png")
+    title="Letters -> digits, {per_class} per class: transfer vs scratch", example="example.png")
 
 
 def base_model_path() -> str:
@@ -146,15 +147,30 @@ def run_demo(output_dir: str = "runs/demo", *, quick: bool = False, overwrite: b
                     "model": model_dir, "test": test_metrics, "seconds": seconds,
                     "plan": {"scenario": "quick" if quick else "full", "per_class": per_class, "epochs": epochs,
                              "train": len(train), "validation": len(validation), "test": len(test)}})
+    results["example"] = save_example(test, output_dir, scenario.example)
     write_json(paths["results"], results)
-    for line in summary_lines(results, paths, scenario.example):
+    for line in summary_lines(results, paths):
         print_fn(line)
     return results
 
 
-def summary_lines(results: dict, paths: dict, example: str) -> list[str]:
+def save_example(test, output_dir: str, name: str) -> dict:
+    """A held-out test image written next to the results (``name``) for the demo's "try it" line, and its label."""
+    from .data import find_image_column, find_label_column, to_rgb
+
+    path = os.path.join(output_dir, name)
+    image_column = find_image_column(test)
+    label_column = find_label_column(test, image_column=image_column)
+    label = test[0][label_column]
+    feature = test.features[label_column]
+    with atomic_path(path) as tmp:
+        to_rgb(test[0][image_column]).save(tmp, format="PNG")
+    return {"path": path, "label": feature.int2str(label) if hasattr(feature, "int2str") else str(label)}
+
+
+def summary_lines(results: dict, paths: dict) -> list[str]:
     """Step 3 of the demo's output: test accuracies, transfer vs scratch, the advisor's pick, where things are."""
-    test, model_dir = results["test"], results["model"]
+    test, model_dir, example = results["test"], results["model"], results["example"]
     lines = [f"3) test accuracy on {results['plan']['test']} held-out images: "
              + ", ".join(f"{name} {m['accuracy']:.3f}" for name, m in test.items())]
     if "scratch" in test and len(test) > 1:
@@ -167,8 +183,8 @@ def summary_lines(results: dict, paths: dict, example: str) -> list[str]:
     lines += [f"   saved: {results['best']} (the best on validation)",
               f"   results:  {os.path.abspath(paths['results'])}",
               f"   curves:   {os.path.abspath(paths['plot'])}",
-              f"   model:    {os.path.abspath(model_dir)}",
-              f"   serve it: tl-hub predict {model_dir} {example}   |   python -c \"import tl_hub; "
-              f"print(tl_hub.load('{model_dir}').predict('{example}'))\"",
-              f"   ({results['seconds']:.0f} s)"]
+              f"   model:    {os.path.abspath(model_dir)}   (the demo took {results['seconds']:.0f} s)",
+              f"   try it:   tl-hub predict {model_dir} {example['path']}   (a held-out '{example['label']}')",
+              f"   serve it: tl-hub serve {model_dir}"
+              + ("" if importlib.util.find_spec("gradio") else "   (after pip install \"tl-hub[space]\")")]
     return lines

@@ -10,6 +10,8 @@ Setting up a process group here also registers its clean end at exit (`tl_hub.sh
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from collections.abc import Sequence
 from typing import Optional
@@ -20,6 +22,24 @@ from .shutdown import end_process_group_at_exit
 # the logger of the few lines a run shows by default (periods, epochs, checkpoints, the saved model); everything
 # else tl-hub logs at INFO is detail (``tl-hub -v``)
 PROGRESS_LOGGER = "tl_hub.progress"
+
+
+@contextlib.contextmanager
+def progress_named(name: str):
+    """Inside the block, every progress line starts with ``name:`` (the recipe, so that runs side by side, as in
+    `tl_hub.compare`, can be told apart)."""
+    class Prefix(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if not getattr(record, "tl_hub_named", False):
+                record.msg, record.tl_hub_named = f"{name}: {record.msg}", True
+            return True
+
+    log, prefix = logging.getLogger(PROGRESS_LOGGER), Prefix()
+    log.addFilter(prefix)
+    try:
+        yield
+    finally:
+        log.removeFilter(prefix)
 
 
 def process_state():
