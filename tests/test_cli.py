@@ -219,3 +219,22 @@ def test_train_help_is_short_true_and_shows_defaults():
     assert "flips only with hflip" in short
     head_epochs = " ".join(full.split("\n  --head-epochs HEAD_EPOCHS")[1].split("\n  --")[0].split())
     assert "(default: fine-tune: automatic; train-all: 0)" in head_epochs.replace("- ", "-")  # per recipe
+
+
+def test_a_one_solve_run_writes_no_checkpoint_folder_and_q_works_after_the_command(tiny_model_dir, tmp_path):
+    data = write_image_folder(tmp_path / "images", n=30)
+    proc = tl_hub("train", "--recipe", "feature-extraction", "--model", tiny_model_dir("resnet"), "--dataset", data,
+                  "--output-dir", tmp_path / "out", "-q")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not os.path.exists(tmp_path / "out-checkpoints")  # one solve: nothing to resume
+    assert proc.stderr.strip() == "" and proc.stdout.startswith("validation accuracy")  # -q: results only
+
+
+def test_a_python_run_shows_its_epochs_and_no_download_bars_for_a_local_folder(tiny_model_dir, tmp_path):
+    data = write_image_folder(tmp_path / "images", n=30)
+    code = (f"from tl_hub import FineTuneRecipe\n"
+            f"FineTuneRecipe({tiny_model_dir('resnet')!r}, epochs=2, head_epochs=1, batch_size=16).fit({data!r})\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "fine-tune: Period 'head'" in proc.stderr and "fine-tune: epoch 2 [fine-tune]" in proc.stderr
+    assert "Downloading data" not in proc.stderr and "Generating train split" not in proc.stderr

@@ -425,6 +425,9 @@ def build_parser(full_help: bool = False) -> argparse.ArgumentParser:
         elif name == "rank":  # the loading options, for every candidate
             add_dataclass_arguments(command, ModelSource, prefix=SOURCE, only=RANK_SOURCE_OPTIONS)
         add_dataclass_arguments(command, arguments)
+        for f in dataclasses.fields(LoggingArguments):  # -q/-v after the command too (`tl-hub train ... -q`)
+            command.add_argument(*f.metadata["aliases"], dest=f.name, action="store_true", default=argparse.SUPPRESS,
+                                 help=f.metadata["help"])
         if name != "train":  # train has it among the training settings
             add_dataclass_arguments(command, ThreadsArguments)
         if name == "train":
@@ -461,7 +464,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     train = _from_args(args, TrainArguments)
     recipe = recipe_from_args(args)
     check_output_dir(train.output_dir, overwrite=train.overwrite)
-    result = recipe.fit(train.dataset, train.validation_dataset, progress=not train.no_progress,
+    result = recipe.fit(train.dataset, train.validation_dataset, progress=not (train.no_progress or args.quiet),
                         resume_from_checkpoint=train.resume_from_checkpoint, overwrite_checkpoints=train.overwrite)
     recipe.save(train.output_dir, overwrite=train.overwrite)
     if is_main_process():

@@ -16,6 +16,7 @@ data is rejected.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import io
 import logging
 import math
@@ -82,7 +83,8 @@ def load_source(source: Any, *, revision: Optional[str] = None, cache_dir: Optio
                 f"The folder '{path}' contains no images ({', '.join(sorted(IMAGE_EXTENSIONS))}). Lay it out as "
                 "<folder>/<class name>/<image>, or pass a saved dataset or a Hub dataset id."
             )
-        data = datasets.load_dataset("imagefolder", data_dir=path, cache_dir=cache_dir)
+        with quiet_datasets():  # "Downloading data: 30/30 files" is a copy of local files into the cache
+            data = datasets.load_dataset("imagefolder", data_dir=path, cache_dir=cache_dir)
         first = next(iter(data.values()))
         if "label" not in first.column_names:  # imagefolder infers labels only from >= 2 class folders
             classes = [d for d in sorted(os.listdir(path)) if os.path.isdir(os.path.join(path, d))]
@@ -96,6 +98,20 @@ def load_source(source: Any, *, revision: Optional[str] = None, cache_dir: Optio
     if looks_local(path):
         raise DataError(not_found(path))
     return load_hub_dataset(path, revision=revision, cache_dir=cache_dir)
+
+
+@contextlib.contextmanager
+def quiet_datasets():
+    """``datasets``' progress bars off inside the block (restored after)."""
+    from datasets.utils import logging as datasets_logging
+
+    was_enabled = datasets_logging.is_progress_bar_enabled()
+    datasets_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets_logging.enable_progress_bar()
 
 
 def load_hub_dataset(name: str, *, revision: Optional[str] = None, cache_dir: Optional[str] = None):

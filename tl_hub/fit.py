@@ -52,7 +52,14 @@ from .inference import Classifier
 from .loop import Period, train_periods
 from .prefix import PrefixModel, find_cut, frozen_in_eval_mode, prefix_groups, reference_batch
 from .probe import can_solve, linear_inputs, linear_layer
-from .runtime import check_batch_size, default_num_workers, make_accelerator, processes_per_node, progress_named
+from .runtime import (
+    check_batch_size,
+    default_num_workers,
+    make_accelerator,
+    processes_per_node,
+    progress_named,
+    progress_shown,
+)
 from .streaming import StreamData, is_stream, make_stream_loaders, prepare_stream
 from .threads import threads_for
 from .version import __version__
@@ -106,8 +113,8 @@ def fit(recipe, train: Any, validation: Any = None, *, accelerator=None, progres
     check_batch_size(cfg.eval_batch_size, accelerator.num_processes, "eval_batch_size")
     checkpointer, resume = open_checkpoints(cfg, resume_from_checkpoint, overwrite_checkpoints)
     data, backbone = prepare(recipe, train, validation)
-    with progress_named(recipe.name), threads_for(cfg.threads, recipe.step_flops, processes_per_node(accelerator),
-                                                  accelerator.device.type):
+    threads = threads_for(cfg.threads, recipe.step_flops, processes_per_node(accelerator), accelerator.device.type)
+    with progress_shown(progress and accelerator.is_main_process), progress_named(recipe.name), threads:
         return train_prepared(recipe, data, backbone, checkpointer, resume, progress, on_period_end)
 
 
@@ -119,6 +126,9 @@ def train_prepared(recipe, data: PreparedData, backbone: Backbone, checkpointer,
     loaders = (streamed_loaders if isinstance(data, StreamData) else Loaders.build)(recipe, backbone, data, periods,
                                                                                   progress=progress)
     periods = loaders.periods
+    if checkpointer is not None and resume is None and all(p.solve for p in periods):
+        logger.info("Every period is one solve: no checkpoints (nothing to resume).")
+        checkpointer = None
     initial_buffers = buffers_of(backbone.model)
     started_trackers = start_trackers(accelerator, recipe)
     if checkpointer is not None or resume is not None:

@@ -292,12 +292,17 @@ def _prepare_period(accelerator, model, period: Period, inputs: tuple, config) -
     return _PreparedPeriod(period, module, wrapped, optimizer, scheduler, train_dl, eval_dl, trainable, counts)
 
 
+def plural(count: int, noun: str) -> str:
+    """``"1 epoch"``, ``"3 epochs"``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _log_period(accelerator, period: Period, counts: dict) -> None:
     """Log what the period trains, how long, and at which learning rates (on the main process)."""
     if accelerator.is_main_process:
         lrs = sorted({f"{g['name'].split('/')[0]}={g['lr']:.2e}" for g in period.param_groups})
         progress_log.info("Period '%s': %s, %s trainable / %s frozen parameters; %s", period.name,
-                          "one solve" if period.solve else f"{period.epochs} epochs", f"{counts['trainable']:,}",
+                          "one solve" if period.solve else plural(period.epochs, "epoch"), f"{counts['trainable']:,}",
                           f"{counts['frozen']:,}", "linear probe, C chosen on validation" if period.solve else
                           f"LRs {lrs}")
 

@@ -42,6 +42,26 @@ def progress_named(name: str):
         log.removeFilter(prefix)
 
 
+@contextlib.contextmanager
+def progress_shown(show: bool = True):
+    """Inside the block, the progress lines (periods, epochs, checkpoints) reach stderr even when the program has not
+    set up logging (a Python script or notebook); a program that has (the CLI, ``logging.basicConfig``) keeps its
+    own handlers and levels."""
+    log = logging.getLogger(PROGRESS_LOGGER)
+    if not show or log.hasHandlers():
+        yield
+        return
+    handler, level = logging.StreamHandler(), log.level
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
 def process_state():
     """Accelerate's process state, honouring ``ACCELERATE_USE_CPU`` as ``Accelerator`` does (a bare
     ``PartialState()`` created first would otherwise pin a CPU multi-process launch to one process)."""
