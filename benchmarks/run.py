@@ -88,7 +88,7 @@ class Sizes:
 QUICK = Sizes(train=64, val=20, fe_epochs=2, predict_images=80)
 # at 224 px one image costs about 60 ms of forward on 2 CPU cores: fewer images, and 3 frozen epochs (the Trainer
 # runs the frozen encoder every epoch)
-LITE0_SIZES = Sizes(train=100, val=30, fe_epochs=3, predict_images=100)
+LITE0_SIZES = Sizes(train=100, val=30, fe_epochs=10, predict_images=100)
 LITE0_QUICK = Sizes(train=20, val=10, fe_epochs=1, predict_images=10)
 
 

@@ -35,6 +35,7 @@ from .errors import (
     missing_dependency,
 )
 from .exporters import EXPORTERS, Exporter, register_exporter
+from .fashion import example_folder
 from .fit import FitResult
 from .inference import Classifier
 from .loop import Period
@@ -60,7 +61,8 @@ __all__ = [
     "register_exporter", "Recipe", "FeatureExtractionRecipe", "FineTuneRecipe", "TrainAllRecipe", "ScratchRecipe",
     "LoRARecipe", "FitResult", "Period", "RECIPES", "get_recipe", "register_recipe", "head_period",
     "advise", "Advice", "Thresholds", "rank", "Ranking", "param_groups", "compare", "Comparison", "curve_summary",
-    "run_demo", "demo_model", "build_app", "example_images", "launch_app", "push_space", "check_output_dir",
+    "run_demo", "demo_model", "example_folder", "build_app", "example_images", "launch_app", "push_space",
+    "check_output_dir",
     "is_main_process", "PROGRESS_LOGGER", "threads_for", "check_threads", "TransferTrainer", "TransferArguments",
 ]
 

@@ -68,3 +68,29 @@ def fashion_data(per_class: int, validation_per_class: int = 0, test_per_class: 
                   if validation_per_class else None)
     test = _dataset(arrays["test_images"][test_rows], arrays["test_labels"][test_rows])
     return train, validation, test
+
+
+def folder_name(label: str) -> str:
+    """A class name as a folder name ("T-shirt/top" -> "T-shirt-top")."""
+    return label.replace("/", "-")
+
+
+def example_folder(path: str, per_class: int = 10, test_per_class: int = 20, seed: int = 0,
+                   overwrite: bool = False) -> str:
+    """Write Fashion-MNIST pictures as a folder of images, the layout tl-hub reads for your own data:
+    ``path/train/<class>/<n>.png`` (``per_class`` per class) and ``path/test/<class>/<n>.png``
+    (``test_per_class``); returns ``path``.  A stand-in for your images in the Quickstart, offline.
+
+    The folder is written in one step (a temporary sibling renamed into place); an existing non-empty ``path`` is
+    refused unless ``overwrite``.
+    """
+    from .outputs import atomic_output_dir
+
+    train, _, test = fashion_data(per_class, test_per_class=test_per_class, seed=seed)
+    with atomic_output_dir(path, overwrite=overwrite) as tmp:
+        for split, data in (("train", train), ("test", test)):
+            for n, (image, label) in enumerate(zip(data["image"], data["label"])):
+                folder = os.path.join(tmp, split, folder_name(CLASSES[label]))
+                os.makedirs(folder, exist_ok=True)
+                image.save(os.path.join(folder, f"{n:04d}.png"))
+    return path
