@@ -33,23 +33,22 @@ COMPETITOR = ("import torch, time\ntorch.set_num_threads(1)\na = torch.randn(512
 
 
 def load_models():
-    """``{name: (model, pixel batch)}``: the models of the table, their weights as shipped."""
+    """``{name: (model, pixel batch, image processor)}``: the models of the table, their weights as shipped."""
     import torch
-    from transformers import AutoModelForImageClassification
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     from recipes import build_zoo
     from tl_hub.imagenet import LITE0, builtin_path
 
     zoo = os.path.join(os.path.expanduser("~/.cache/tl_hub"), "zoo")
     build_zoo.build_zoo(zoo, names=["glyph-resnet", "glyph-vit"])
-    paths = {"glyph-resnet (32 px)": os.path.join(zoo, "glyph-resnet"),
-             "glyph-vit (32 px)": os.path.join(zoo, "glyph-vit"),
-             "lite0 (224 px)": builtin_path(LITE0)}
+    paths = {"glyph-resnet (32 px)": (os.path.join(zoo, "glyph-resnet"), 32),
+             "glyph-vit (32 px)": (os.path.join(zoo, "glyph-vit"), 32),
+             "lite0 (224 px)": (builtin_path(LITE0), 224)}
     models = {}
-    for name, path in paths.items():
+    for name, (path, size) in paths.items():
         model = AutoModelForImageClassification.from_pretrained(path)
-        size = model.config.image_size
-        models[name] = (model, torch.randn(32, model.config.num_channels, size, size))
+        models[name] = (model, torch.randn(32, 3, size, size), AutoImageProcessor.from_pretrained(path))
     return models
 
 
@@ -78,8 +77,8 @@ def measure(models, repeats: int, cores: int, busy: bool) -> dict:
     from tl_hub.threads import choose_threads
 
     out = {}
-    for name, (model, pixels) in models.items():
-        step_flops = measure_cost(model).train_flops * pixels.shape[0]
+    for name, (model, pixels, processor) in models.items():
+        step_flops = measure_cost(model, processor).train_flops * pixels.shape[0]
         row = {"step_gflops": step_flops / 1e9}
         row["auto"], row["auto_reason"] = choose_threads("auto", step_flops)
         for threads in sorted({1, cores}):

@@ -83,9 +83,11 @@ def test_auto_leaves_the_cores_other_processes_keep_busy(four_cores, busy, expec
     assert ("busy" in reason) == (expected < 4)
 
 
-def test_auto_uses_one_thread_for_small_steps(four_cores):
-    count, reason = th.choose_threads("auto", step_flops=0.3e9)
+def test_auto_gives_each_thread_a_minimum_of_work(four_cores):
+    count, reason = th.choose_threads("auto", step_flops=0.5 * th.MIN_FLOPS_PER_THREAD)
     assert count == 1 and "small steps" in reason
+    assert th.choose_threads("auto", step_flops=3.5 * th.MIN_FLOPS_PER_THREAD)[0] == 3
+    assert th.choose_threads("auto", step_flops=0.03e9)[0] == 3  # the smallest step measured: no slower on 2 threads
 
 
 def test_auto_splits_the_cores_between_the_processes_of_a_launch(four_cores):
@@ -121,16 +123,21 @@ def test_threads_for_sets_and_restores_the_count(no_omp):
     assert torch.get_num_threads() == before
 
 
-def test_fit_computes_on_the_chosen_threads_and_restores_them(tiny_model_dir, colour_ds, no_omp, caplog):
+@pytest.mark.parametrize("busy, expected", [(0.0, 2), (1.0, 1)], ids=["idle", "one-core-busy"])
+def test_fit_computes_on_the_chosen_threads_and_restores_them(tiny_model_dir, colour_ds, no_omp, caplog, monkeypatch,
+                                                               busy, expected):
+    monkeypatch.setattr(th, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(th, "cpus_busy_elsewhere", lambda seconds=0: busy)
     before = torch.get_num_threads()
     seen = []
     recipe = FeatureExtractionRecipe(tiny_model_dir("resnet"), epochs=2, head_solver="adamw", threads="auto", seed=0)
     with caplog.at_level(logging.INFO, logger="tl_hub"):
         recipe.fit(colour_ds, progress=False, on_period_end=lambda *a: seen.append(torch.get_num_threads()))
-    assert recipe.step_flops is not None and recipe.step_flops < th.SMALL_STEP_FLOPS  # a tiny model's step
-    assert any("CPU threads: 1 (small steps" in r.getMessage() for r in caplog.records)
-    assert seen == [1]  # inside the run
+    assert recipe.step_flops is not None and recipe.step_flops > 2 * th.MIN_FLOPS_PER_THREAD  # measured, counted
+    assert seen == [expected]  # inside the run
     assert torch.get_num_threads() == before
+    if busy:
+        assert any("Computing on 1 CPU thread: 2 cores, 1.0 busy" in r.getMessage() for r in caplog.records)
 
 
 def test_cli_threads_flag_is_checked_and_exported(monkeypatch, capsys, no_omp, tmp_path):

@@ -3,9 +3,10 @@ keep busy, and fewer for small work.
 
 PyTorch's default is one intra-op thread per core of the machine.  Its threads wait for each other at the end of
 every operation, so when another process holds one of the cores (a CI runner, a shared workstation, a second
-job) every operation waits for the thread that is not scheduled: on 2 cores with one other CPU-bound process, a
-fine-tuning epoch went from 0.1 s on one thread to 10 s on two.  And a small model's operations are too short to
-split: threads only add their start and wait.
+job) every operation waits for the thread that is not scheduled: on 2 cores beside one other CPU-bound process a
+training step took 2.2x to 2.5x as long on 2 threads as on 1 (`benchmarks/threads.py`), and a whole fine-tuning
+epoch of a tiny model once went from 0.1 s to 10 s.  Idle, every step size measured ran as fast or faster on all
+cores, down to 0.03 GFLOPs.
 
 - `usable_cpus`: the cores of this process's affinity mask, capped by a cgroup CPU quota (containers, Slurm).
 - `cpus_busy_elsewhere`: how many of them other processes kept busy over a short sample (``/proc/stat``).
@@ -29,9 +30,11 @@ from .runtime import PROGRESS_LOGGER
 
 logger = logging.getLogger(__name__)
 
-# a training or evaluation step below this many FLOPs runs on one thread: measured on 2 cores (benchmarks/threads.py),
-# a 32 px glyph ViT step (about 0.2 GFLOPs) is no faster on 2 threads, a 224 px Lite0 step (about 40 GFLOPs) 1.6x
-SMALL_STEP_FLOPS = 2e9
+# each thread gets at least this much of a training step: measured on 2 idle cores (benchmarks/threads.py, and tiny
+# test models), steps of 0.03 to 74 GFLOPs ran as fast or faster on 2 threads than on 1 (0.62x to 1.00x the time),
+# so only steps smaller than any measured get fewer threads; what slows small and large steps alike is another busy
+# process (2.2x to 2.5x slower on 2 threads than on 1)
+MIN_FLOPS_PER_THREAD = 1e7
 # how long the other processes' load is sampled, and the share of a core that counts as busy
 SAMPLE_SECONDS = 0.2
 BUSY_SHARE = 0.5
@@ -125,9 +128,9 @@ def choose_threads(setting: Union[str, int, None] = "auto", step_flops: Optional
                    processes: int = 1, device_type: str = "cpu") -> tuple[int, str]:
     """The intra-op thread count for ``setting`` and why, as ``(threads, reason)``.
 
-    "auto": ``OMP_NUM_THREADS`` when set; PyTorch's own count when the model runs on an accelerator; else 1 for a
-    step under `SMALL_STEP_FLOPS`; else this process's share of the usable cores (``processes`` per machine) less
-    those other processes keep busy, at least 1.
+    "auto": ``OMP_NUM_THREADS`` when set; PyTorch's own count when the model runs on an accelerator; else this
+    process's share of the usable cores (``processes`` per machine) less those other processes keep busy, and no
+    more than one per `MIN_FLOPS_PER_THREAD` of a step, at least 1.
     """
     import torch
 
@@ -139,8 +142,9 @@ def choose_threads(setting: Union[str, int, None] = "auto", step_flops: Optional
     if device_type != "cpu":
         return torch.get_num_threads(), f"the model runs on {device_type}"
     cores = max(1, usable_cpus() // max(processes, 1))
-    if step_flops is not None and step_flops < SMALL_STEP_FLOPS:
-        return 1, f"small steps ({step_flops / 1e9:.2g} GFLOPs)"
+    if step_flops is not None and step_flops < cores * MIN_FLOPS_PER_THREAD:
+        count = max(1, int(step_flops // MIN_FLOPS_PER_THREAD))
+        return min(count, cores), f"small steps ({step_flops / 1e9:.2g} GFLOPs)"
     if processes > 1:  # the other processes of this launch are busy by design
         return cores, f"{usable_cpus()} cores for {processes} processes"
     busy = cpus_busy_elsewhere()
