@@ -117,7 +117,7 @@ def test_save_writes_json_and_png(tmp_path):
     ranking = rank([base_model_path()], colour_dataset(30), recommend=False, feature_cache_dir=str(tmp_path / "c"),
                    output_dir=str(tmp_path / "out"))
     saved = json.load(open(tmp_path / "out" / "ranking.json"))
-    assert saved["order"] == [base_model_path()] and saved["default_score"] == "ensemble"
+    assert saved["order"] == [base_model_path()] and saved["default_score"] == "knn"
     with open(tmp_path / "out" / "ranking.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert isinstance(ranking, Ranking)
@@ -144,14 +144,14 @@ def test_cli_rank_end_to_end_on_two_tiny_models(tmp_path):
                           "--output-dir", str(tmp_path / "rank")], capture_output=True, text=True, env=env,
                          cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert "ensemble" in out.stdout and "recommendation:" in out.stdout and "failed" in out.stdout
+    assert "ensemble" in out.stdout and "default score: knn" in out.stdout and "recommendation:" in out.stdout and "failed" in out.stdout
     assert sum("missing" in line for line in (out.stdout + out.stderr).splitlines()) == 1  # listed once
     saved = json.load(open(tmp_path / "rank" / "ranking.json"))
     assert set(saved["order"]) == {a, b}
     assert os.path.getsize(tmp_path / "rank" / "ranking.png") > 1000
     bad = subprocess.run([sys.executable, "-m", "tl_hub.cli", "rank", "--model", a, "--dataset", folder,
                           "--max-per-class", "1"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
-    assert bad.returncode == 2 and bad.stderr.startswith("error:") and "max_per_class" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr.startswith("error:") and "`--max-per-class`" in bad.stderr
 
 
 def _ranking(scores, recipe="feature-extraction", case="small+similar"):

@@ -290,7 +290,7 @@ class RankArguments:
     max_examples: Optional[int] = field(default=2000, metadata={
         "help": "Images sampled (stratified) from the training split; 0 for all."})
     max_per_class: Optional[int] = field(default=None, metadata={"help": "At most this many images per class."})
-    score: str = field(default="ensemble", metadata={
+    score: str = field(default="knn", metadata={
         "help": "The score that orders the candidates: ensemble, logme, hscore, knn, probe, leep or nce."})
     on_error: str = field(default="report", metadata={
         "help": "A candidate that fails to load: 'report' it in the table and rank the others, or 'raise'.",
