@@ -78,7 +78,7 @@ def folder_name(label: str) -> str:
 def example_folder(path: str, per_class: int = 10, test_per_class: int = 20, seed: int = 0,
                    overwrite: bool = False) -> str:
     """Write Fashion-MNIST pictures as a folder of images, the layout tl-hub reads for your own data:
-    ``path/train/<class>/<n>.png`` (``per_class`` per class) and ``path/test/<class>/<n>.png``
+    ``path/train/<class>/<n>.png`` (``per_class`` per class, ``n`` from 0000) and ``path/test/<class>/<n>.png``
     (``test_per_class``); returns ``path``.  A stand-in for your images in the Quickstart, offline.
 
     The folder is written in one step (a temporary sibling renamed into place); an existing non-empty ``path`` is
@@ -89,8 +89,10 @@ def example_folder(path: str, per_class: int = 10, test_per_class: int = 20, see
     train, _, test = fashion_data(per_class, test_per_class=test_per_class, seed=seed)
     with atomic_output_dir(path, overwrite=overwrite) as tmp:
         for split, data in (("train", train), ("test", test)):
-            for n, (image, label) in enumerate(zip(data["image"], data["label"])):
+            counts = [0] * len(CLASSES)
+            for image, label in zip(data["image"], data["label"]):
                 folder = os.path.join(tmp, split, folder_name(CLASSES[label]))
                 os.makedirs(folder, exist_ok=True)
-                image.save(os.path.join(folder, f"{n:04d}.png"))
+                image.save(os.path.join(folder, f"{counts[label]:04d}.png"))
+                counts[label] += 1
     return path
