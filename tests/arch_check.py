@@ -95,7 +95,7 @@ def check_training(folder: str, tmp: str, lora: bool) -> dict:
 
 def check_prefix(folder: str) -> str:
     """Top-2 fine-tuning on the cached frozen prefix (`tl_hub.prefix`) trains as running the whole encoder does (to
-    1e-5); returns the cut, or "-" where the model falls back to the whole encoder (tl-hub checks the cut itself)."""
+    1e-5, relative to losses above 1); returns the cut, or "-" where the model falls back to the whole encoder (tl-hub checks the cut itself)."""
     import tl_hub
 
     data, val = colour_dataset(24), colour_dataset(9, seed=3)
@@ -104,7 +104,8 @@ def check_prefix(folder: str) -> str:
     cut = runs[0].extra["periods"][-1].get("prefix_cache")
     for cached, whole in zip(runs[0].history, runs[1].history, strict=True):
         for key in ("train_loss", "loss"):
-            assert abs(cached[key] - whole[key]) <= 1e-5, f"cached prefix at {cut}: {key} {cached} vs {whole}"
+            assert abs(cached[key] - whole[key]) <= 1e-5 * max(1.0, abs(whole[key])), \
+                f"cached prefix at {cut}: {key} {cached} vs {whole}"  # float32 sums in another order
     return cut or "-"
 
 

@@ -462,11 +462,11 @@ def test_corrupt_pretrained_weights_are_a_model_error(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("recipe,settings,fragment", [
-    ("feature-extraction", ["--lr", "0"], "`lr` should be positive, got 0.0"),
-    ("fine-tune", ["--unfreeze", "top"], "`unfreeze` should be 'all' or a positive number of blocks, got 'top'"),
-    ("feature-extraction", ["--scheduler", "nope"], "`scheduler` should be one of cosine, linear, constant; got 'nope'"),
-    ("feature-extraction", ["--batch-size", "0"], "`batch_size` should be positive"),
-    ("feature-extraction", ["--crop-scale", "1.5"], "`crop_scale` should be in (0, 1]"),
+    ("feature-extraction", ["--lr", "0"], "`--lr` should be positive, got 0.0"),
+    ("fine-tune", ["--unfreeze", "top"], "`--unfreeze` should be 'all' or a positive number of blocks, got 'top'"),
+    ("feature-extraction", ["--scheduler", "nope"], "`--scheduler` should be one of cosine, linear, constant; got 'nope'"),
+    ("feature-extraction", ["--batch-size", "0"], "`--batch-size` should be positive"),
+    ("feature-extraction", ["--crop-scale", "1.5"], "`--crop-scale` should be in (0, 1]"),
     ("fine-tune", ["--epochs", "2", "--head-epochs", "2"], "to train only the head use FeatureExtractionRecipe"),
     ("feature-extraction", ["--head-epochs", "1"], "--head-epochs is not a setting of the feature-extraction recipe"),
 ], ids=["lr-0", "unfreeze-top", "scheduler-nope", "batch-size-0", "crop-scale-1.5", "head-epochs-eq-epochs",
@@ -501,7 +501,7 @@ def test_real_cli_rejects_a_bad_setting_before_loading_anything(tiny_model_dir, 
     out = tmp_path / "out"
     proc = tl_hub_cli("train", "--recipe", "fine-tune", "--model", tiny_model_dir("vit"), "--dataset", image_folder,
                       "--output-dir", out, "--unfreeze", "top")
-    assert_one_line_error(proc, "`unfreeze`", "'top'")
+    assert_one_line_error(proc, "`--unfreeze`", "'top'")
     assert not out.exists()
 
 

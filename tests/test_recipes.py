@@ -359,7 +359,7 @@ def test_a_long_period_shows_its_eta_on_each_epoch_line(tiny_model_dir, monkeypa
     recipe = FineTuneRecipe(tiny_model_dir("vit"), head_epochs=1, epochs=3, lr=1e-2, head_solver="adamw", **FAST)
     with caplog.at_level("INFO", logger="tl_hub.progress"):
         recipe.fit(colour_dataset(32, seed=1), colour_dataset(12, seed=2), progress=False)
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fine-tune: epoch ")]
     assert len(lines) == 3
     assert "ETA" not in lines[0]  # the head period's only epoch
     assert "ETA" in lines[1] and "for this period" in lines[1] and "ETA" not in lines[2]

@@ -194,10 +194,8 @@ def prepare(recipe, train: Any, validation: Any) -> tuple[PreparedData, Backbone
                                 validation_size=cfg.validation_size, seed=cfg.seed)
         set_seed(cfg.seed)
         backbone = recipe.load_backbone(data.labels)
-    sized_threads = cfg.threads == "auto" and accelerator.device.type == "cpu" and not os.environ.get("OMP_NUM_THREADS")
-    cost = epoch_cost(backbone, data) if cfg.needs_cost() or sized_threads else None
+    cost = epoch_cost(backbone, data) if cfg.needs_cost() else None  # a counted forward pass, if the schedule needs it
     recipe.step_flops = cost.train_flops * cfg.batch_size / accelerator.num_processes if cost else None
-    cost = cost if cfg.needs_cost() else None
     recipe.config = cfg.resolved(data.train_size(), cost)
     if recipe.config.num_workers is None:
         recipe.config = dataclasses.replace(recipe.config, num_workers=default_num_workers(
