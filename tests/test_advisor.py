@@ -8,7 +8,7 @@ import sys
 import datasets
 import pytest
 import torch
-from conftest import colour_dataset
+from support.tiny import colour_dataset
 
 from tl_hub import DataError
 from tl_hub.advisor import Thresholds, advise

@@ -4,9 +4,8 @@ where the blocks have linear layers, and save -> load (`arch_check`).  A type is
 it cannot be built here (`arch_zoo.SKIP`, with the missing dependency), or refused by tl-hub with a clear error
 (`arch_check.REFUSED`); a new type that is none of these fails."""
 
-import arch_check
-import arch_zoo
 import pytest
+from support import arch_check, arch_zoo
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
 from tl_hub import ModelError, load_backbone

@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 import torch
-from conftest import ARCHITECTURES, save_tiny_model
 from safetensors.torch import load_file
+from support.tiny import ARCHITECTURES, save_tiny_model
 
 from tl_hub.backbone import load_backbone, split_model
 from tl_hub.errors import ModelError, TlHubError
@@ -277,7 +277,7 @@ def test_missing_image_processor_is_a_model_error(tiny_model_dir, tmp_path):
 def test_staged_models_get_one_group_per_block(model_type, blocks, joined):
     """ConvNeXt 3-3-9-3, Swin 2-2-6-2 and ResNet 3-4-6-3: depth counts blocks across stages, and a stage's
     downsampling layer goes with the block that runs after it (it was one group per stage)."""
-    import arch_zoo
+    from support import arch_zoo
 
     model, _ = arch_zoo.build_tiny(model_type)
     parts = split_model(model)

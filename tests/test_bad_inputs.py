@@ -25,8 +25,8 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import COLOURS, colour_dataset, colour_images, write_image_folder
 from PIL import Image, ImageOps
+from support.tiny import COLOURS, colour_dataset, colour_images, write_image_folder
 from test_cli import assert_one_line_error
 from test_cli import tl_hub as tl_hub_cli
 

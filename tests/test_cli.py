@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import COLOURS, write_image_folder
+from support.tiny import COLOURS, write_image_folder
 
 TRAIN_FAST = ["--epochs", "2", "--batch-size", "16", "--no-augment", "--no-progress", "--lr", "0.02"]
 

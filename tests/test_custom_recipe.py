@@ -1,4 +1,4 @@
-"""The extension point: a recipe and an exporter registered outside the package (tests/custom_recipe.py) train,
+"""The extension point: a recipe and an exporter registered outside the package (tests/support/custom_recipe.py) train,
 save, push to the (local) Hub and load back through the public API alone."""
 
 import json
@@ -6,7 +6,7 @@ import os
 import sys
 
 import torch
-from conftest import colour_dataset
+from support.tiny import colour_dataset
 from test_hub_push import client_env, hub, run_python  # noqa: F401  (hub is a fixture)
 
 import tl_hub
@@ -15,7 +15,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def test_custom_lp_ft_mlp_recipe_trains_saves_pushes_and_loads(hub, tiny_model_dir, tmp_path):  # noqa: F811
-    import custom_recipe
+    from support import custom_recipe
 
     recipe = tl_hub.get_recipe("lp-ft-mlp")(tiny_model_dir("vit"), head_epochs=4, epochs=8, unfreeze=1, lr=1e-2,
                                             batch_size=16, augment=False, seed=0, feature_cache="memory")
@@ -38,11 +38,11 @@ def test_custom_lp_ft_mlp_recipe_trains_saves_pushes_and_loads(hub, tiny_model_d
     for i, image in enumerate(images):
         image.save(images_dir / f"{i}.png")
     env = {**client_env(hub, tmp_path / "pusher"), "PYTHONPATH": os.pathsep.join([HERE, *sys.path])}
-    pushed = run_python(f"import custom_recipe, tl_hub; tl_hub.push_to_hub({str(out)!r}, 'me/mlp')", env, tmp_path)
+    pushed = run_python(f"import support.custom_recipe, tl_hub; tl_hub.push_to_hub({str(out)!r}, 'me/mlp')", env, tmp_path)
     assert pushed.returncode == 0, pushed.stderr[-3000:]
     assert custom_recipe.HEAD_FILE in hub.commits("me/mlp")[-1].files
     loaded = run_python(f'''
-import json, os, custom_recipe, tl_hub
+import json, os, support.custom_recipe, tl_hub
 from PIL import Image
 clf = tl_hub.load("me/mlp", base_model={tiny_model_dir("vit")!r})
 assert type(clf.model.get_submodule("classifier")).__name__ == "MLPHead"

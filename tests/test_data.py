@@ -8,8 +8,8 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import COLOURS, colour_dataset, write_image_folder
 from PIL import Image
+from support.tiny import COLOURS, colour_dataset, write_image_folder
 
 from tl_hub.data import (
     ImageClassificationDataset,

@@ -6,10 +6,10 @@ import sys
 
 import datasets
 import pytest
-from conftest import colour_dataset
 from support.launch import accelerate_launch, launch_env, run
+from support.tiny import colour_dataset
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "dist_fit.py")
+SCRIPT = os.path.join(os.path.dirname(__file__), "support", "scripts", "dist_fit.py")
 
 pytestmark = pytest.mark.distributed
 
@@ -63,7 +63,7 @@ def test_two_processes_fine_tune_every_kind_of_encoder(tmp_path):
     are never trained) and the one-process metrics.  The runs are in float64 (float32 noise, which these tiny random
     models amplify, would hide a real difference), and dropout and stochastic depth are off: with them on, each
     process draws its own masks, so N processes match one only in distribution."""
-    from arch_check import one_vs_two_processes
+    from support.arch_check import one_vs_two_processes
 
     result = one_vs_two_processes(DDP_TYPES, str(tmp_path))
     for name, r in result.items():
@@ -77,7 +77,7 @@ def test_two_processes_fine_tune_every_kind_of_encoder(tmp_path):
 def test_two_processes_train_top_blocks_on_the_cached_prefix(tmp_path):
     """Top-2 fine-tuning on the cached frozen prefix (a plain ViT, a staged ConvNeXt, Swin with its patch merging)
     under DDP: every process uses the same cut and the metrics are those of one process."""
-    from arch_check import one_vs_two_processes
+    from support.arch_check import one_vs_two_processes
 
     result = one_vs_two_processes(("vit", "convnext", "swin"), str(tmp_path), prefix=True)
     for name, r in result.items():

@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 import pytest
-from doc_substitutions import stand_ins
-from hub_server import LocalHub
+from support.doc_substitutions import stand_ins
+from support.hub_server import LocalHub
 from test_hub_push import GUARD, TOKEN, client_env
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -52,7 +52,7 @@ def test_every_python_block_runs(doc, tmp_path):
     replacements = stand_ins(str(work))
     with LocalHub(str(tmp_path / "hub-store"), token=TOKEN) as hub:
         env = {**client_env(hub, tmp_path / "home"), "MPLBACKEND": "Agg"}
-        upload = (f"import sys; sys.path[:0] = [{TESTS!r}]; from doc_substitutions import upload_models; "
+        upload = (f"import sys; sys.path[:0] = [{TESTS!r}]; from support.doc_substitutions import upload_models; "
                   f"upload_models({str(tmp_path)!r}, {hub.url!r}, {TOKEN!r})")  # a process that may reach the server
         uploaded = subprocess.run([sys.executable, "-c", upload], env=env, capture_output=True, text=True, timeout=300)
         assert uploaded.returncode == 0, uploaded.stderr[-3000:]

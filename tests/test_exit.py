@@ -14,11 +14,11 @@ import textwrap
 
 import datasets
 import pytest
-from conftest import colour_dataset
 from support.launch import aborts_in, accelerate_launch, launch_env, run
+from support.tiny import colour_dataset
 
 HERE = os.path.dirname(__file__)
-EXIT_SCRIPT = os.path.join(HERE, "scripts", "dist_exit.py")
+EXIT_SCRIPT = os.path.join(HERE, "support", "scripts", "dist_exit.py")
 EXAMPLE = os.path.join(HERE, "..", "recipes", "trainer_example.py")
 
 

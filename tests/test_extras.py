@@ -46,7 +46,7 @@ def base_install(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(base_install, tiny_model_dir, tmp_path_factory):
-    from conftest import write_image_folder
+    from support.tiny import write_image_folder
 
     root = tmp_path_factory.mktemp("extras")
     data = write_image_folder(root / "data", n=30)
@@ -76,7 +76,7 @@ def test_a_tracker_that_is_not_installed_names_the_tracking_extra(tmp_path, tiny
 
 def test_every_subcommand_in_a_base_install(base_install, trained, tiny_model_dir, tmp_path):
     """Every subcommand once, with every optional package hidden: it runs, or names its extra."""
-    from hub_server import LocalHub
+    from support.hub_server import LocalHub
     from test_hub_push import GUARD, TOKEN, client_env
 
     root, data, model = trained

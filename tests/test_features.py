@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from conftest import ARCHITECTURES, COLOURS, colour_dataset, save_tiny_model
+from support.tiny import ARCHITECTURES, COLOURS, colour_dataset, save_tiny_model
 
 from tl_hub import ConfigError, FeatureExtractionRecipe, FineTuneRecipe
 from tl_hub.backbone import load_backbone
@@ -190,7 +190,7 @@ def test_features_of_another_precision_are_recomputed(tiny_model_dir, tmp_path):
     code = f"""
 import json, sys
 sys.path.insert(0, {os.path.dirname(__file__)!r})
-from conftest import colour_dataset
+from support.tiny import colour_dataset
 from tl_hub import FeatureExtractionRecipe
 recipe = FeatureExtractionRecipe({tiny_model_dir("vit")!r}, epochs=1, batch_size=16, augment=False, seed=0,
                                  feature_cache="disk", feature_cache_dir={str(tmp_path / "cache")!r},
@@ -211,7 +211,7 @@ def test_dropout_before_the_head_is_the_same_with_and_without_the_cache(tmp_path
     """EfficientNet drops out the pooled features before its classifier. While the encoder is frozen that dropout
     is in eval mode whether the head trains on cached features or runs the encoder every epoch, so both give the
     same training."""
-    import arch_zoo
+    from support import arch_zoo
 
     folder = arch_zoo.save_tiny("efficientnet", str(tmp_path / "effnet"))
     from transformers import AutoConfig

@@ -4,8 +4,8 @@ import os
 
 import pytest
 import torch
-from conftest import colour_dataset
 from safetensors.torch import load_file
+from support.tiny import colour_dataset
 
 from tl_hub import FeatureExtractionRecipe, FineTuneRecipe, ModelError, ScratchRecipe
 from tl_hub.filenames import HEAD_FILE

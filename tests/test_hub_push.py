@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import COLOURS, colour_dataset
-from hub_server import LocalHub
+from support.hub_server import LocalHub
+from support.tiny import COLOURS, colour_dataset
 
 from tl_hub import FeatureExtractionRecipe, FineTuneRecipe, LoRARecipe, ScratchRecipe
 
@@ -235,7 +235,7 @@ def test_lora_adapter_loads_with_plain_peft(tiny_model_dir, tmp_path):
 def test_base_model_is_pinned_and_full_models_work_with_pipeline(hub, tiny_model_dir, tmp_path):
     """Train on a base fetched from the (local) Hub; the pushed head records the base's commit, and loading it after
     the base repo moved on still gives the same predictions. A fully trained model loads with `pipeline`."""
-    from conftest import write_image_folder
+    from support.tiny import write_image_folder
 
     base_files = {name: open(os.path.join(tiny_model_dir("vit"), name), "rb").read()
                   for name in os.listdir(tiny_model_dir("vit"))}
@@ -254,7 +254,7 @@ def test_base_model_is_pinned_and_full_models_work_with_pipeline(hub, tiny_model
     before, _ = predictions_in_fresh_cache(hub, "me/fe-head", images_dir, tmp_path)
     # the base repo moves on: different weights on main
     other = tmp_path / "other-vit"
-    from conftest import save_tiny_model
+    from support.tiny import save_tiny_model
     save_tiny_model("vit", str(other), seed=5)
     hub.commit_files("org/base", {"model.safetensors": (other / "model.safetensors").read_bytes()}, message="v2")
     after, _ = predictions_in_fresh_cache(hub, "me/fe-head", images_dir, tmp_path)

@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from hub_server import LocalHub
+from support.hub_server import LocalHub
 
 PRELUDE = r'''
 import hashlib, json, os, socket, sys

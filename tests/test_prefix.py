@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from conftest import colour_dataset
+from support.tiny import colour_dataset
 
 from tl_hub import FineTuneRecipe
 

@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import colour_dataset, write_image_folder
+from support.tiny import colour_dataset, write_image_folder
 from torch import nn
 
 from tl_hub import FeatureExtractionRecipe, FineTuneRecipe, ScratchRecipe

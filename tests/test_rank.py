@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import colour_dataset, save_tiny_model, write_image_folder
+from support.tiny import colour_dataset, save_tiny_model, write_image_folder
 
 from tl_hub import ConfigError, Ranking, rank
 from tl_hub.demo import base_model_path

@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from conftest import COLOURS, colour_dataset
+from support.tiny import COLOURS, colour_dataset
 
 from tl_hub import (
     ConfigError,
@@ -315,7 +315,7 @@ def test_top_k_unfreeze_stops_autograd_at_the_lowest_unfrozen_block(tiny_model_d
 def test_num_workers_default_to_none_on_cpu_and_a_share_of_the_cores_with_a_gpu(monkeypatch, tiny_model_dir):
     import os
 
-    from conftest import colour_dataset
+    from support.tiny import colour_dataset
 
     from tl_hub import FeatureExtractionRecipe
     from tl_hub.runtime import default_num_workers

@@ -16,10 +16,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import write_image_folder
 from support.launch import aborts_in, accelerate_launch, launch_env
+from support.tiny import write_image_folder
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "kill_train.py")
+SCRIPT = os.path.join(os.path.dirname(__file__), "support", "scripts", "kill_train.py")
 KEYS = ("train_loss", "loss", "accuracy", "f1")
 
 
@@ -186,7 +186,7 @@ def test_auto_starts_fresh_then_resumes(tiny_model_dir, tmp_path):
     """``auto`` (for requeued cluster jobs): no checkpoint -> a fresh run; then the same call resumes the finished
     run from its last checkpoint and trains nothing more."""
     import datasets
-    from conftest import colour_dataset
+    from support.tiny import colour_dataset
 
     from tl_hub import FeatureExtractionRecipe
 
@@ -214,7 +214,7 @@ def test_every_recipe_resumes_mid_epoch_exactly(tiny_model_dir, tmp_path, recipe
     """In one process: resume from a mid-epoch checkpoint of the last period; the rest of the run, the final
     weights and the BatchNorm statistics are those of the uninterrupted run."""
     import datasets
-    from conftest import colour_dataset
+    from support.tiny import colour_dataset
 
     from tl_hub import get_recipe
 

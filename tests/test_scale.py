@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import colour_dataset
 from support.launch import aborts_in, free_port, launch_env, run
+from support.tiny import colour_dataset
 from test_distributed import SCRIPT
 
 from tl_hub import FineTuneRecipe, TrainingError
@@ -101,7 +101,7 @@ BF16_SCRIPT = """
 import json, sys, torch
 from tl_hub import FineTuneRecipe
 sys.path.insert(0, {tests!r})
-from conftest import colour_dataset
+from support.tiny import colour_dataset
 recipe = FineTuneRecipe({model!r}, head_epochs=1, epochs=3, batch_size=16, lr=1e-2, mixed_precision="bf16",
                         augment=False, seed=0, feature_cache="memory")
 outputs = set()

@@ -12,9 +12,9 @@ os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="gradio_tmp_"))
 
 import gradio as gr
 import pytest
-from conftest import colour_dataset
 from PIL import Image
 from support.launch import free_port
+from support.tiny import colour_dataset
 
 from tl_hub import FeatureExtractionRecipe
 from tl_hub.space import SpaceApp, build_app, example_images, launch
@@ -146,7 +146,7 @@ def test_space_files_and_header():
 
 
 def test_push_space_to_the_local_hub(tmp_path):
-    from hub_server import LocalHub
+    from support.hub_server import LocalHub
     from test_hub_push import client_env, tl_hub_cli
 
     with LocalHub(str(tmp_path / "store"), token="hf_tlhubTestSecretToken0123456789") as hub:

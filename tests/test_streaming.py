@@ -10,8 +10,8 @@ import sys
 import datasets
 import pytest
 import torch
-from conftest import COLOURS, colour_dataset
 from support.launch import accelerate_launch, launch_env, run
+from support.tiny import COLOURS, colour_dataset
 
 import tl_hub
 from tl_hub import ConfigError, DataError, FeatureExtractionRecipe, FineTuneRecipe, TrainingConfig
@@ -28,7 +28,7 @@ from tl_hub.streaming import (
     undecoded,
 )
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "dist_stream.py")
+SCRIPT = os.path.join(os.path.dirname(__file__), "support", "scripts", "dist_stream.py")
 FAST = dict(eval_batch_size=32, seed=0, checkpoint_dir=None)
 
 

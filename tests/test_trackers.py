@@ -3,7 +3,7 @@
 import glob
 
 import pytest
-from conftest import colour_dataset
+from support.tiny import colour_dataset
 
 import tl_hub
 from tl_hub.errors import ConfigError

@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from conftest import colour_dataset
+from support.tiny import colour_dataset
 
 import tl_hub
 from tl_hub.backbone import load_image_processor

@@ -69,7 +69,7 @@ def test_the_installed_package_finds_its_files(wheel):
 
 
 def test_demo_serve_and_push_space_from_the_wheel(wheel, tmp_path):
-    from hub_server import LocalHub
+    from support.hub_server import LocalHub
     from test_hub_push import GUARD, TOKEN, client_env
 
     env = {**os.environ, "TL_HUB_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}

@@ -29,8 +29,9 @@ REPOSITORIES = ["your-name/vit-beans", "your-name/vit-beans-lora"]
 
 def upload_models(root: str, endpoint: str, token: str) -> None:
     """Upload a tiny model under each id of `MODELS` to the Hub server at ``endpoint``."""
-    from conftest import save_tiny_model
     from huggingface_hub import HfApi
+
+    from support.tiny import save_tiny_model
 
     api = HfApi(endpoint=endpoint, token=token)
     for hub_id, arch in MODELS.items():
@@ -41,7 +42,7 @@ def upload_models(root: str, endpoint: str, token: str) -> None:
 
 def stand_ins(root: str) -> dict[str, str]:
     """Build the local stand-ins of the data under ``root``; returns ``{text in the docs: replacement}``."""
-    from conftest import colour_dataset, colour_images
+    from support.tiny import colour_dataset, colour_images
 
     replacements = {}
     beans = os.path.join(root, "stand-ins", "beans")

@@ -2,7 +2,7 @@
 
 `check(model_type, folder)` raises AssertionError (or the library's error) at the first broken promise, and returns
 what it measured.  The test over every mapped type (`tests/test_architectures.py`) and the README table
-(``python tests/arch_check.py`` prints it) share it.
+(``python tests/support/arch_check.py`` prints it) share it.
 
 The promises:
 
@@ -24,10 +24,11 @@ import time
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+TESTS = os.path.dirname(HERE)
+sys.path.insert(0, TESTS)  # `python tests/support/arch_check.py` imports its siblings as `support.*`
 
-import arch_zoo  # noqa: E402
-from conftest import colour_dataset  # noqa: E402
+from support import arch_zoo  # noqa: E402
+from support.tiny import colour_dataset  # noqa: E402
 
 LABELS = ["red", "green", "blue"]
 FAST = dict(batch_size=4, eval_batch_size=8, seed=0, feature_cache="memory", checkpoint_dir=None)
@@ -166,13 +167,14 @@ def one_vs_two_processes(types, tmp: str, prefix: bool = False) -> dict:
     import json
 
     import datasets
+
     from support.launch import accelerate_launch, launch_env, run
 
     models = [f"{t}={without_dropout(arch_zoo.save_tiny(t, os.path.join(tmp, t)))}" for t in types]
     data = datasets.DatasetDict({"train": colour_dataset(24, seed=1), "validation": colour_dataset(16, seed=2)})
     data.save_to_disk(os.path.join(tmp, "data"))
     script = os.path.join(HERE, "scripts", "dist_arch.py")
-    env = {"PYTHONPATH": os.pathsep.join([HERE, *sys.path]), "TL_HUB_TEST_PREFIX": "1" if prefix else "0"}
+    env = {"PYTHONPATH": os.pathsep.join([TESTS, *sys.path]), "TL_HUB_TEST_PREFIX": "1" if prefix else "0"}
     args = [os.path.join(tmp, "data")]
     run([sys.executable, script, *args, os.path.join(tmp, "one"), *models],
         {**launch_env(**env), "ACCELERATE_USE_CPU": "false"}, timeout=1800)

@@ -35,7 +35,7 @@ Quirks worth knowing (see `NOTES`):
 
 Usage::
 
-    from arch_zoo import TYPES, SKIP, save_tiny
+    from support.arch_zoo import TYPES, SKIP, save_tiny
     for model_type in TYPES:
         if model_type not in SKIP:
             folder = save_tiny(model_type, str(tmp_path / model_type))
