@@ -16,7 +16,7 @@ phase is timed by wrapping the library function that does it (``time.perf_counte
 - writing the cache: `FeatureStore._finish` (the memory-mapped file flushed and renamed; labels saved);
 - cache key: `tl_hub.features.encoder_fingerprint` (a hash of the weights; the disk cache only);
 - head training: the linear probe's solve (`tl_hub.probe.fit_probe`);
-- evaluation: the head on the cached validation features (`tl_hub.loop.evaluate_loader`);
+- evaluation: the head on the cached validation features (`tl_hub.evaluation.evaluate_loader`, as the loop calls it);
 - other: everything else in ``fit`` (Accelerate set-up, loaders, the record).
 
 Prints a table (median and min–max seconds per phase, and its share of the median fit) and, last, one JSON line.
@@ -71,7 +71,7 @@ def instrument() -> None:
     timed(tl_hub.features.FeatureStore, "_finish", "writing the cache")
     timed(tl_hub.features, "encoder_fingerprint", "cache key (hash of the weights)")
     timed(tl_hub.probe, "fit_probe", "head training (probe solve)")
-    timed(tl_hub.loop, "evaluate_loader", "evaluation")
+    timed(tl_hub.loop, "evaluate_loader", "evaluation")  # the name the loop calls
     original = tl_hub.features.FeatureStore._compute
 
     def compute(self, ds, image_column, label_column, views, augment, what, paths):

@@ -40,3 +40,9 @@ def colour_ds():
 def image_folder(tmp_path):
     return write_image_folder(tmp_path / "images")
 
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that launch several processes or drive a browser are slow too: ``-m "not slow"`` leaves them out."""
+    for item in items:
+        if item.get_closest_marker("distributed") or item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.slow)

@@ -10,8 +10,8 @@ import pytest
 import torch
 from support.tiny import colour_dataset
 
-from tl_hub import DataError
-from tl_hub.advisor import Thresholds, advise
+from tl_hub import DataError, advise
+from tl_hub.advisor import Thresholds
 from tl_hub.compare import compare, curve_summary
 from tl_hub.demo import base_model_path
 from tl_hub.demo_data import digits_dataset
@@ -107,6 +107,7 @@ def test_compare_reports_start_slope_asymptote(tmp_path):
     assert result.summaries["feature-extraction"]["start"] > result.summaries["scratch"]["start"]
 
 
+@pytest.mark.slow
 def test_demo_end_to_end_quick(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "tl-hub")
     proc = subprocess.run([exe, "demo", "--quick", "--output-dir", str(tmp_path / "demo")], capture_output=True,
@@ -134,6 +135,7 @@ def test_demo_end_to_end_quick(tmp_path):
     assert "vs scratch: +" in proc.stdout or "vs scratch: -" in proc.stdout
 
 
+@pytest.mark.slow
 def test_pretrain_base_quick(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "recipes", "pretrain_base.py"), "--quick",
                            "--output-dir", str(tmp_path / "base")], capture_output=True, text=True, timeout=600)
@@ -151,6 +153,7 @@ def test_shipped_base_model_is_small_and_loadable():
     assert len(clf.labels) == 52 and clf.info["recipe"] == "scratch"
 
 
+@pytest.mark.slow
 def test_quadrants_script_runs_at_reduced_size(tmp_path):
     out = tmp_path / "q.json"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "recipes", "quadrants.py"), "--output", str(out),

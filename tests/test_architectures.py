@@ -10,6 +10,8 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATIO
 
 from tl_hub import ModelError, load_backbone
 
+pytestmark = pytest.mark.slow  # see pyproject.toml: the inner loop is -m "not slow"
+
 TYPES = sorted(MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES)
 
 

@@ -182,6 +182,7 @@ def test_load_backbone_scratch_has_random_encoder(arch, tiny_model_dir):
     assert sorted(unmatched) == sorted(random_ckpt), "scratch model has pretrained weights"
 
 
+@pytest.mark.slow
 def test_scratch_starts_norm_layers_as_identity_so_a_deep_efficientnet_carries_signal(tmp_path):
     """transformers' EfficientNet draws BatchNorm scales from N(0, 0.02): 16 blocks of that and the features are
     ~1e-29, so a scratch baseline never leaves chance.  Scratch starts every norm layer at scale 1, shift 0."""

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageOps
-from support.tiny import COLOURS, colour_dataset, colour_images, write_image_folder
+from support.tiny import COLOURS, capture_backbone, colour_dataset, colour_images, write_image_folder
 from test_cli import assert_one_line_error
 from test_cli import tl_hub as tl_hub_cli
 
@@ -151,8 +151,8 @@ def test_broken_image_file_is_skipped_with_a_count(tiny_model_dir, tmp_path, cap
         recipe = fit(tiny_model_dir("vit"), data)
     skipped = [r.getMessage() for r in caplog.records if "Skipped" in r.getMessage()]
     assert skipped == ["Skipped 1 of 31 training images that could not be decoded (corrupt or not an image)."]
-    assert recipe.data.skipped == 1 and recipe.info()["skipped_images"] == 1
-    assert len(recipe.data.train) + len(recipe.data.validation) == 30  # every good image kept
+    assert recipe.result.run.data.skipped == 1 and recipe.info()["skipped_images"] == 1
+    assert len(recipe.result.run.data.train) + len(recipe.result.run.data.validation) == 30  # every good image kept
     # the damaged file is also a clear error when predicted on directly
     with pytest.raises(DataError) as info:
         recipe.predict(os.path.join(data, "green", name))
@@ -238,7 +238,7 @@ def test_unusual_images_in_the_training_data_train(tiny_model_dir, tmp_path, cap
     with caplog.at_level(logging.WARNING, logger="tl_hub"):
         recipe = fit(tiny_model_dir("vit"), data, augment=True, feature_cache="off")
     assert not [r for r in caplog.records if "Skipped" in r.getMessage()]
-    assert recipe.data.skipped == 0 and len(recipe.data.train) + len(recipe.data.validation) == 36
+    assert recipe.result.run.data.skipped == 0 and len(recipe.result.run.data.train) + len(recipe.result.run.data.validation) == 36
     assert np.isfinite(recipe.result.metrics["loss"])
 
 
@@ -318,8 +318,8 @@ def test_class_label_with_a_class_without_examples_still_trains(tiny_model_dir):
     names = COLOURS + ["purple"]
     images, labels = colour_images(45)  # red, green, blue only
     recipe = fit(tiny_model_dir("vit"), image_dataset(images, labels, names))
-    assert recipe.data.labels == names
-    assert recipe.backbone.model.config.id2label == dict(enumerate(names))
+    assert recipe.result.run.data.labels == names
+    assert recipe.result.run.backbone.model.config.id2label == dict(enumerate(names))
     assert np.isfinite(recipe.result.metrics["loss"])
     preds = recipe.predict(images[0], top_k=4)
     assert sorted(p["label"] for p in preds) == sorted(names)
@@ -511,13 +511,14 @@ def test_real_cli_rejects_a_bad_setting_before_loading_anything(tiny_model_dir, 
 
 def test_nan_loss_is_a_training_error(tiny_model_dir):
     recipe = FeatureExtractionRecipe(tiny_model_dir("vit"), **{**FAST, "epochs": 2}, lr=1e30, max_grad_norm=None)
+    loaded = capture_backbone(recipe)
     with pytest.raises(TrainingError) as info:
         recipe.fit(colour_dataset(48), progress=False)
     assert "Training diverged in epoch" in str(info.value) and "the loss or its gradient is not finite" in \
         str(info.value) and "Lower the learning rate (now 1e+30)" in str(info.value)
     # the message tells the truth about the weights: untouched by the bad step, or already overflowed by an
     # absurd update before it (lr=1e30 with weight decay does that here)
-    broken = [n for n, p in recipe.backbone.model.named_parameters() if not torch.isfinite(p).all()]
+    broken = [n for n, p in loaded[0].model.named_parameters() if not torch.isfinite(p).all()]
     if broken:
         assert "had already made some weights non-finite" in str(info.value)
     else:
@@ -828,6 +829,7 @@ def test_predict_on_a_missing_file(trained, tmp_path, capsys):
     assert_one_line_error(proc, "nowhere.jpg", "does not exist")
 
 
+@pytest.mark.slow
 def test_real_cli_predict_on_a_non_image_file(trained, tmp_path):
     notes = tmp_path / "notes.png"
     notes.write_text("a text file with an image extension")

@@ -36,6 +36,7 @@ def test_help():
         assert flag in train.stdout
 
 
+@pytest.mark.slow
 def test_train_evaluate_predict_on_image_folder(tiny_model_dir, tmp_path):
     data = write_image_folder(tmp_path / "images", n=60)
     out = tmp_path / "out"
@@ -76,6 +77,7 @@ def test_train_evaluate_predict_on_image_folder(tiny_model_dir, tmp_path):
                for r in rows)
 
 
+@pytest.mark.slow
 def test_recipe_script_runs_with_python(tiny_model_dir, tmp_path):
     data = write_image_folder(tmp_path / "images", n=30)
     script = os.path.join(os.path.dirname(__file__), "..", "recipes", "feature_extraction.py")
@@ -119,6 +121,7 @@ def test_one_class(tiny_model_dir, tmp_path):
     assert_one_line_error(proc, "at least two")
 
 
+@pytest.mark.slow
 def test_corrupt_images_are_skipped_with_a_count(tiny_model_dir, tmp_path):
     data = write_image_folder(tmp_path / "images", n=30)
     with open(os.path.join(data, "red", "broken.png"), "wb") as f:
@@ -135,6 +138,7 @@ def test_corrupt_images_are_skipped_with_a_count(tiny_model_dir, tmp_path):
     assert json.load(open(tmp_path / "out" / "tl_hub.json"))["skipped_images"] == 2
 
 
+@pytest.mark.slow
 def test_existing_output_dir_is_refused_and_kept(tiny_model_dir, tmp_path, image_folder):
     out = tmp_path / "out"
     out.mkdir()
@@ -155,6 +159,7 @@ def test_bad_setting_value(tiny_model_dir, tmp_path, image_folder):
     assert_one_line_error(proc, "`--head-epochs`", "FeatureExtractionRecipe")
 
 
+@pytest.mark.slow
 def test_predict_errors(tmp_path):
     proc = tl_hub("predict", tmp_path / "nothing", "x.png")
     assert_one_line_error(proc, "x.png")
@@ -163,6 +168,7 @@ def test_predict_errors(tmp_path):
     assert_one_line_error(proc, "not a folder written by tl-hub")
 
 
+@pytest.mark.slow
 def test_logs_default_verbose_and_quiet(tiny_model_dir, tmp_path):
     """Default: one line per period, epoch and checkpoint, no library chatter; -v: everything; -q: errors only."""
     data = write_image_folder(tmp_path / "images", n=30)
@@ -221,6 +227,7 @@ def test_train_help_is_short_true_and_shows_defaults():
     assert "(default: fine-tune: automatic; train-all: 0)" in head_epochs.replace("- ", "-")  # per recipe
 
 
+@pytest.mark.slow
 def test_a_one_solve_run_writes_no_checkpoint_folder_and_q_works_after_the_command(tiny_model_dir, tmp_path):
     data = write_image_folder(tmp_path / "images", n=30)
     proc = tl_hub("train", "--recipe", "feature-extraction", "--model", tiny_model_dir("resnet"), "--dataset", data,
@@ -230,6 +237,7 @@ def test_a_one_solve_run_writes_no_checkpoint_folder_and_q_works_after_the_comma
     assert proc.stderr.strip() == "" and proc.stdout.startswith("validation accuracy")  # -q: results only
 
 
+@pytest.mark.slow
 def test_a_python_run_shows_its_epochs_and_no_download_bars_for_a_local_folder(tiny_model_dir, tmp_path):
     data = write_image_folder(tmp_path / "images", n=30)
     code = (f"from tl_hub import FineTuneRecipe\n"

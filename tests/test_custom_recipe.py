@@ -5,6 +5,7 @@ import json
 import os
 import sys
 
+import pytest
 import torch
 from support.tiny import colour_dataset
 from test_hub_push import client_env, hub, run_python  # noqa: F401  (hub is a fixture)
@@ -14,16 +15,17 @@ import tl_hub
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+@pytest.mark.slow
 def test_custom_lp_ft_mlp_recipe_trains_saves_pushes_and_loads(hub, tiny_model_dir, tmp_path):  # noqa: F811
     from support import custom_recipe
 
     recipe = tl_hub.get_recipe("lp-ft-mlp")(tiny_model_dir("vit"), head_epochs=4, epochs=8, unfreeze=1, lr=1e-2,
                                             batch_size=16, augment=False, seed=0, feature_cache="memory")
     result = recipe.fit(colour_dataset(30), progress=False)
-    assert isinstance(recipe.backbone.model.get_submodule("classifier"), custom_recipe.MLPHead)
+    assert isinstance(recipe.result.run.backbone.model.get_submodule("classifier"), custom_recipe.MLPHead)
     assert [p["name"] for p in result.extra["periods"]] == ["head", "fine-tune"]
     assert "solver" not in result.extra["periods"][0]  # an MLP is trained by gradient steps, not solved
-    assert recipe.trained["kind"] == "mlp-head" and recipe.trained["groups"] == ["block.1", "norm"]
+    assert recipe.result.trained["kind"] == "mlp-head" and recipe.result.trained["groups"] == ["block.1", "norm"]
     assert result.metrics["accuracy"] > 0.9  # three colours: the MLP head learns them
 
     out = tmp_path / "out"

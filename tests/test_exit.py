@@ -17,6 +17,8 @@ import pytest
 from support.launch import aborts_in, accelerate_launch, launch_env, run
 from support.tiny import colour_dataset
 
+pytestmark = pytest.mark.slow  # see pyproject.toml: the inner loop is -m "not slow"
+
 HERE = os.path.dirname(__file__)
 EXIT_SCRIPT = os.path.join(HERE, "support", "scripts", "dist_exit.py")
 EXAMPLE = os.path.join(HERE, "..", "recipes", "trainer_example.py")

@@ -11,6 +11,8 @@ from support.site_view import ROOT, python_in, site_view
 from tl_hub.cli import SUBCOMMANDS
 from tl_hub.errors import OPTIONAL_MODULES
 
+pytestmark = pytest.mark.slow  # see pyproject.toml: the inner loop is -m "not slow"
+
 TINY = ["--epochs", "1", "--batch-size", "16", "--seed", "0"]
 
 

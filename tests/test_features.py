@@ -72,7 +72,7 @@ def test_feature_extraction_runs_the_encoder_once_per_example(tiny_model_dir, tm
         result, counts = fit_counting(recipe, colour_dataset(60), colour_dataset(21, seed=5))
         assert counts == {"head": 60 + 21}  # not 5 x (60 + 21)
         assert len(result.history) == epochs
-        assert recipe.feature_store.computed_examples == 81
+        assert recipe.result.run.feature_store.computed_examples == 81
 
 
 def test_fine_tune_period1_is_cached_and_period2_runs_the_encoder(tiny_model_dir):
@@ -168,7 +168,7 @@ def test_a_warm_cache_gives_the_same_run_as_a_cold_one(tmp_path):
     for _ in range(2):
         recipe = FineTuneRecipe(model, head_epochs=1, epochs=3, feature_cache_dir=str(tmp_path / "cache"), **FAST)
         runs.append(recipe.fit(colour_dataset(48, seed=1), colour_dataset(15, seed=2), progress=False).history)
-        computed = recipe.feature_store.computed_examples
+        computed = recipe.result.run.feature_store.computed_examples
     assert computed == 0  # the second run read every feature from the cache
     assert [h["train_loss"] for h in runs[1]] == [h["train_loss"] for h in runs[0]]
     assert [h["loss"] for h in runs[1]] == [h["loss"] for h in runs[0]]
@@ -178,9 +178,10 @@ def test_an_empty_head_period_runs_no_encoder_pass(tiny_model_dir):
     recipe = FineTuneRecipe(tiny_model_dir("vit"), head_epochs=0, epochs=2, **FAST)
     result = recipe.fit(colour_dataset(30), progress=False)
     assert [h["period"] for h in result.history] == ["fine-tune", "fine-tune"]
-    assert recipe.feature_store is None  # nothing was cached for a period that does not run
+    assert recipe.result.run.feature_store is None  # nothing was cached for a period that does not run
 
 
+@pytest.mark.slow
 def test_features_of_another_precision_are_recomputed(tiny_model_dir, tmp_path):
     """The cache key holds the autocast precision: features made under bf16 are not reused by an fp32 run (each run
     in its own process, as Accelerate fixes the precision per process)."""
@@ -196,7 +197,7 @@ recipe = FeatureExtractionRecipe({tiny_model_dir("vit")!r}, epochs=1, batch_size
                                  feature_cache="disk", feature_cache_dir={str(tmp_path / "cache")!r},
                                  mixed_precision=sys.argv[1])
 recipe.fit(colour_dataset(30), progress=False)
-print("COMPUTED", recipe.feature_store.computed_examples)
+print("COMPUTED", recipe.result.run.feature_store.computed_examples)
 """
     computed = []
     for precision in ("bf16", "no", "no", "bf16"):

@@ -28,14 +28,14 @@ def test_export_and_load_round_trip(tiny_model_dir, tmp_path, make, kind, expect
     recipe.fit(colour_dataset(30), progress=False)
     recipe.save(str(tmp_path / "out"))
     export_for_hub(str(tmp_path / "out"), str(tmp_path / "export"))
-    assert recipe.trained["kind"] == kind
+    assert recipe.result.trained["kind"] == kind
     files = os.listdir(tmp_path / "export")
     assert expect_file in files and "tl_hub.json" in files and "preprocessor_config.json" in files
     if expect_file == HEAD_FILE:
         tensors = load_file(str(tmp_path / "export" / HEAD_FILE))
-        assert sorted(tensors) == sorted(recipe.trained["state_keys"])
+        assert sorted(tensors) == sorted(recipe.result.trained["state_keys"])
         assert "model.safetensors" not in files
-        head = set(recipe.backbone.parts.head_params(recipe.classifier.model))
+        head = set(recipe.result.run.backbone.parts.head_params(recipe.classifier.model))
         if kind == "head":
             assert set(tensors) == head
         else:  # the unfrozen top stage, its BatchNorm statistics (bn_policy="train") and the head; nothing else
@@ -48,6 +48,7 @@ def test_export_and_load_round_trip(tiny_model_dir, tmp_path, make, kind, expect
     assert loaded.labels == recipe.classifier.labels
 
 
+@pytest.mark.slow
 def test_head_export_is_tiny_for_a_vit_base_sized_model(tmp_path):
     """The figure the README quotes: a feature-extraction head of a ViT-Base-sized model vs the full model."""
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor

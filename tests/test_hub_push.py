@@ -17,6 +17,8 @@ from support.tiny import COLOURS, colour_dataset
 
 from tl_hub import FeatureExtractionRecipe, FineTuneRecipe, LoRARecipe, ScratchRecipe
 
+pytestmark = pytest.mark.slow  # see pyproject.toml: the inner loop is -m "not slow"
+
 TOKEN = "hf_tlhubTestSecretToken0123456789"
 FAST = dict(batch_size=16, augment=False, seed=0, feature_cache="memory")
 GUARD = '''
@@ -98,9 +100,9 @@ def test_push_then_load_in_a_fresh_cache(hub, tiny_model_dir, tmp_path, make):
     commits = hub.commits("me/colours")
     assert len(commits) == 2  # the repo's initial commit + ONE upload commit
     files = set(commits[-1].files)
-    if recipe.trained["kind"] == "lora":
+    if recipe.result.trained["kind"] == "lora":
         assert {"adapter_config.json", "adapter_model.safetensors"} <= files and "model.safetensors" not in files
-    elif recipe.trained["kind"] == "full":
+    elif recipe.result.trained["kind"] == "full":
         assert "model.safetensors" in files and "tl_hub_head.safetensors" not in files
     else:
         assert "tl_hub_head.safetensors" in files and "model.safetensors" not in files
@@ -108,7 +110,7 @@ def test_push_then_load_in_a_fresh_cache(hub, tiny_model_dir, tmp_path, make):
     from PIL import Image
     local = recipe.classifier.predict_proba([Image.open(images_dir / f) for f in sorted(os.listdir(images_dir))])
     base = None
-    if recipe.trained["kind"] != "full":
+    if recipe.result.trained["kind"] != "full":
         # the repo names a folder of this machine as its base: refused unless the caller names it
         base = tiny_model_dir("vit")
         refused = run_python("import tl_hub; tl_hub.load('me/colours')", client_env(hub, tmp_path / "other"), tmp_path)

@@ -1,6 +1,7 @@
-"""The package's structure, checked: no import cycles (module-level or inside functions), short functions, no
-private names used across modules, the CLI and the Space on the public API only, and a README that lists every
-module."""
+"""The package's rules, checked: no import cycles (module-level or inside functions), short functions, no
+private names used across modules, nothing written on a recipe but its result, evaluation in its own module, one
+definition of each fine-tune setting, the CLI and the Space on the public API only, and an architecture page that
+lists every module."""
 
 import ast
 import os
@@ -111,6 +112,73 @@ def test_no_private_names_are_imported_across_modules():
     assert not private, private
 
 
+def recipe_writes(tree: ast.Module) -> list[str]:
+    """Attributes written on a recipe: ``recipe.x = ...`` / ``setattr(recipe, ...)`` anywhere, and ``self.x = ...``
+    in the methods of `Recipe` classes other than ``__init__``, except ``result``."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name.endswith("Recipe"):
+            for method in (n for n in node.body if isinstance(n, ast.FunctionDef) and n.name != "__init__"):
+                found += [f"{node.name}.{method.name} sets self.{t.attr}" for t in assigned(method)
+                          if isinstance(t.value, ast.Name) and t.value.id == "self" and t.attr != "result"]
+        if isinstance(node, ast.FunctionDef):
+            found += [f"{node.name} sets recipe.{t.attr}" for t in assigned(node)
+                      if isinstance(t.value, ast.Name) and t.value.id == "recipe" and t.attr != "result"]
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "setattr"
+                and isinstance(node.args[0], ast.Name) and node.args[0].id in ("recipe", "self")):
+            found.append(f"setattr({node.args[0].id}, ...)")
+    return found
+
+
+def assigned(function: ast.FunctionDef) -> list[ast.Attribute]:
+    targets = []
+    for node in ast.walk(function):
+        if isinstance(node, ast.Assign):
+            targets += node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets.append(node.target)
+    flat = []
+    while targets:
+        t = targets.pop()
+        if isinstance(t, ast.Tuple):
+            targets += t.elts
+        elif isinstance(t, ast.Attribute):
+            flat.append(t)
+    return flat
+
+
+def test_nothing_but_its_result_is_written_on_a_recipe():
+    found = [f"{name}: {w}" for name, tree in modules().items() for w in recipe_writes(tree)]
+    assert not found, found
+    scratchpad = ast.parse("def prepare(recipe, x):\n    recipe.config, recipe.result = x, x\n    recipe.passes += 1\n"
+                           "class MyRecipe:\n    def fit(self):\n        self.backbone = 1\n")
+    assert sorted(recipe_writes(scratchpad)) == ["MyRecipe.fit sets self.backbone", "prepare sets recipe.config",
+                                                "prepare sets recipe.passes"]
+
+
+def test_evaluation_has_its_own_module():
+    trees = modules()
+    defined = {name for name, tree in trees.items() for node in ast.walk(tree)
+               if isinstance(node, ast.FunctionDef) and node.name in ("evaluate_loader", "confident_errors")}
+    assert defined == {"tl_hub.evaluation"}
+    edges = graph()
+    assert "tl_hub.evaluation" in edges["tl_hub.loop"] and "tl_hub.evaluation" in edges["tl_hub.inference"]
+    assert "tl_hub.loop" not in edges["tl_hub.inference"] and "tl_hub.metrics" not in edges["tl_hub.loop"]
+    assert "gather_for_metrics" not in (PACKAGE / "loop.py").read_text()
+
+
+def test_each_fine_tune_setting_and_advise_are_defined_once():
+    trees = modules()
+    policies = [name for name, tree in trees.items() for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                for t in node.targets if isinstance(t, ast.Name) and t.id == "BN_POLICIES"]
+    assert policies == ["tl_hub.config"]
+    texts = "".join(p.read_text() for p in PACKAGE.rglob("*.py"))
+    assert texts.count("should be 'all' or a positive number of blocks") == 1  # the one unfreeze parser
+    advise = [name for name, tree in trees.items() for node in ast.walk(tree)
+              if isinstance(node, ast.FunctionDef) and node.name == "advise"]
+    assert advise == ["tl_hub.ranking"] and tl_hub.advise.__module__ == "tl_hub.ranking"
+
+
 @pytest.mark.parametrize("path", ["tl_hub/cli.py", "spaces/app.py"])
 def test_the_cli_and_the_space_use_only_the_public_api(path):
     tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))
@@ -128,12 +196,13 @@ def test_the_cli_and_the_space_use_only_the_public_api(path):
     assert not used, f"{path} uses non-public names: {used}"
 
 
-def test_the_readme_architecture_section_lists_every_module():
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Architecture", 1)[1].split("\n## ", 1)[0]
+def test_the_architecture_page_lists_every_module():
+    page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = page.split("## What each module owns", 1)[1].split("\n## ", 1)[0]
     listed = set(re.findall(r"^- `([a-z_]+(?:\.py|/))`", section, flags=re.MULTILINE))
     present = {p.name for p in PACKAGE.glob("*.py")}
     present |= {f"{p.name}/" for p in PACKAGE.iterdir() if p.is_dir() and not p.name.startswith("__")
                 and (p / "__init__.py").exists()}
-    assert listed == present, {"not in README": sorted(present - listed), "not in tl_hub/": sorted(listed - present)}
+    assert listed == present, {"not in docs/architecture.md": sorted(present - listed),
+                               "not in tl_hub/": sorted(listed - present)}
     assert all(os.path.exists(ROOT / d) for d in ("recipes", "spaces", "benchmarks", "tests"))

@@ -266,7 +266,7 @@ def test_public_param_groups_equal_the_recipes_groups(arch, settings, tiny_model
     public = tl_hub.param_groups(model, lr=LR, weight_decay=WD, **settings)
     recipe = tl_hub.FineTuneRecipe(folder, lr=LR, weight_decay=WD, epochs=4, head_epochs=1, **settings)
     backbone = load_backbone(folder, ["a", "b", "c"])
-    period = recipe.periods(backbone)[-1]
+    period = recipe.periods(backbone, recipe.config)[-1]
     assert _readable(model, public) == _readable(backbone.model, period.param_groups)
     # any optimizer takes them, and keeps their learning rates
     optimizer = torch.optim.SGD(public, lr=99.0)

@@ -102,7 +102,7 @@ def test_a_cut_that_does_not_reproduce_the_logits_is_not_used(deep_vit, monkeypa
         yield  # a broken scheme: the cut never receives the cached input
 
     monkeypatch.setattr(prefix.PrefixCut, "installed", not_feeding)
-    with caplog.at_level("INFO", logger="tl_hub.fit"):
+    with caplog.at_level("INFO", logger="tl_hub.inputs"):
         _, result = fit(deep_vit)
     assert cut_of(result) is None
     assert "does not reproduce the logits" in caplog.text
@@ -125,12 +125,12 @@ def test_disk_prefix_cache_is_reused_and_invalidated(deep_vit, tmp_path):
     cache = str(tmp_path / "cache")
     kwargs = dict(feature_cache="disk", feature_cache_dir=cache)
     first_recipe, first = fit(deep_vit, **kwargs)
-    assert first_recipe.feature_store.computed_examples == 55
+    assert first_recipe.result.run.feature_store.computed_examples == 55
     again_recipe, again = fit(deep_vit, **kwargs)
-    assert again_recipe.feature_store.computed_examples == 0  # read back (memory-mapped)
+    assert again_recipe.result.run.feature_store.computed_examples == 0  # read back (memory-mapped)
     assert_same_training(first, again, tol=0)
     deeper, _ = fit(deep_vit, unfreeze=3, **kwargs)
-    assert deeper.feature_store.computed_examples == 55  # another unfrozen depth: another cut
+    assert deeper.result.run.feature_store.computed_examples == 55  # another unfrozen depth: another cut
     other = str(tmp_path / "other-weights")
     import shutil
 
@@ -141,11 +141,11 @@ def test_disk_prefix_cache_is_reused_and_invalidated(deep_vit, tmp_path):
     with torch.no_grad():
         next(model.vit.layers[1].parameters()).mul_(1.01)
     model.save_pretrained(other)
-    assert fit(other, **kwargs)[0].feature_store.computed_examples == 55  # a frozen block's weights changed
+    assert fit(other, **kwargs)[0].result.run.feature_store.computed_examples == 55  # a frozen block's weights changed
     shutil.copytree(deep_vit, tmp_path / "other-processor")
     ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.2, 0.4, 0.6]).save_pretrained(
         tmp_path / "other-processor")
-    assert fit(str(tmp_path / "other-processor"), **kwargs)[0].feature_store.computed_examples == 55
+    assert fit(str(tmp_path / "other-processor"), **kwargs)[0].result.run.feature_store.computed_examples == 55
 
 
 def test_resume_from_a_mid_epoch_checkpoint_matches_the_uninterrupted_run(deep_vit, tmp_path):

@@ -115,6 +115,7 @@ def test_linear_head_detection():
     assert linear_inputs(nn.Sequential(nn.Linear(8, 3), nn.Softmax(-1)), torch.randn(4, 8)) is None  # not logits
 
 
+@pytest.mark.slow
 def test_three_colours_feature_extraction_cli_reaches_90_percent(tiny_model_dir, tmp_path):
     """3 colour classes, 30 images each, a tiny random ResNet, `--epochs 3`: the head converges anyway."""
     from test_cli import tl_hub
@@ -279,7 +280,7 @@ def test_fine_tune_defaults_solve_the_head_then_train(tiny_model_dir):
     assert [p["name"] for p in periods] == ["head", "fine-tune"]
     assert periods[0]["epochs"] == 1 and periods[0]["solver"] == "lbfgs"
     assert periods[1]["epochs"] == 2  # 48 training images at batch 16: 3 steps per pass, 2 epochs of 2 passes
-    assert recipe.passes == 2 and recipe.info()["passes_per_epoch"] == 2
+    assert recipe.result.run.passes == 2 and recipe.info()["passes_per_epoch"] == 2
     assert result.history[0]["C"] in C_GRID and result.history[0]["lr"] is None
 
 

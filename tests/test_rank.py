@@ -134,6 +134,7 @@ def test_advise_with_several_models_ranks_them_first(tmp_path):
     assert advice.recipe == "feature-extraction"  # small + similar for the top one
 
 
+@pytest.mark.slow
 def test_cli_rank_end_to_end_on_two_tiny_models(tmp_path):
     a = save_tiny_model("vit", str(tmp_path / "vit"))
     b = save_tiny_model("convnext", str(tmp_path / "convnext"))

@@ -55,7 +55,7 @@ def test_feature_extraction_keeps_encoder_and_batchnorm_bit_identical(tiny_model
     result = recipe.fit(colour_dataset(60), progress=False)
     model = recipe.classifier.model
     reference = pretrained_state(model_dir)
-    encoder = recipe.backbone.parts.encoder
+    encoder = recipe.result.run.backbone.parts.encoder
     state = encoder_state(model, encoder)
     assert_identical(state, reference)
     if arch == "resnet":
@@ -75,7 +75,7 @@ def test_head_changes_while_encoder_stays(tiny_model_dir):
     captured = {}
     recipe.fit(colour_dataset(45), progress=False,
                on_period_end=lambda period, model, opt: captured.update(head=model.classifier.weight.clone()))
-    assert not torch.equal(captured["head"], recipe.backbone.model.classifier.weight * 0)
+    assert not torch.equal(captured["head"], recipe.result.run.backbone.model.classifier.weight * 0)
     # the head after training differs from the freshly initialised one: rebuild the init with the same seed
     from accelerate.utils import set_seed
 
@@ -326,9 +326,10 @@ def test_num_workers_default_to_none_on_cpu_and_a_share_of_the_cores_with_a_gpu(
     assert default_num_workers("cuda", 4) == 3  # 4 processes on 16 cores: 4 each, one for the process itself
     assert default_num_workers("cuda", 16) == 0
     recipe = FeatureExtractionRecipe(tiny_model_dir("vit"), epochs=1, feature_cache="memory")
-    assert recipe.requested_config.num_workers is None
+    assert recipe.config.num_workers is None
     recipe.fit(colour_dataset(30), progress=False)
-    assert recipe.config.num_workers == 0  # resolved for this CPU run
+    assert recipe.result.config.num_workers == 0  # resolved for this CPU run
+    assert recipe.config.num_workers is None  # the recipe keeps its settings as given
 
 
 def test_a_small_validation_split_is_flagged_in_the_log_the_record_and_the_card(tiny_model_dir, tmp_path, caplog):

@@ -19,6 +19,8 @@ import torch
 from support.launch import aborts_in, accelerate_launch, launch_env
 from support.tiny import write_image_folder
 
+pytestmark = pytest.mark.slow  # see pyproject.toml: the inner loop is -m "not slow"
+
 SCRIPT = os.path.join(os.path.dirname(__file__), "support", "scripts", "kill_train.py")
 KEYS = ("train_loss", "loss", "accuracy", "f1")
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 from support.launch import aborts_in, free_port, launch_env, run
-from support.tiny import colour_dataset
+from support.tiny import capture_backbone, colour_dataset
 from test_distributed import SCRIPT
 
 from tl_hub import FineTuneRecipe, TrainingError
@@ -43,12 +43,14 @@ def test_gradient_checkpointing_gives_the_same_training(tiny_model_dir):
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_weights(tiny_model_dir):
     recipe = FineTuneRecipe(tiny_model_dir("vit"), head_epochs=1, epochs=2, batch_size=16, lr=1e30, head_lr=1e-2,
                             max_grad_norm=None, **BASE)
+    loaded = capture_backbone(recipe)
     with pytest.raises(TrainingError, match="Lower the learning rate"):
         recipe.fit(colour_dataset(48, seed=1), colour_dataset(15, seed=2), progress=False)
     import torch
-    assert all(torch.isfinite(p).all() for p in recipe.backbone.model.parameters())
+    assert all(torch.isfinite(p).all() for p in loaded[0].model.parameters())
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_two_simulated_nodes_match_one_process(tiny_model_dir, tmp_path):
     """Two `accelerate launch --num_machines 2` processes on 127.0.0.1 (gloo) give the 1-process metrics."""
@@ -114,11 +116,12 @@ def hooked(labels):
     return backbone
 recipe.load_backbone = hooked
 result = recipe.fit(colour_dataset(60), colour_dataset(30, seed=3), progress=False)
-print(json.dumps({{"outputs": sorted(outputs), "weights": sorted({{str(p.dtype) for p in recipe.backbone.model.parameters()}}),
-                  "accuracy": result.metrics["accuracy"], "precision": recipe.accelerator.mixed_precision}}))
+print(json.dumps({{"outputs": sorted(outputs), "weights": sorted({{str(p.dtype) for p in recipe.result.run.backbone.model.parameters()}}),
+                  "accuracy": result.metrics["accuracy"], "precision": recipe.result.run.accelerator.mixed_precision}}))
 """
 
 
+@pytest.mark.slow
 def test_bf16_trains_under_autocast_with_fp32_weights(tiny_model_dir):
     """bf16 on the CPU (its own process: the precision is fixed once per process): the linear layers compute in
     bf16 while training, the weights stay fp32, and the model still learns."""

@@ -95,6 +95,7 @@ def test_app_over_http_with_gradio_client(server, files):
     assert client.predict(handle_file(files["red"]), api_name="/predict")["label"] == "red"  # still serving
 
 
+@pytest.mark.browser
 def test_real_browser_upload_click_and_read(server, files, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -145,6 +146,7 @@ def test_space_files_and_header():
     assert len(example_images()) >= 3
 
 
+@pytest.mark.slow
 def test_push_space_to_the_local_hub(tmp_path):
     from support.hub_server import LocalHub
     from test_hub_push import client_env, tl_hub_cli
@@ -183,6 +185,7 @@ def _serve_and_predict(cmd, port, image, env, cwd, timeout=240):
         proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_tl_hub_serve(model_dir, files, tmp_path):
     import sys
 
@@ -193,6 +196,7 @@ def test_tl_hub_serve(model_dir, files, tmp_path):
     assert result["label"] == "red"
 
 
+@pytest.mark.slow
 def test_space_app_runs_offline_with_the_demo_model(tmp_path):
     """`python spaces/app.py` with no model given: the offline demo's model, made on first use, no network."""
     import sys

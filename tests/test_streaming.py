@@ -103,11 +103,11 @@ def test_fine_tune_on_a_stream_learns_and_skips_a_corrupt_image(tiny_model_dir, 
         result = recipe.fit(stream(files), val, progress=False)
     assert [h["period"] for h in result.history] == ["head", "fine-tune", "fine-tune"]
     assert result.metrics["accuracy"] >= 0.9, result.history  # chance is 1/3
-    assert recipe.data.skipped == 1 and recipe.info()["skipped_images"] == 1
+    assert recipe.result.run.data.skipped == 1 and recipe.info()["skipped_images"] == 1
     assert "train 61 streamed" in result.data_summary and "1 undecodable" in result.data_summary
     assert "could not be decoded" in caplog.text
     assert "feature_cache='disk' becomes 'off'" in caplog.text
-    assert recipe.config.feature_cache == "off"
+    assert recipe.result.config.feature_cache == "off" and recipe.config.feature_cache == "disk"
     recipe.save(str(tmp_path / "out"))
     images = [colour_dataset(3, seed=5)[i]["image"] for i in range(3)]
     assert tl_hub.load(str(tmp_path / "out")).predict(images) == recipe.predict(images)
@@ -266,6 +266,7 @@ def test_augmentation_depends_on_the_example_not_its_position(tmp_path):
 
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_two_processes_match_one_process(tiny_model_dir, tmp_path):
     """Two real processes (gloo on CPU) on parquet streams: each reads its own training part (one file each) and

@@ -123,6 +123,7 @@ def test_threads_for_sets_and_restores_the_count(no_omp):
     assert torch.get_num_threads() == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("busy, expected", [(0.0, 2), (1.0, 1)], ids=["idle", "one-core-busy"])
 def test_fit_computes_on_the_chosen_threads_and_restores_them(tiny_model_dir, colour_ds, no_omp, caplog, monkeypatch,
                                                                busy, expected):
@@ -133,7 +134,7 @@ def test_fit_computes_on_the_chosen_threads_and_restores_them(tiny_model_dir, co
     recipe = FineTuneRecipe(tiny_model_dir("resnet"), threads="auto", seed=0, min_steps=0, max_epochs=3)
     with caplog.at_level(logging.INFO, logger="tl_hub"):
         recipe.fit(colour_ds, progress=False, on_period_end=lambda *a: seen.append(torch.get_num_threads()))
-    assert recipe.step_flops is not None and recipe.step_flops > 2 * th.MIN_FLOPS_PER_THREAD  # counted for the budget
+    assert recipe.result.run.step_flops is not None and recipe.result.run.step_flops > 2 * th.MIN_FLOPS_PER_THREAD  # counted for the budget
     assert set(seen) == {expected}  # inside the run, every period
     assert torch.get_num_threads() == before
     if busy:

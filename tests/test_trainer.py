@@ -63,6 +63,7 @@ def test_optimizer_groups_are_tl_hubs(settings, tiny_model_dir, tmp_path):
     assert len({g[1] for g in got}) > 1  # the head and the encoder really get different learning rates
 
 
+@pytest.mark.slow
 def test_head_period_leaves_the_encoder_bit_identical_then_fine_tunes(tiny_model_dir, tmp_path):
     from transformers import TrainerCallback
 
@@ -122,6 +123,7 @@ def test_plain_training_arguments_are_refused(tiny_model_dir, tmp_path):
     assert os.path.isdir(tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_trainer_example_under_two_processes_matches_one(tmp_path):
     """recipes/trainer_example.py: a Trainer script with TransferTrainer, through the unfreeze, under a real

@@ -17,6 +17,8 @@ import pytest
 from support.launch import free_port
 from support.site_view import ROOT, python_in, site_view
 
+pytestmark = pytest.mark.slow  # see pyproject.toml: the inner loop is -m "not slow"
+
 NOT_SOURCE = ("build", "dist", ".venv", ".git", "runs", "__pycache__", ".pytest_cache", ".ruff_cache")
 
 

@@ -106,6 +106,7 @@ class Advice:
     ranking: Optional[dict] = None
 
     def to_dict(self) -> dict:
+        """The advice as plain JSON-ready data (what ``tl-hub advise --json`` prints)."""
         return asdict(self)
 
     def make_recipe(self, **overrides):
@@ -115,6 +116,7 @@ class Advice:
         return get_recipe(self.recipe)(self.model, **overrides)
 
     def report(self) -> str:
+        """The printed explanation: the data's size, the similarity measured, the case and the recipe."""
         t = self.thresholds
 
         def fmt(x):
@@ -174,19 +176,22 @@ def advise_measured(source: ModelSource, splits: dict, image_column: str, label_
     )
 
 
-def advise(model: Union[str, ModelSource, Sequence[Union[str, ModelSource]]], dataset: Any, *,
-           thresholds: Optional[Thresholds] = None, image_column: Optional[str] = None,
+def advise_one_model(model: Union[str, ModelSource, Sequence[Union[str, ModelSource]]], dataset: Any, *,
+                     thresholds: Optional[Thresholds] = None, image_column: Optional[str] = None,
            label_column: Optional[str] = None, seed: int = 0, batch_size: int = 64, accelerator=None,
            feature_cache: str = "disk", feature_cache_dir: Optional[str] = None, **options: Any) -> Advice:
-    """Measure ``dataset`` against ``model`` and recommend a recipe.
+    """Measure ``dataset`` against one ``model`` and recommend a recipe (what the public `tl_hub.advise` does for
+    one model).
 
     Args:
         model (`str` or `ModelSource`): the pretrained model (Hub id or folder); ``options`` (revision,
             trust_remote_code, allow_pickle, cache_dir) apply to a string.  For several models, `tl_hub.advise`
-            (`tl_hub.ranking.advise`) ranks them first and advises on the top one.
+            ranks them first and advises on the top one.
         dataset: a dataset, folder or Hub id (its training split is measured).
         thresholds (`Thresholds`, *optional*): where the cases begin.
-        feature_cache / feature_cache_dir: where the frozen features are kept (shared with the recipes).
+        feature_cache: where the frozen features are kept (``"disk"``, ``"memory"``, ``"off"``; shared with the
+            recipes).
+        feature_cache_dir: the folder of disk caches.
 
     Returns:
         `Advice` (``.report()`` for the printed explanation, ``.make_recipe()`` for the recipe).
@@ -200,7 +205,7 @@ def advise(model: Union[str, ModelSource, Sequence[Union[str, ModelSource]]], da
     if not isinstance(model, (str, ModelSource)):
         models = list(model)
         if len(models) != 1:
-            raise ConfigError("`tl_hub.advisor.advise` measures one model; to rank several and advise on the best, "
+            raise ConfigError("`advise_one_model` measures one model; to rank several and advise on the best, "
                               "call `tl_hub.advise([...])` or `tl_hub.rank([...])`.")
         model = models[0]
 

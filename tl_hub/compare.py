@@ -53,9 +53,11 @@ class Comparison:
 
     @property
     def best(self) -> str:
+        """The recipe with the highest asymptote."""
         return max(self.summaries, key=lambda n: self.summaries[n]["asymptote"])
 
     def table(self) -> str:
+        """Start, slope, asymptote and final accuracy per recipe, and each transfer recipe's gains over scratch."""
         rows = [f"{'recipe':<20} {'start':>7} {'slope/epoch':>12} {'asymptote':>10} {'final':>7}"]
         for name, s in self.summaries.items():
             slope = "converged" if s["slope"] is None else f"{s['slope']:+.3f}"
@@ -71,6 +73,7 @@ class Comparison:
         return "\n".join(rows)
 
     def to_dict(self) -> dict:
+        """The comparison as plain JSON-ready data (summaries, histories, the advice)."""
         return {"epochs": self.epochs, "best": self.best, "recipes": self.summaries, "histories": self.histories,
                 "advice": self.advice}
 
@@ -84,7 +87,8 @@ def compare(model: Union[str, ModelSource], train: Any, validation: Any = None, 
     Args:
         model (`str` or `ModelSource`): the pretrained model (the scratch baseline uses its architecture, randomly
             initialised).
-        train / validation: the data, as for `Recipe.fit`.
+        train: the training data, as for `Recipe.fit`.
+        validation: the validation data, as for `Recipe.fit` (default: the dataset's, or a stratified share).
         recipes: registry names to compare (default: feature extraction, fine-tune, scratch).
         epochs (`int`, *optional*): the epochs of every recipe (default: each recipe's automatic epochs, the same
             for every trained period; see `TrainingConfig.resolve_epochs`).

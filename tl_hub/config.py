@@ -55,6 +55,34 @@ def _choice(name: str, value, choices) -> None:
                           + (f" (did you mean {close[0]}?)." if close else "."))
 
 
+def parse_unfreeze(value: Any) -> Union[str, int]:
+    """``unfreeze`` as the fine-tuning code takes it: ``"all"`` or a positive number of top encoder blocks, from an
+    int or its text (``"all"``, ``"2"``; the CLI and ``TrainingArguments`` parsers give text).
+
+    Example:
+        >>> parse_unfreeze("2"), parse_unfreeze("all")
+        (2, 'all')
+    """
+    text = str(value).strip().lower()
+    if text == "all":
+        return "all"
+    if not isinstance(value, bool) and text.isdigit() and int(text) > 0:
+        return int(text)
+    raise ConfigError(f"`unfreeze` should be 'all' or a positive number of blocks, got {value!r}.")
+
+
+def check_fine_tune_settings(*, backbone_lr_ratio: Optional[float], layer_decay: Optional[float],
+                             unfreeze: Any, bn_policy: str) -> Union[str, int]:
+    """The rules of the fine-tune settings, shared by `FineTuneConfig` and `tl_hub.trainer.TransferArguments`;
+    returns ``unfreeze`` parsed (`parse_unfreeze`)."""
+    if backbone_lr_ratio is not None and not 0 < backbone_lr_ratio <= 1:
+        raise ConfigError(f"`backbone_lr_ratio` should be in (0, 1], got {backbone_lr_ratio}.")
+    if layer_decay is not None and not 0 < layer_decay <= 1:
+        raise ConfigError(f"`layer_decay` should be in (0, 1], got {layer_decay}.")
+    _choice("bn_policy", bn_policy, BN_POLICIES)
+    return parse_unfreeze(unfreeze)
+
+
 @dataclass
 class ModelSource:
     """Where a model comes from and how it may be loaded; every entry point that loads a model takes one
@@ -104,13 +132,9 @@ class ModelSource:
 
 @dataclass
 class TrainingConfig:
-    """Settings shared by every recipe.
-
-    Args:
-        epochs (`int`, defaults to 5): total training epochs.
-        lr (`float`, defaults to 1e-3): peak learning rate of the new head.
-        batch_size (`int`, defaults to 32): global training batch, split across processes.
-        ... (see the ``help`` of each field below)
+    """Settings shared by every recipe: each field below, with its default and its help text (also the CLI's
+    ``--help``).  ``epochs=None`` (the default) is automatic: enough epochs for ``min_steps`` optimizer steps within
+    ``compute_budget``; `resolved` makes it concrete for the data.
 
     Raises:
         ConfigError: when a value is out of range.
@@ -312,6 +336,7 @@ class TrainingConfig:
         return max(1, min(passes, int(per_epoch // (cost.train_flops * max(train_examples, 1)))))
 
     def to_dict(self) -> dict[str, Any]:
+        """Every setting, as plain data."""
         return dataclasses.asdict(self)
 
     def resolved(self, train_examples: int, cost: Optional[Cost] = None) -> TrainingConfig:
@@ -325,6 +350,7 @@ class TrainingConfig:
 
     @classmethod
     def field_names(cls) -> set[str]:
+        """The names of this config's settings."""
         return {f.name for f in dataclasses.fields(cls)}
 
     @classmethod
@@ -344,6 +370,7 @@ class FeatureExtractionConfig(TrainingConfig):
     """Feature extraction: the encoder is frozen, only the new head trains for ``epochs``."""
 
     def needs_cost(self) -> bool:
+        """Never: the head trains on cached features, so the encoder's cost does not grow with the epochs."""
         return False  # the head trains on cached features: the encoder's cost does not grow with the epochs
 
 
@@ -396,19 +423,14 @@ class FineTuneConfig(TrainingConfig):
                 f"`head_epochs` ({self.head_epochs}) should be smaller than `epochs` ({self.epochs}), leaving "
                 "epochs for fine-tuning; to train only the head use FeatureExtractionRecipe."
             )
-        if not 0 < self.backbone_lr_ratio <= 1:
-            raise ConfigError(f"`backbone_lr_ratio` should be in (0, 1], got {self.backbone_lr_ratio}.")
-        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
-            raise ConfigError(f"`layer_decay` should be in (0, 1], got {self.layer_decay}.")
-        if isinstance(self.unfreeze, str) and self.unfreeze != "all":
-            if not self.unfreeze.isdigit():
-                raise ConfigError(f"`unfreeze` should be 'all' or a positive number of blocks, got {self.unfreeze!r}.")
-            self.unfreeze = int(self.unfreeze)
-        if isinstance(self.unfreeze, int) and self.unfreeze <= 0:
-            raise ConfigError(f"`unfreeze` should be 'all' or a positive number of blocks, got {self.unfreeze}.")
-        _choice("bn_policy", self.bn_policy, BN_POLICIES)
+        if self.backbone_lr_ratio is None:
+            raise ConfigError("`backbone_lr_ratio` should be a number in (0, 1], got None.")
+        self.unfreeze = check_fine_tune_settings(backbone_lr_ratio=self.backbone_lr_ratio,
+                                                 layer_decay=self.layer_decay, unfreeze=self.unfreeze,
+                                                 bn_policy=self.bn_policy)
 
     def trained_epochs(self) -> int:
+        """Epochs of the fine-tuning period (of a resolved config)."""
         return self.epochs - self.head_epochs
 
     def resolved(self, train_examples: int, cost: Optional[Cost] = None) -> FineTuneConfig:

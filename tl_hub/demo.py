@@ -112,8 +112,8 @@ def target_data(per_class: int, validation: int, seed: int = 1):
 def run_demo(output_dir: str = "runs/demo", *, quick: bool = False, overwrite: bool = True,
              per_class: Optional[int] = None, epochs: Optional[int] = None, print_fn=print) -> dict:
     """Run advise -> compare -> save; return the paths and figures (also written to ``results.json``)."""
-    from .advisor import advise
     from .compare import compare, write_comparison
+    from .ranking import advise
 
     scenario = QUICK if quick else FULL
     per_class = per_class or scenario.per_class

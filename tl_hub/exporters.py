@@ -32,6 +32,7 @@ from .errors import ModelError, first_line
 from .filenames import ADAPTER_FILES, HEAD_FILE, MODEL_FILE
 
 EXPORTERS: dict[str, type[Exporter]] = {}
+"""The registered exporters by kind (`register_exporter`)."""
 
 
 def register_exporter(cls: type[Exporter]) -> type[Exporter]:

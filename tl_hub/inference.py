@@ -39,9 +39,9 @@ class Classifier:
         self.labels = list(labels)
         self.info = info or {}
 
-
     @property
     def device(self) -> torch.device:
+        """Where the model's weights are."""
         return next(self.model.parameters()).device
 
     @torch.inference_mode()
@@ -80,7 +80,7 @@ class Classifier:
         ``confusion_matrix.png``; ``progress`` shows a progress bar.
         """
         from .data import ImageClassificationDataset, ImageCollator, make_loader, prepare_eval_data
-        from .loop import evaluate_loader
+        from .evaluation import evaluate_loader
         from .runtime import make_accelerator, release_prepared
         from .streaming import evaluation_stream_loader, is_stream
 

@@ -1,4 +1,4 @@
-"""The one Accelerate training / evaluation loop that every recipe uses.
+"""The one Accelerate training loop that every recipe uses (evaluation after each epoch: `tl_hub.evaluation`).
 
 A recipe describes its training as a list of `Period` objects (which parameter groups train, at which
 learning rates, which modules stay in eval mode, for how many epochs).  `train_periods` runs them in
@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Optional
 
@@ -32,12 +32,10 @@ from tqdm.auto import tqdm
 
 from .checkpoint import Checkpointer, ResumePoint, TrainingState, load_checkpoint
 from .data import is_small_validation
-from .errors import TrainingError
-from .metrics import class_report, classification_metrics
+from .errors import ConfigError, TrainingError
+from .evaluation import evaluate_loader, forward_logits, label_names
 from .param_groups import count_parameters, freeze_all_but
 from .runtime import PROGRESS_LOGGER, release_prepared
-from .streaming import evaluation_model, gather_shards, is_streamed
-from .structure import logits_of, model_inputs
 
 logger = logging.getLogger(__name__)
 progress_log = logging.getLogger(PROGRESS_LOGGER)  # the lines a run shows by default
@@ -53,32 +51,44 @@ class Period:
         param_groups: optimizer groups (from `tl_hub.param_groups`); exactly these parameters train.
         eval_modules: module paths kept in eval mode while training (frozen encoder parts, frozen BatchNorm):
             their BatchNorm running statistics and dropout do not change.
-        features: only the head trains and the encoder is frozen, so the head may train on cached encoder
-            features (see `tl_hub.features`) instead of images.
+        head_only: only the head trains and the encoder is frozen (set by the recipe), so the period may train on
+            cached encoder features instead of images.
+        inputs: what the period trains on: ``"images"``, ``"features"`` (the cached input of the head) or
+            ``"prefix"`` (the cached output of the frozen blocks below the trained ones, see `tl_hub.prefix`).
+            Decided for a run by `tl_hub.inputs.decide_periods`; a recipe leaves it at ``"images"``.
         solve: the head is a linear layer fitted to convergence on the cached features in one step (see
-            `tl_hub.probe`) instead of ``epochs`` of gradient steps; the period then has one epoch.
-        prefix: only top blocks train and they train on the cached output of the frozen blocks below them (see
-            `tl_hub.prefix`) instead of images.
+            `tl_hub.probe`) instead of ``epochs`` of gradient steps; the period then has one epoch.  Decided with
+            ``inputs``.
+        info: what the run records about the period (what trains, the solver, the prefix cache, ...).
     """
 
     name: str
     epochs: int
     param_groups: list[dict]
     eval_modules: tuple[str, ...] = ()
-    features: bool = False
+    head_only: bool = False
+    inputs: str = "images"
     solve: bool = False
-    prefix: bool = False
     info: dict = field(default_factory=dict)
+
+
+@dataclass
+class PeriodInputs:
+    """What a period's epochs run on: the module that runs forward (the model; the head over cached features; the
+    model from its cut over the cached prefix) and its training and evaluation loaders, with the cached tensors
+    behind those loaders when they are cached (a solved head is fitted on them directly)."""
+
+    module: nn.Module
+    train: Any
+    eval: Any
+    cached_train: Optional[Any] = None  # `tl_hub.features.CachedFeatures`
+    cached_eval: Optional[Any] = None
 
 
 def set_train_mode(model: nn.Module, eval_modules: Sequence[str]) -> None:
     model.train()
     for path in eval_modules:
         model.get_submodule(path).eval()
-
-
-def forward_logits(model: nn.Module, batch: dict) -> torch.Tensor:
-    return logits_of(model(**model_inputs(model, batch)))
 
 
 def diverged(loss: torch.Tensor, grad_norm, *, loss_scaling: bool) -> bool:
@@ -126,9 +136,6 @@ def _scheduler(name: str, optimizer, warmup: int, total: int):
     return get_scheduler(hf_name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
 
 
-ERROR_EXAMPLES = 16  # misclassified examples kept per evaluation (the most confident ones)
-
-
 def log_to_trackers(accelerator, record: dict, optimizer=None) -> None:
     """One epoch's scalars to the accelerator's experiment trackers (none: nothing): metrics, throughput and the
     learning rate of each optimizer group, at step = the epoch."""
@@ -141,67 +148,8 @@ def log_to_trackers(accelerator, record: dict, optimizer=None) -> None:
     accelerator.log(values, step=record["epoch"])
 
 
-def label_names(model: nn.Module) -> Optional[list[str]]:
-    """The class names of a classifier (its config's ``id2label``; PEFT models: the base model's), or None."""
-    config = getattr(model, "config", None)
-    if config is None and hasattr(model, "get_base_model"):
-        config = getattr(model.get_base_model(), "config", None)
-    id2label = getattr(config, "id2label", None) or {}
-    return [str(id2label[i]) for i in range(len(id2label))] if id2label else None
-
-
-@torch.inference_mode()
-def evaluate_loader(accelerator, model: nn.Module, loader, *, progress: bool = False,
-                    labels: Optional[Sequence[str]] = None) -> dict:
-    """Loss, accuracy and macro-F1 over a prepared loader, gathered across processes (duplicates from
-    uneven last batches removed by ``gather_for_metrics``); with ``labels`` (the class names), also the per-class
-    precision, recall, F1 and support and the confusion matrix (`tl_hub.metrics.class_report`).  The global RNG is
-    left as it was (the loader draws from it), so evaluating does not change the training that follows."""
-    with torch.random.fork_rng(devices=[]):
-        return _evaluate(accelerator, model, loader, progress, labels)
-
-
-def _evaluate(accelerator, model: nn.Module, loader, progress: bool, labels: Optional[Sequence[str]] = None) -> dict:
-    # a stream: each process evaluates its own part, of its own length, and the results are gathered once at the end
-    streamed = is_streamed(loader)
-    model = evaluation_model(accelerator, model) if streamed else model
-    model.eval()
-    preds, refs, losses, confidences = ([torch.empty(0, dtype=torch.long)], [torch.empty(0, dtype=torch.long)],
-                                        [torch.empty(0)], [torch.empty(0)])
-    for batch in tqdm(loader, desc="eval", leave=False, disable=not (progress and accelerator.is_local_main_process)):
-        logits = forward_logits(model, batch).float()
-        loss = F.cross_entropy(logits, batch["labels"], reduction="none")
-        confidence, pred = logits.softmax(-1).max(-1)
-        outputs = (pred, batch["labels"], loss, confidence)
-        pred, ref, item_loss, confidence = outputs if streamed else accelerator.gather_for_metrics(outputs)
-        preds.append(pred.cpu()), refs.append(ref.cpu()), losses.append(item_loss.cpu())
-        confidences.append(confidence.cpu())
-    preds_t, refs_t, losses_t, conf_t = torch.cat(preds), torch.cat(refs), torch.cat(losses), torch.cat(confidences)
-    if streamed:
-        preds_t, refs_t, losses_t, conf_t = gather_shards(accelerator, (preds_t, refs_t, losses_t, conf_t))
-    metrics = classification_metrics(preds_t.tolist(), refs_t.tolist())
-    metrics["loss"] = float(losses_t.mean())
-    if labels is not None:
-        metrics.update(class_report(preds_t.tolist(), refs_t.tolist(), labels))
-        if not streamed:  # positions in the dataset's order (a stream's shards are not)
-            metrics["errors"] = confident_errors(preds_t, refs_t, conf_t, labels)
-    return metrics
-
-
-def confident_errors(preds: torch.Tensor, refs: torch.Tensor, confidence: torch.Tensor, labels: Sequence[str],
-                     top: int = ERROR_EXAMPLES) -> list[dict]:
-    """The ``top`` misclassified examples the model was most sure of: position in the evaluated data, true and
-    predicted label, the predicted label's probability."""
-    wrong = torch.nonzero(preds != refs).flatten()
-    order = wrong[torch.argsort(confidence[wrong], descending=True, stable=True)][:top]
-    return [{"index": int(i), "label": labels[int(refs[i])], "predicted": labels[int(preds[i])],
-             "confidence": float(confidence[i])} for i in order]
-
-
-def train_periods(accelerator, model: nn.Module, periods: Sequence[Period], train_loader, eval_loader, *, config,
-                  feature_loaders: Optional[tuple[nn.Module, Any, Any]] = None,
-                  prefix_loaders: Optional[tuple[nn.Module, Any, Any]] = None,
-                  on_epoch_start: Optional[Callable[[int], None]] = None,
+def train_periods(accelerator, model: nn.Module, periods: Sequence[Period], inputs: Mapping[str, PeriodInputs], *,
+                  config, on_epoch_start: Optional[Callable[[int], None]] = None,
                   on_period_end: Optional[Callable[[Period, nn.Module, Any], None]] = None,
                   progress: bool = True, checkpointer: Optional[Checkpointer] = None,
                   resume: Optional[ResumePoint] = None, validation_images: Optional[int] = None) -> list[dict]:
@@ -211,12 +159,10 @@ def train_periods(accelerator, model: nn.Module, periods: Sequence[Period], trai
         accelerator: an ``accelerate.Accelerator`` (see `tl_hub.runtime.make_accelerator`).
         model: the unwrapped model; its forward takes the batch without ``labels`` and returns logits.
         periods: what to train, see `Period`.
-        train_loader / eval_loader: plain ``DataLoader`` objects (prepared here, per period).
-        feature_loaders: ``(head_module, train_loader, eval_loader)`` over cached encoder features, used for the
-            periods marked ``features`` (the head module shares its parameters with ``model``); a period marked
-            ``solve`` fits the head on them with `tl_hub.probe` instead of gradient steps.
-        prefix_loaders: ``(model_from_the_cut, train_loader, eval_loader)`` over the cached output of the frozen
-            blocks, used for the period marked ``prefix`` (see `tl_hub.prefix`).
+        inputs: `PeriodInputs` by kind (``"images"``, and ``"features"`` / ``"prefix"`` when cached): each period
+            runs on ``inputs[period.inputs]`` (loaders are plain ``DataLoader`` objects, prepared here per period;
+            the modules share their parameters with ``model``).  A ``solve`` period fits the head on the cached
+            features with `tl_hub.probe` instead of gradient steps.
         config: a `TrainingConfig` (scheduler, warmup, weight decay, clipping, label smoothing, ``keep_epoch``).
         on_epoch_start: called with the global epoch index before each epoch (e.g. to reseed augmentation).
         on_period_end: called as ``(period, model, optimizer)`` after the last epoch of each period that ends
@@ -239,16 +185,17 @@ def train_periods(accelerator, model: nn.Module, periods: Sequence[Period], trai
     for index, period in enumerate(periods):
         if period.epochs <= 0 or index < state.period:
             continue
-        inputs = (feature_loaders if period.features and feature_loaders is not None
-                  else prefix_loaders if period.prefix and prefix_loaders is not None
-                  else (model, train_loader, eval_loader))
-        prepared = _prepare_period(accelerator, model, period, inputs, config)
+        if period.inputs not in inputs or (period.solve and period.inputs != "features"):
+            raise ConfigError(f"Period '{period.name}' asks for inputs={period.inputs!r}"
+                              f"{' with solve=True' if period.solve else ''}, but this run has {sorted(inputs)}: a "
+                              "recipe leaves `inputs` and `solve` unset (tl_hub.inputs decides them).")
+        prepared = _prepare_period(accelerator, model, period, inputs[period.inputs], config)
         _resume_or_start(accelerator, period, index, state, resume, epoch)
         run = _EpochRunner(accelerator, model, prepared, config, checkpointer, state, best, progress)
         for _ in range(state.period_epoch, period.epochs):
             if on_epoch_start is not None:
                 on_epoch_start(epoch)
-            trained = run.train(epoch, feature_loaders)
+            trained = run.train(epoch)
             run.evaluate_and_record(epoch, trained)
             if checkpointer is not None:
                 run.save(loss=None, epoch=epoch)
@@ -264,8 +211,8 @@ class _PreparedPeriod:
     """One period's objects after ``accelerator.prepare``, with what the epochs need besides them."""
 
     period: Period
-    module: nn.Module  # what trains: the model, or the head over cached features
-    wrapped: nn.Module  # ``module`` as prepared by Accelerate
+    inputs: PeriodInputs  # what runs forward (the model, or a module over cached features) and its loaders
+    wrapped: nn.Module  # ``inputs.module`` as prepared by Accelerate
     optimizer: Any
     scheduler: Any
     train_dl: Any
@@ -274,22 +221,21 @@ class _PreparedPeriod:
     counts: dict  # trainable / frozen parameter counts
 
 
-def _prepare_period(accelerator, model, period: Period, inputs: tuple, config) -> _PreparedPeriod:
+def _prepare_period(accelerator, model, period: Period, inputs: PeriodInputs, config) -> _PreparedPeriod:
     """Freeze all but the period's groups, build its optimizer and warmup schedule and prepare them with its
     module and loaders ``inputs``: the model and image loaders, or a module over cached features and their loaders."""
     freeze_all_but(model, period.param_groups)
     counts = count_parameters(model)
     _log_period(accelerator, period, counts)
-    module, period_train, period_eval = inputs
     optimizer = make_optimizer(period.param_groups, config.lr)
-    steps_per_epoch = math.ceil(len(period_train) / accelerator.gradient_accumulation_steps)
+    steps_per_epoch = math.ceil(len(inputs.train) / accelerator.gradient_accumulation_steps)
     total = steps_per_epoch * period.epochs
     scheduler = _scheduler(config.scheduler, optimizer, warmup_steps(config, total), total)
     wrapped, optimizer, train_dl, eval_dl, scheduler = accelerator.prepare(
-        module, optimizer, period_train, period_eval, scheduler
+        inputs.module, optimizer, inputs.train, inputs.eval, scheduler
     )
     trainable = [p for p in model.parameters() if p.requires_grad]
-    return _PreparedPeriod(period, module, wrapped, optimizer, scheduler, train_dl, eval_dl, trainable, counts)
+    return _PreparedPeriod(period, inputs, wrapped, optimizer, scheduler, train_dl, eval_dl, trainable, counts)
 
 
 def plural(count: int, noun: str) -> str:
@@ -459,11 +405,11 @@ class _EpochRunner:
         self.last_loss = None
         self.epoch_seconds: list[float] = []  # this period's epochs so far (in this process's run)
 
-    def train(self, epoch: int, feature_loaders) -> _Trained:
+    def train(self, epoch: int) -> _Trained:
         """Train one epoch, or fit the head for a ``solve`` period, and time it."""
         start = time.perf_counter()
         if self.period.solve:
-            loss, images, extra = self.solve(feature_loaders, epoch)
+            loss, images, extra = self.solve()
         else:
             self.prepared.train_dl.set_epoch(epoch)
             loss, images, extra = self.train_epoch(self.prepared.train_dl, epoch)
@@ -501,15 +447,16 @@ class _EpochRunner:
         state.batches, state.loss_sum, state.seen = 0, 0.0, 0.0
         return record
 
-    def solve(self, feature_loaders, epoch: int) -> tuple[float, float, dict]:
+    def solve(self) -> tuple[float, float, dict]:
         """Fit the linear head on the cached features (see `tl_hub.probe`); identical on every process."""
         from accelerate.utils import broadcast
 
         from .probe import assign, fit_probe, linear_inputs, linear_layer
 
-        head = feature_loaders[0].head
+        inputs = self.prepared.inputs
+        head = inputs.module.head
         linear = linear_layer(head)
-        train, val = feature_loaders[1].dataset.cached, feature_loaders[2].dataset.cached
+        train, val = inputs.cached_train, inputs.cached_eval
         x = linear_inputs(head, train.features.flatten(0, 1))  # read in chunks, into one float32 copy
         y = train.labels.repeat(train.views)
         val_x = linear_inputs(head, val.features[0])
@@ -530,7 +477,7 @@ class _EpochRunner:
     def train_epoch(self, train_dl, epoch: int) -> tuple[float, float, dict]:
         """One pass over the training data; returns the mean training loss and the images trained on."""
         accelerator, state = self.accelerator, self.state
-        set_train_mode(self.prepared.module, ())
+        set_train_mode(self.prepared.inputs.module, ())
         set_train_mode(self.model, self.period.eval_modules)
         # the running loss of the epoch; a resumed epoch starts from the checkpoint's (counted once, on main)
         own = accelerator.is_main_process and state.batches

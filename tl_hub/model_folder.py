@@ -72,6 +72,7 @@ class TrainedModel:
 
     @property
     def kind(self) -> str:
+        """The exporter kind of what training changed (``"head"``, ``"full"``, ``"lora"``, ...)."""
         return (self.record.get("trained") or {}).get("kind", "full")
 
     def save(self, path: str, *, overwrite: bool = False, shareable: bool = False) -> dict:

@@ -23,6 +23,7 @@ from typing import Optional, Union
 
 from torch import nn
 
+from .config import parse_unfreeze
 from .errors import ConfigError
 from .structure import BATCHNORM_TYPES, LayerGroup, ModelParts
 
@@ -57,11 +58,10 @@ def groups_to_unfreeze(parts: ModelParts, unfreeze: Union[str, int] = "all") -> 
     Raises:
         ConfigError: when ``unfreeze`` asks for more blocks than the model has.
     """
+    unfreeze = parse_unfreeze(unfreeze)
     if unfreeze == "all":
         return list(parts.groups)
     n_blocks = len(parts.blocks)
-    if not isinstance(unfreeze, int) or unfreeze < 1:
-        raise ConfigError(f"`unfreeze` should be 'all' or a positive number of blocks, got {unfreeze!r}.")
     if unfreeze > n_blocks:
         raise ConfigError(
             f"`unfreeze` is {unfreeze} but the model has only {n_blocks} encoder blocks; "

@@ -36,8 +36,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from .advisor import Advice, Thresholds, advise_measured
-from .advisor import advise as advise_one
+from .advisor import Advice, Thresholds, advise_measured, advise_one_model
 from .config import ModelSource
 from .errors import ConfigError, TlHubError, first_line
 from .frozen import Encoded, Sample, encode, prepare_sample
@@ -158,6 +157,7 @@ class Ranking:
 
     @property
     def best(self) -> Optional[str]:
+        """The top-ranked model, or None when no candidate could be ranked."""
         order = self.order()
         return order[0] if order else None
 
@@ -169,6 +169,7 @@ class Ranking:
         return self.advice.make_recipe(**overrides)
 
     def to_dict(self) -> dict:
+        """The ranking as plain JSON-ready data, with the order, the advice and the recommendation."""
         out = asdict(self)
         out["order"] = self.order()
         out["advice"] = self.advice.to_dict() if self.advice is not None else None
@@ -177,6 +178,7 @@ class Ranking:
         return out
 
     def table(self) -> str:
+        """The printed table: one row per model in rank order, its feature size, scores and encoding time."""
         names = self.columns()
         width = max([len(short_name(m)) for m in [*self.scores, *self.failed]] + [5])
         lines = [f"{'#':>2} {'model':<{width}} {'dim':>5} " + " ".join(f"{n:>8}" for n in names) + f" {'encode s':>8}"]
@@ -323,11 +325,12 @@ def _score_candidates(sources: list, sample: Sample, encoding: dict, on_error: s
 
 def advise(model: Union[str, ModelSource, Sequence[Union[str, ModelSource]]], dataset: Any, *,
            thresholds: Optional[Thresholds] = None, **kwargs: Any) -> Advice:
-    """`tl_hub.advisor.advise` for one model; for several, `rank` them first and advise on the top one
-    (``Advice.ranking`` holds the order and the default score of each).  Keyword arguments as `rank` and
-    ``advisor.advise`` take them (image and label columns, seed, batch size, feature cache, loading options)."""
+    """Measure ``dataset`` against ``model`` and recommend one of the four cases (`tl_hub.advisor.advise_one_model`);
+    for several models, `rank` them first and advise on the top one (``Advice.ranking`` holds the order and the
+    default score of each).  Keyword arguments as `rank` and ``advise_one_model`` take them (image and label
+    columns, seed, batch size, feature cache, loading options)."""
     if isinstance(model, (str, ModelSource)) or len(list(model)) == 1:
-        return advise_one(model, dataset, thresholds=thresholds, **kwargs)
+        return advise_one_model(model, dataset, thresholds=thresholds, **kwargs)
     thresholds = thresholds or Thresholds()
     ranking = rank(list(model), dataset, max_examples=thresholds.max_examples, thresholds=thresholds, **kwargs)
     ranking.advice.ranking = {"order": ranking.order(), "score": ranking.default_score, "failed": ranking.failed,
@@ -350,12 +353,14 @@ def rank(models: Union[str, ModelSource, Sequence[Union[str, ModelSource]]], dat
         dataset: a dataset, folder or Hub id (its training split is sampled).
         validation_dataset: held-out images for the probe; default: the dataset's validation split, else 20% of
             the sample, stratified.
-        max_examples / max_per_class: the sample (stratified, seeded); None for no limit.
+        max_examples: the most images in the sample (stratified, seeded); None for no limit.
+        max_per_class: the most images per class in the sample; None for no limit.
         score: the score that orders the candidates (default ``"knn"``, ties broken by ``"ensemble"``).
         on_error: ``"report"``: a candidate that fails to load is listed in `Ranking.failed` and the others are
             ranked; ``"raise"``: its error stops the ranking.
         recommend: run the advisor on the top model (one more encoder pass, of its randomly initialised copy).
-        feature_cache / feature_cache_dir: where features are kept (the same cache the recipes use).
+        feature_cache: where features are kept: ``"disk"``, ``"memory"`` or ``"off"`` (the recipes' cache).
+        feature_cache_dir: the folder of disk caches (default: the recipes' one).
         output_dir: also write ``ranking.json`` and ``ranking.png`` there.
 
     Returns:

@@ -1,16 +1,18 @@
 """The recipe base class and registry.
 
 A recipe is its config class, ONE hook (`Recipe.periods`: what trains in which period, at which learning rates),
-its defaults (the config's) and its card text.  Data, model loading, the loop, evaluation and saving are shared
-(`tl_hub.fit`, `tl_hub.loop`, `tl_hub.model_folder`); the recipes themselves are in `tl_hub.recipes`.
+its defaults (the config's) and its card text.  It keeps its settings (``config``) and, once trained, its result
+(``result``, a `tl_hub.fit.FitResult`); the state of a run lives in the run (`tl_hub.fit_state.FitRun`).
+Data, model loading, the loop, evaluation and saving are shared (`tl_hub.fit`, `tl_hub.loop`,
+`tl_hub.model_folder`); the recipes themselves are in `tl_hub.recipes`.
 
 Example (a recipe of your own; `tl_hub.recipes.head_period` is the frozen-encoder head period):
     >>> @register_recipe("head-only-sgd")
     ... class HeadOnly(Recipe):
     ...     config_class = FeatureExtractionConfig
     ...     card_text = "a new head was trained on the frozen encoder."
-    ...     def periods(self, backbone):
-    ...         return [head_period(backbone, self.config.epochs, self.config.lr, self.config.weight_decay)]
+    ...     def periods(self, backbone, config):
+    ...         return [head_period(backbone, config.epochs, config.lr, config.weight_decay)]
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .config import (
 from .errors import ConfigError, TlHubError
 from .filenames import ERRORS_FILE
 from .fit import FitResult, fit
+from .inference import Classifier
 from .loop import Period
 from .model_folder import TrainedModel
 from .plots import plot_errors, render_png
@@ -36,6 +39,7 @@ logger = logging.getLogger(__name__)
 progress_log = logging.getLogger(PROGRESS_LOGGER)  # the lines a run shows by default
 
 RECIPES: dict[str, type[Recipe]] = {}
+"""The registered recipes by name (`register_recipe`)."""
 SOURCE_OPTIONS = ("revision", "trust_remote_code", "allow_pickle", "cache_dir")
 
 
@@ -51,6 +55,7 @@ def register_recipe(name: str):
 
 
 def get_recipe(name: str) -> type[Recipe]:
+    """The recipe class registered as ``name`` (``"fine-tune"``, ...); a `ConfigError` lists the names otherwise."""
     try:
         return RECIPES[name]
     except KeyError:
@@ -78,17 +83,22 @@ class Recipe:
     def __init__(self, model: Union[str, ModelSource], **settings: Any):
         options = {k: settings.pop(k) for k in SOURCE_OPTIONS if k in settings}
         self.source = ModelSource.of(model, **options)
-        self.requested_config = self.config = self.config_class.from_kwargs(**settings)
-        self.passes = 1
-        self.step_flops: Optional[float] = None  # FLOPs of a training step, for the thread count (tl_hub.threads)
-        self.accelerator = self.backbone = self.data = self.classifier = self.result = self.feature_store = None
-        self.dataset_name: Optional[str] = None
-        self.trained: dict = {}
-        self.error_examples: list = []  # (image, entry) of the kept epoch's most confident validation mistakes
+        self.config = self.config_class.from_kwargs(**settings)  # the settings as given ("auto" stays "auto")
+        self.result: Optional[FitResult] = None  # set by `fit`
 
-    def periods(self, backbone: Backbone) -> list[Period]:
-        """What trains in which period, at which learning rates (the one hook)."""
+    def periods(self, backbone: Backbone, config: TrainingConfig) -> list[Period]:
+        """What trains in which period, at which learning rates (the one hook).
+
+        Args:
+            backbone: the model with its new head, split into ordered layer groups (`tl_hub.backbone.Backbone`).
+            config: the recipe's settings with the automatic ones made concrete for this run's data (epochs, ...).
+        """
         raise NotImplementedError
+
+    @property
+    def classifier(self) -> Optional[Classifier]:
+        """The trained model (`tl_hub.inference.Classifier`), or None before `fit`."""
+        return self.result.classifier if self.result is not None else None
 
     def load_backbone(self, labels: Sequence[str]) -> Backbone:
         """The model with a new head for ``labels``: pretrained, or randomly initialised for ``pretrained=False``."""
@@ -110,14 +120,14 @@ class Recipe:
                    resume_from_checkpoint=resume_from_checkpoint, overwrite_checkpoints=overwrite_checkpoints)
 
     def _require_fitted(self) -> None:
-        if self.classifier is None:
+        if self.result is None:
             raise TlHubError("This recipe has not been trained yet; call fit() first (or tl_hub.load a saved one).")
 
     def evaluate(self, data: Any, *, split: Optional[str] = None) -> dict:
         """Accuracy, macro-F1 and loss of the trained model on ``data`` (its ``test`` split by default)."""
         self._require_fitted()
         return self.classifier.evaluate(data, split=split, batch_size=self.config.eval_batch_size,
-                                        accelerator=self.accelerator)
+                                        accelerator=self.result.run.accelerator)
 
     def predict(self, images: Any, top_k: int = 1):
         """Top-``k`` ``{"label", "score"}`` per image; see `Classifier.predict`."""
@@ -135,7 +145,8 @@ class Recipe:
         metrics = {"validation": self.result.metrics}
         if self.result.test_metrics is not None:
             metrics["test"] = self.result.test_metrics
-        figures = {ERRORS_FILE: render_png(plot_errors, self.error_examples)} if self.error_examples else {}
+        errors = self.result.error_examples
+        figures = {ERRORS_FILE: render_png(plot_errors, errors)} if errors else {}
         return TrainedModel(self.classifier, metrics=metrics, history=self.result.history, source=self.source.id,
                             figures=figures)
 
@@ -155,6 +166,6 @@ class Recipe:
                     overwrite_card: bool = False) -> str:
         """Push what training changed to ``repo_id`` in one commit, with a model card; see `TrainedModel.push`."""
         return self.trained_model().push(repo_id, private=private, token=token, overwrite_card=overwrite_card,
-                                         dataset_name=self.dataset_name)
+                                         dataset_name=self.result.run.dataset_name)
 
 

@@ -17,7 +17,14 @@ Example:
 from __future__ import annotations
 
 from .backbone import Backbone
-from .config import FeatureExtractionConfig, FineTuneConfig, LoRAConfig, ScratchConfig, TrainAllConfig
+from .config import (
+    FeatureExtractionConfig,
+    FineTuneConfig,
+    LoRAConfig,
+    ScratchConfig,
+    TrainAllConfig,
+    TrainingConfig,
+)
 from .errors import ConfigError
 from .loop import Period
 from .param_groups import (
@@ -38,7 +45,7 @@ def head_period(backbone: Backbone, epochs: int, lr: float, weight_decay: float)
     """Only the new head trains, on the frozen encoder (its features may be cached)."""
     parts = backbone.parts
     return Period("head", epochs, head_param_groups(backbone.model, parts, lr, weight_decay),
-                  eval_modules=parts.body, features=True, info={"trains": ["head"]})
+                  eval_modules=parts.body, head_only=True, info={"trains": ["head"]})
 
 
 @register_recipe("feature-extraction")
@@ -52,8 +59,9 @@ class FeatureExtractionRecipe(Recipe):
     config_class = FeatureExtractionConfig
     card_text = "the pretrained encoder was frozen and a new head was trained on its features."
 
-    def periods(self, backbone: Backbone) -> list[Period]:
-        cfg = self.config
+    def periods(self, backbone: Backbone, config: TrainingConfig) -> list[Period]:
+        """One period: the new head on the frozen encoder, for ``epochs``."""
+        cfg = config
         return [head_period(backbone, cfg.epochs, cfg.lr, cfg.weight_decay)]
 
 
@@ -74,8 +82,9 @@ class FineTuneRecipe(Recipe):
     card_text = ("a new head was trained on the frozen encoder, then encoder groups were unfrozen with smaller "
                  "learning rates.")
 
-    def periods(self, backbone: Backbone) -> list[Period]:
-        cfg = self.config
+    def periods(self, backbone: Backbone, config: TrainingConfig) -> list[Period]:
+        """The head period (``head_epochs``), then the unfrozen groups at their learning rates."""
+        cfg = config
         model, parts = backbone.model, backbone.parts
         head = head_period(backbone, cfg.head_epochs, cfg.head_lr or cfg.lr, cfg.weight_decay)
         unfrozen = groups_to_unfreeze(parts, cfg.unfreeze)
@@ -107,8 +116,9 @@ class ScratchRecipe(Recipe):
     pretrained = False
     card_text = "the architecture was trained from random initialisation."
 
-    def periods(self, backbone: Backbone) -> list[Period]:
-        cfg = self.config
+    def periods(self, backbone: Backbone, config: TrainingConfig) -> list[Period]:
+        """One period: every parameter, from random initialisation, at ``lr``."""
+        cfg = config
         return [Period("full", cfg.epochs, full_param_groups(backbone.model, cfg.lr, cfg.weight_decay, backbone.parts),
                        info={"trains": ["all"]})]
 
@@ -126,10 +136,12 @@ class LoRARecipe(Recipe):
     card_text = ("low-rank (LoRA) updates of the encoder's linear layers and a new head were trained; the pretrained "
                  "weights stayed frozen.")
 
-    def periods(self, backbone: Backbone) -> list[Period]:
+    def periods(self, backbone: Backbone, config: TrainingConfig) -> list[Period]:
+        """One period: LoRA adapters on the encoder blocks' linear layers and the new head (the model becomes a
+        PEFT model)."""
         from peft import LoraConfig, get_peft_model
 
-        cfg, model, parts = self.config, backbone.model, backbone.parts
+        cfg, model, parts = config, backbone.model, backbone.parts
         targets = lora_targets(model, parts)
         if not targets:
             raise ConfigError(f"{type(model).__name__} has no linear layers in its encoder blocks for LoRA; use "

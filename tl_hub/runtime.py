@@ -22,6 +22,7 @@ from .shutdown import end_process_group_at_exit
 # the logger of the few lines a run shows by default (periods, epochs, checkpoints, the saved model); everything
 # else tl-hub logs at INFO is detail (``tl-hub -v``)
 PROGRESS_LOGGER = "tl_hub.progress"
+"""The logger of the lines a run shows by default."""
 
 
 @contextlib.contextmanager

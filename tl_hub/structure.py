@@ -72,18 +72,22 @@ class ModelParts:
 
     @property
     def blocks(self) -> tuple[LayerGroup, ...]:
+        """The encoder's blocks (groups of kind ``"block"``), from the input to the output."""
         return tuple(g for g in self.groups if g.kind == "block")
 
     def group(self, name: str) -> LayerGroup:
+        """The group called ``name`` (``KeyError`` if there is none)."""
         for g in self.groups:
             if g.name == name:
                 return g
         raise KeyError(name)
 
     def head_params(self, model: nn.Module) -> list[str]:
+        """The names of the head's parameters in ``model``."""
         return [f"{h}.{n}" for h in self.head for n, _ in model.get_submodule(h).named_parameters()]
 
     def encoder_params(self) -> list[str]:
+        """The names of the encoder's parameters, group by group."""
         return [p for g in self.groups for p in g.params]
 
 

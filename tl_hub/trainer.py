@@ -24,6 +24,7 @@ from typing import Optional
 from torch import nn
 from transformers import Trainer, TrainingArguments
 
+from .config import check_fine_tune_settings
 from .errors import ConfigError
 from .loop import set_train_mode
 from .param_groups import fine_tune_eval_modules, freeze_all_but, param_groups
@@ -31,9 +32,6 @@ from .shutdown import end_process_group_at_exit
 from .structure import example_inputs, split_model
 
 logger = logging.getLogger(__name__)
-
-BN_POLICIES = ("frozen", "train")
-
 
 @dataclass
 class TransferArguments(TrainingArguments):
@@ -65,20 +63,12 @@ class TransferArguments(TrainingArguments):
         if self.max_steps > 0:
             raise ConfigError("`max_steps` would cut across both periods; give num_train_epochs (and head_epochs) "
                               "instead.")
-        if self.bn_policy not in BN_POLICIES:
-            raise ConfigError(f"`bn_policy` should be one of {BN_POLICIES}, got {self.bn_policy!r}.")
+        # the rules of tl-hub's own fine-tune settings (`tl_hub.config.FineTuneConfig`)
+        self.unfreeze = check_fine_tune_settings(backbone_lr_ratio=self.backbone_lr_ratio,
+                                                 layer_decay=self.layer_decay, unfreeze=self.unfreeze,
+                                                 bn_policy=self.bn_policy)
         if self.layer_decay is not None:
             self.backbone_lr_ratio = None  # layer_decay given: it decides the encoder's learning rates
-        self.unfreeze_value()  # validated now
-
-    def unfreeze_value(self):
-        """``unfreeze`` as tl-hub takes it: ``"all"`` or a positive int."""
-        text = str(self.unfreeze).strip().lower()
-        if text == "all":
-            return "all"
-        if text.isdigit() and int(text) > 0:
-            return int(text)
-        raise ConfigError(f"`unfreeze` should be 'all' or a positive number of blocks, got {self.unfreeze!r}.")
 
 
 class TransferTrainer(Trainer):
@@ -113,9 +103,11 @@ class TransferTrainer(Trainer):
                                 weight_decay=args.weight_decay, parts=self.parts)
         return param_groups(self.model, lr=args.learning_rate, backbone_lr_ratio=args.backbone_lr_ratio,
                             layer_decay=args.layer_decay, weight_decay=args.weight_decay,
-                            unfreeze=args.unfreeze_value(), parts=self.parts)
+                            unfreeze=args.unfreeze, parts=self.parts)
 
     def create_optimizer(self, model=None):
+        """The Trainer's optimizer class and arguments over the current period's groups (`period_param_groups`),
+        with everything outside them frozen."""
         if self.optimizer is None:
             groups = self.period_param_groups()
             freeze_all_but(self.model, groups)
@@ -145,7 +137,7 @@ class TransferTrainer(Trainer):
                 args.num_train_epochs = args.head_epochs
                 super().train(trial=trial, **kwargs)
                 history = list(self.state.log_history)
-            self._start("fine-tune", fine_tune_eval_modules(self.model, self.parts, args.unfreeze_value(),
+            self._start("fine-tune", fine_tune_eval_modules(self.model, self.parts, args.unfreeze,
                                                             args.bn_policy))
             args.num_train_epochs = total - args.head_epochs
             output = super().train(trial=trial, **kwargs)

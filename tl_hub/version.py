@@ -1,3 +1,4 @@
 """The package version (its own module, so that any module can read it without importing the package)."""
 
 __version__ = "0.1.0"
+"""The installed tl-hub version."""

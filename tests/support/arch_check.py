@@ -83,7 +83,7 @@ def check_training(folder: str, tmp: str, lora: bool) -> dict:
         recipes["lora"] = tl_hub.LoRARecipe(folder, epochs=1, **FAST)
     for name, recipe in recipes.items():
         result = recipe.fit(data, progress=False)
-        assert not set(recipe.trained["state_keys"]) & set(recipe.backbone.parts.unused), "an unused parameter trained"
+        assert not set(recipe.result.trained["state_keys"]) & set(recipe.result.run.backbone.parts.unused), "an unused parameter trained"
         assert all(torch.isfinite(torch.tensor(h["train_loss"])) for h in result.history), name
         saved = os.path.join(tmp, name)
         recipe.save(saved)

@@ -58,6 +58,6 @@ class LPFTMLPRecipe(tl_hub.FineTuneRecipe):
     export_kind = "mlp-head"
     hidden = 16
 
-    def periods(self, backbone):
+    def periods(self, backbone, config):
         put_mlp_head(backbone.model, backbone.parts.head[0], self.hidden)
-        return super().periods(backbone)
+        return super().periods(backbone, config)

@@ -36,10 +36,10 @@ def main(data_dir, result_path, *models):
             settings.update(augment=False, unfreeze=2, prefix_cache=True)
         recipe = Float64FineTune(model_dir, **settings)
         result = recipe.fit(data["train"], data["validation"], progress=False)
-        acc = recipe.accelerator
+        acc = recipe.result.run.accelerator
         steps = {p: sum(1 for h in result.history if h["period"] == p) for p in ("head", "fine-tune")}
         record[name] = {"world_size": acc.num_processes, "rank": acc.process_index, "history": result.history,
-                        "epochs": steps, "unused": len(recipe.backbone.parts.unused),
+                        "epochs": steps, "unused": len(recipe.result.run.backbone.parts.unused),
                         "prefix_cut": result.extra["periods"][-1].get("prefix_cache")}
     with open(f"{result_path}.rank{acc.process_index}", "w") as f:
         json.dump(record, f)

@@ -14,7 +14,7 @@ def main(model_dir, data_dir, out_dir, result_path):
                             eval_batch_size=32, augment=True, seed=0)
     result = recipe.fit(data["train"], data["validation"], progress=False)
     recipe.save(out_dir)
-    acc = recipe.accelerator
+    acc = recipe.result.run.accelerator
     record = {"world_size": acc.num_processes, "rank": acc.process_index, "history": result.history}
     with open(f"{result_path}.rank{acc.process_index}", "w") as f:
         json.dump(record, f)

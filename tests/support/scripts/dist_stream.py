@@ -34,7 +34,7 @@ def main(model_dir, data_dir, result_path):
     recipe = Float64FineTune(model_dir, head_epochs=1, epochs=3, lr=1e-2, batch_size=24, eval_batch_size=8,
                              head_solver="adamw", augment=True, seed=0, checkpoint_dir=None)
     result = recipe.fit(data, progress=False)
-    acc = recipe.accelerator
+    acc = recipe.result.run.accelerator
     parts = {split: [content_key(row["image"]) for row in node_stream(
         undecoded(data[split], "image", "label"), acc.process_index, acc.num_processes,
         seed=0 if split == "train" else None)] for split in files}
