@@ -9,7 +9,7 @@ GPUs or nodes); the global batch size is split across processes, so results do n
 Period 1 fits the new head on the frozen encoder's cached features (a linear head is solved to convergence); period 2
 unfreezes all (``--unfreeze all``) or the top k blocks (``--unfreeze k``) with smaller learning rates for pretrained
 layers (``--backbone-lr-ratio``, default 0.1, or BEiT-style ``--layer-decay``).  Every setting has a default that
-scales with the data (README, "Defaults").
+scales with the data (docs/guides/defaults.md).
 """
 
 import sys

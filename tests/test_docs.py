@@ -1,9 +1,15 @@
-"""Every Python block of README.md and docs/ runs as written, offline: each document's blocks in order in one
-process (a document is read top to bottom), the Hub names replaced by local stand-ins
-(`doc_substitutions`, the one list): the models are served under their Hub ids by the local Hub server, which
-also takes the pushes."""
+"""The documentation, checked.
+
+- Every Python block of README.md and docs/ runs as written, offline: each document's blocks in order in one
+  process (a document is read top to bottom), the Hub names replaced by local stand-ins (`doc_substitutions`, the
+  one list): the models are served under their Hub ids by the local Hub server, which also takes the pushes.
+- Every generated benchmark table (and figure) is what `benchmarks/tables.py` renders from the result files.
+- The site builds with ``mkdocs build --strict`` (no broken link or anchor, every public object documented), and
+  README.md's relative links point at files that exist.
+"""
 
 import glob
+import importlib.util
 import os
 import re
 import subprocess
@@ -45,6 +51,7 @@ def test_the_docs_have_python_blocks_and_the_readme_quickstart_is_offline():
     assert "tl-hub:efficientnet-lite0" in quickstart and "example_folder" in quickstart  # no Hub needed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("doc", [d for d in DOCS if python_blocks(d)])
 def test_every_python_block_runs(doc, tmp_path):
     work = tmp_path / "work"
@@ -61,3 +68,45 @@ def test_every_python_block_runs(doc, tmp_path):
     ran = [l for l in proc.stdout.splitlines() if l.startswith("--- block at")]
     assert proc.returncode == 0, f"failed after {ran[-1] if ran else 'no block'}:\n{proc.stderr[-4000:]}"
     assert len(ran) == len(python_blocks(doc))
+
+
+def load_tables():
+    """`benchmarks/tables.py` as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("tables", os.path.join(ROOT, "benchmarks", "tables.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_generated_tables_match_the_results():
+    tables = load_tables()
+    stale = tables.check()
+    assert not stale, f"stale (run `python benchmarks/tables.py`): {stale}"
+    used = {m.group(2) for doc in DOCS for m in tables.MARKED.finditer(open(os.path.join(ROOT, doc)).read())}
+    assert {"transfer_real", "rank_real_scores", "run_lite0", "headline"} <= used  # the markers are really read
+
+
+def test_a_stale_table_is_found_and_rewritten():
+    tables = load_tables()
+    text = "before\n<!-- table: quadrants -->\n| typed | by hand |\n<!-- /table -->\nafter\n"
+    fresh, stale = tables.regenerated(text)
+    assert stale == ["quadrants"] and fresh.startswith("before\n<!-- table: quadrants -->\n\n| quadrant |")
+    assert fresh.endswith("\n\n<!-- /table -->\nafter\n") and tables.regenerated(fresh) == (fresh, [])
+    with pytest.raises(KeyError, match="unknown table"):
+        tables.regenerated("<!-- table: nothing_like_it -->\n<!-- /table -->\n")
+
+
+def test_the_site_builds_strictly(tmp_path):
+    # not --quiet: it hides the warnings, and --strict then passes whatever they say
+    build = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir",
+                            str(tmp_path / "site")], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert build.returncode == 0, build.stderr[-6000:]
+    assert (tmp_path / "site" / "api" / "recipes" / "index.html").exists()
+
+
+def test_the_readme_links_point_at_files():
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [t for t in targets if not re.match(r"[a-z]+:", t)]
+    assert local and not [t for t in local if not os.path.exists(os.path.join(ROOT, t))]
