@@ -429,9 +429,10 @@ def fe_breakdown(result: dict) -> str:
     return table(["phase"] + [f"{c} cache" for c in caches], rows)
 
 
-def architectures(rows: list) -> str:
-    """The architecture check per model type (the rows of `tests/support/arch_check.py`)."""
+def architectures(result: dict) -> str:
+    """The architecture check per model type (`python tests/support/arch_check.py --json ...`)."""
     out = []
+    rows = result["rows"]
     for r in rows:
         if "error" in r:
             out.append([r["type"], r["error"], "", "", "", "", ""])
@@ -441,8 +442,11 @@ def architectures(rows: list) -> str:
         out.append([r["type"], "passes", str(r["blocks"]), f"`{', '.join(r['head'])}`",
                     "yes" if "lora" in r else "no linear layers", cut,
                     "not run" if ddp is None else f"✓ ({ddp['max_difference']:.1g})"])
-    return table(["model type", "result", "blocks", "head", "LoRA", "top-2 on cached prefix (cut)",
-                  "2 processes (largest metric difference)"], out)
+    passing = sum("error" not in r for r in rows)
+    note = (f"{passing} of {len(rows)} types pass everything; {result['transformers']} transformers; "
+            f"{result['minutes']:g} minutes; finished {result['date']}, {machine(result['host'])}")
+    return "\n\n".join([table(["model type", "result", "blocks", "head", "LoRA", "top-2 on cached prefix (cut)",
+                                "2 processes (largest metric difference)"], out), caption(note)])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -511,6 +515,7 @@ TABLES: dict[str, tuple[Callable[..., str], tuple[str, ...]]] = {
     "run_lite0_targets": (performance_targets, ("run_lite0",)),
     "scaling": (scaling, ("scaling",)),
     "threads": (threads, ("threads",)),
+    "architectures": (architectures, ("architectures",)),
     "headline": (headline, ("transfer_real", "run_lite0", "rank_real", "rank")),
 }
 # PNGs the benchmark scripts write, shown in the docs: copied into docs/assets/ (the site holds only docs/)

@@ -50,7 +50,7 @@ def test_export_and_load_round_trip(tiny_model_dir, tmp_path, make, kind, expect
 
 @pytest.mark.slow
 def test_head_export_is_tiny_for_a_vit_base_sized_model(tmp_path):
-    """The figure the README quotes: a feature-extraction head of a ViT-Base-sized model vs the full model."""
+    """The figure the README and docs/guides/hub-and-space.md quote: a feature-extraction head of a ViT-Base-sized model vs the full model."""
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
     base = tmp_path / "vit-base"

@@ -243,7 +243,7 @@ def test_best_epoch_differs_from_last_when_training_degrades(tiny_model_dir):
 
 
 def test_defaults_resolve_to_documented_values():
-    """README "Defaults": epochs enough for min_steps=500 optimizer steps (scratch: 1000) within [3, 30]; with
+    """docs/guides/defaults.md: epochs enough for min_steps=500 optimizer steps (scratch: 1000) within [3, 30]; with
     automatic epochs small data makes each epoch several passes so that those steps are there."""
     cfg = TrainingConfig()
     assert (cfg.epochs, cfg.min_steps, cfg.min_epochs, cfg.max_epochs) == (None, 500, 3, 30)

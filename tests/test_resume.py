@@ -202,7 +202,7 @@ def test_auto_starts_fresh_then_resumes(tiny_model_dir, tmp_path):
     again.fit(data, progress=False, resume_from_checkpoint="auto")
     assert again.result.history == first.result.history  # restored, not retrained
     assert names(tmp_path / "ck") == ["checkpoint-2", "checkpoint-4"]
-    for a, b in zip(first.backbone.model.parameters(), again.backbone.model.parameters()):
+    for a, b in zip(first.result.run.backbone.model.parameters(), again.result.run.backbone.model.parameters()):
         assert torch.equal(a, b)
 
 
@@ -232,8 +232,8 @@ def test_every_recipe_resumes_mid_epoch_exactly(tiny_model_dir, tmp_path, recipe
     for a, b in zip(full.result.history, resumed.result.history):
         for key in KEYS:
             assert b[key] == pytest.approx(a[key], abs=1e-6), (key, a["epoch"])
-    reference = full.backbone.model.state_dict()
-    for key, value in resumed.backbone.model.state_dict().items():
+    reference = full.result.run.backbone.model.state_dict()
+    for key, value in resumed.result.run.backbone.model.state_dict().items():
         assert torch.allclose(value.float(), reference[key].float(), atol=1e-6), key
 
 

@@ -1,8 +1,9 @@
 """Everything tl-hub promises for one model type, checked on a tiny realistically deep checkpoint (`arch_zoo`).
 
 `check(model_type, folder)` raises AssertionError (or the library's error) at the first broken promise, and returns
-what it measured.  The test over every mapped type (`tests/test_architectures.py`) and the README table
-(``python tests/support/arch_check.py`` prints it) share it.
+what it measured.  The test over every mapped type (`tests/test_architectures.py`) and the table of
+docs/guides/any-image-classifier.md (``python tests/support/arch_check.py --json
+benchmarks/results/architectures.json``) share it.
 
 The promises:
 
@@ -208,8 +209,16 @@ def table(rows: list[dict]) -> str:
 
 
 if __name__ == "__main__":
+    import argparse
+    import json
+    import platform
     import tempfile
+    from datetime import datetime, timezone
 
+    parser = argparse.ArgumentParser(description="Check every mapped model type; print the table.")
+    parser.add_argument("--json", help="also write the rows, with the date and the machine, to this file")
+    args = parser.parse_args()
+    started = time.time()
     rows = []
     for model_type in arch_zoo.TYPES:
         if model_type in arch_zoo.SKIP:
@@ -234,3 +243,17 @@ if __name__ == "__main__":
                 row.clear()
                 row.update({"type": model_type, "error": f"FAILS under 2 processes: {ddp}"})
     print(table(rows))
+    if args.json:
+        import transformers
+
+        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                   platform.processor() or "unknown") if os.path.exists("/proc/cpuinfo") else platform.processor()
+        record = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                  "minutes": round((time.time() - started) / 60, 1),
+                  "host": {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                           "torch": torch.__version__},
+                  "transformers": transformers.__version__, "rows": rows}
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(record, f, indent=1, default=str)
+        os.replace(tmp, args.json)
