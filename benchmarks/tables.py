@@ -426,7 +426,11 @@ def fe_breakdown(result: dict) -> str:
             row.append("—" if v is None else f"{v['median']:.3f} ({v['min']:.3f}–{v['max']:.3f}) s, "
                                             f"{100 * v['median'] / total:.1f}%")
         rows.append(row)
-    return table(["phase"] + [f"{c} cache" for c in caches], rows)
+    sizes = result["sizes"]
+    note = (f"{sizes['train']:,} training and {sizes['validation']:,} validation images, {sizes['epochs']} epochs; "
+            f"median (min–max) of {result['repeats']} fits with each cache after a warm-up, interleaved, and the "
+            f"phase's share of the median fit; {when(result['date'])}, {machine(result['host'])}")
+    return "\n\n".join([table(["phase"] + [f"{c} cache" for c in caches], rows), caption(note)])
 
 
 def architectures(result: dict) -> str:
@@ -513,6 +517,9 @@ TABLES: dict[str, tuple[Callable[..., str], tuple[str, ...]]] = {
     "best_epoch": (best_epoch, ("best_epoch",)),
     "run_lite0": (performance, ("run_lite0",)),
     "run_lite0_targets": (performance_targets, ("run_lite0",)),
+    "run_vit": (performance, ("run_vit",)),
+    "run_vit_targets": (performance_targets, ("run_vit",)),
+    "fe_breakdown": (fe_breakdown, ("fe_breakdown",)),
     "scaling": (scaling, ("scaling",)),
     "threads": (threads, ("threads",)),
     "architectures": (architectures, ("architectures",)),

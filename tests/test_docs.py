@@ -110,3 +110,29 @@ def test_the_readme_links_point_at_files():
     targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
     local = [t for t in targets if not re.match(r"[a-z]+:", t)]
     assert local and not [t for t in local if not os.path.exists(os.path.join(ROOT, t))]
+
+
+@pytest.mark.parametrize("break_it, expected", [
+    ("docstring", "tl_hub.recipe.get_recipe has no docstring"),
+    ("link", "contains a link 'guides/no-such-page.md'"),
+], ids=["missing docstring", "broken link"])
+def test_a_missing_docstring_or_a_broken_link_fails_the_build(tmp_path, break_it, expected):
+    import shutil
+
+    copy = tmp_path / "repo"
+    for name in ("docs", "tl_hub", "benchmarks"):
+        shutil.copytree(os.path.join(ROOT, name), copy / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("mkdocs.yml", "README.md"):
+        shutil.copy(os.path.join(ROOT, name), copy / name)
+    if break_it == "docstring":
+        recipe = copy / "tl_hub" / "recipe.py"
+        text = recipe.read_text()
+        docstring = re.search(r'(def get_recipe\(.*?\n)(\s+"""[^\n]*"""\n)', text)
+        recipe.write_text(text.replace(docstring.group(0), docstring.group(1)))
+    else:
+        page = copy / "docs" / "architecture.md"
+        page.write_text(page.read_text() + "\nSee [nowhere](guides/no-such-page.md).\n")
+    build = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+                           cwd=copy, capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert build.returncode != 0 and expected in build.stderr, build.stderr[-3000:]
