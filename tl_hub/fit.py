@@ -196,7 +196,7 @@ def prepare(recipe, train: Any, validation: Any, accelerator, progress: bool) ->
     if resolved.num_workers is None:
         resolved = dataclasses.replace(resolved, num_workers=default_num_workers(
             accelerator.device.type, processes_per_node(accelerator)))
-    run = FitRun(recipe.name, recipe.source, accelerator, resolved, cfg.passes_per_epoch(data.train_size(), cost),
+    run = FitRun(recipe.source, accelerator, resolved, cfg.passes_per_epoch(data.train_size(), cost),
                  data, backbone, dataset_name=dataset_name(train), progress=progress,
                  step_flops=cost.train_flops * cfg.batch_size / accelerator.num_processes if cost else None)
     if run.is_main_process:

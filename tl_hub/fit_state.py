@@ -22,7 +22,6 @@ class FitRun:
     """One fit's state.
 
     Attributes:
-        recipe: the registered name of the recipe that runs (``"fine-tune"``, ...).
         source: the base model's `tl_hub.config.ModelSource`.
         accelerator: the ``accelerate.Accelerator`` the run uses.
         config: the recipe's settings with the automatic ones made concrete for this data (epochs, workers, ...);
@@ -36,7 +35,6 @@ class FitRun:
         feature_store: where cached encoder features live, once a period uses them (`tl_hub.features`).
     """
 
-    recipe: str
     source: ModelSource
     accelerator: Any
     config: TrainingConfig

@@ -246,8 +246,10 @@ if __name__ == "__main__":
     if args.json:
         import transformers
 
-        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                   platform.processor() or "unknown") if os.path.exists("/proc/cpuinfo") else platform.processor()
+        cpu = platform.processor() or "unknown"
+        if os.path.exists("/proc/cpuinfo"):
+            with open("/proc/cpuinfo") as f:
+                cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
         record = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                   "minutes": round((time.time() - started) / 60, 1),
                   "host": {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
