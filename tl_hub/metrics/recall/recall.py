@@ -1,26 +1,32 @@
 """Recall for multi-class classification (an `evaluate` metric module shipped with tl-hub, so it loads offline
-with ``evaluate.load(path)``): the share of the examples of a class that are found, per class or averaged."""
+with ``evaluate.load(path)``): the share of the examples of a class that are found, per class or averaged.  With the
+config ``"multilabel"`` (``evaluate.load(path, "multilabel")``) predictions and references are 0/1 indicator rows,
+counted per label (column) as scikit-learn does on indicator matrices."""
 
 import evaluate
 
-from tl_hub.metrics import averaged, label_metric_info, per_class_counts
+from tl_hub.metrics import averaged, label_counts, label_metric_info
 
 _DESCRIPTION = "Recall = TP / (TP + FN), per class, then averaged."
 _KWARGS = """
     average (`str`, defaults to `"macro"`): "macro", "micro", "weighted" or None (per-class scores).
     labels (`list[int]`, *optional*): the classes (default: those in predictions or references).
+        With `config_name="multilabel"`: the label columns, by index (default: all).
 Returns:
     recall (`float` or `list[float]`); a class without examples has recall 0.
 Example:
     >>> evaluate.load(path).compute(predictions=[0, 1, 1], references=[0, 1, 0], average=None)
     {'recall': [0.5, 1.0]}
+    >>> evaluate.load(path, "multilabel").compute(predictions=[[1, 0], [0, 0]], references=[[1, 0], [0, 1]],
+    ...                                           average=None)
+    {'recall': [1.0, 0.0]}
 """
 
 
 class Recall(evaluate.Metric):
     def _info(self):
-        return label_metric_info(_DESCRIPTION, _KWARGS)
+        return label_metric_info(_DESCRIPTION, _KWARGS, self.config_name)
 
     def _compute(self, predictions, references, average="macro", labels=None):
-        tp, fp, fn = per_class_counts(predictions, references, labels)
+        tp, fp, fn = label_counts(predictions, references, labels, self.config_name)
         return {"recall": averaged(tp, tp + fn, tp + fn, average)}
