@@ -1,9 +1,13 @@
 """Datasets in, batches for the model out.
 
 - `load_source`: a ``datasets.Dataset``/``DatasetDict``, a ``save_to_disk`` folder, an image folder
-  (``class_name/xxx.jpg``) or a Hub dataset id.
+  (``class_name/xxx.jpg``, or images beside a ``metadata.csv``/``metadata.jsonl`` naming their labels), a CSV file
+  of image paths and labels, or a Hub dataset id.
 - `prepare_data`: finds the image and label columns, builds the label names, removes undecodable
   images (with a warning that counts them), and makes a stratified validation split when none exists.
+  A label column of lists (or strings such as ``"cat;dog"`` with ``multi_label=True``) makes a multi-label task: the
+  labels become a multi-hot vector per image (see `tl_hub.label_files`) and the split keeps every label that has two
+  images or more on both sides (`multilabel_split`).
 - `ImageClassificationDataset` + `ImageCollator`: images converted to RGB, augmented on the fly (random
   resized crop, horizontal flip; no torchvision needed) with a random stream derived from
   ``(seed, epoch, index)`` so the augmentation does not depend on the number of processes or workers,
@@ -32,6 +36,14 @@ import torch
 from PIL import Image, ImageOps
 
 from .errors import DataError, first_line
+from .imbalance import balanced_order
+from .label_files import (
+    encode_multi_hot,
+    is_list_column,
+    is_multi_hot_feature,
+    load_label_csv,
+    separator_of,
+)
 from .paths import looks_local, not_found
 
 logger = logging.getLogger(__name__)
@@ -58,11 +70,14 @@ def load_source(source: Any, *, revision: Optional[str] = None, cache_dir: Optio
 
     Args:
         source: a ``datasets.Dataset``/``DatasetDict``; a folder written by ``save_to_disk``; an image
-            folder laid out as ``<class>/<image>`` (optionally under ``train/``, ``validation/``, ``test/``);
-            or a Hub dataset id such as ``"beans"``.
+            folder laid out as ``<class>/<image>`` (optionally under ``train/``, ``validation/``, ``test/``), or
+            holding its images beside a ``metadata.csv``/``metadata.jsonl`` with a ``file_name`` column and a label
+            column (e.g. ``labels``: a JSON list in jsonl, ``"cat;dog"`` in csv), one per split folder; a ``.csv``
+            file of image paths and labels (see `tl_hub.label_files.load_label_csv`); or a Hub dataset id such as
+            ``"beans"``.
 
     Raises:
-        DataError: the folder holds no images, the id cannot be loaded.
+        DataError: the folder holds no images, the CSV lists missing images, the id cannot be loaded.
     """
     import datasets
 
@@ -86,15 +101,20 @@ def load_source(source: Any, *, revision: Optional[str] = None, cache_dir: Optio
         with quiet_datasets():  # "Downloading data: 30/30 files" is a copy of local files into the cache
             data = datasets.load_dataset("imagefolder", data_dir=path, cache_dir=cache_dir)
         first = next(iter(data.values()))
-        if "label" not in first.column_names:  # imagefolder infers labels only from >= 2 class folders
+        # imagefolder infers labels only from >= 2 class folders, and not at all beside a metadata.csv/.jsonl (whose
+        # columns it adds instead)
+        if "label" not in first.column_names and len(first.column_names) < 2:
             classes = [d for d in sorted(os.listdir(path)) if os.path.isdir(os.path.join(path, d))]
             raise DataError(
                 f"The folder '{path}' has images of {len(classes)} class folder(s) {classes[:5]}; a classifier "
                 "needs at least two. Lay it out as <folder>/<class name>/<image> with one folder per class."
             )
         return data
+    if os.path.isfile(path) and path.lower().endswith(".csv"):
+        return load_label_csv(path)
     if os.path.exists(path):
-        raise DataError(f"'{path}' is a file; pass a folder of images, a saved dataset folder or a Hub dataset id.")
+        raise DataError(f"'{path}' is a file; pass a folder of images, a saved dataset folder, a Hub dataset id or a "
+                        "CSV file of image paths and labels.")
     if looks_local(path):
         raise DataError(not_found(path))
     return load_hub_dataset(path, revision=revision, cache_dir=cache_dir)
@@ -151,6 +171,7 @@ def _require_column(ds, name: str, kind: str) -> str:
 
 
 def find_image_column(ds, image_column: Optional[str] = None) -> str:
+    """``image_column`` if ``ds`` has it, else its first ``Image`` feature, else a column with a usual name."""
     from datasets import Image as ImageFeature
 
     if image_column is not None:
@@ -165,6 +186,8 @@ def find_image_column(ds, image_column: Optional[str] = None) -> str:
 
 
 def find_label_column(ds, label_column: Optional[str] = None, image_column: Optional[str] = None) -> str:
+    """``label_column`` if ``ds`` has it, else its first ``ClassLabel`` feature, else a column with a usual name
+    (``label``, ``labels``, ...)."""
     from datasets import ClassLabel
 
     if label_column is not None:
@@ -219,6 +242,31 @@ def encode_labels(ds, label_column: str, names: Optional[Sequence[str]] = None):
     ds = ds.map(lambda _, idx: {label_column: [new[i] for i in idx]}, batched=True, with_indices=True,
                 input_columns=[label_column], features=features, load_from_cache_file=False)
     return ds, names
+
+
+def encode_task_labels(ds, label_column: str, multi_label: Optional[bool] = None):
+    """Return ``(dataset, label_names)``: a single-label column as a ``ClassLabel`` (`encode_labels`), a multi-label
+    one as a multi-hot vector of ``float32`` (`tl_hub.label_files.encode_multi_hot`).
+
+    ``multi_label=None`` detects a multi-label column (a ``Sequence``/``List`` feature, or lists as values); True
+    declares one: strings are then split on the first of ``;``, ``|``, ``,`` that occurs anywhere in the column
+    (``"cat;dog"``), a string without it is one label; False requires one label per image.
+    """
+    listed = is_list_column(ds, label_column)
+    if listed and multi_label is False:
+        raise DataError(
+            f"Label column '{label_column}' holds a list of labels per image (a multi-label task) but a single-label "
+            "task was asked for; pass multi_label=True (--multi-label), or give one label per image."
+        )
+    if listed or multi_label:
+        return encode_multi_hot(ds, label_column)
+    if multi_label is None:
+        separator = separator_of([v for v in ds[label_column] if isinstance(v, str) and (";" in v or "|" in v)])
+        if separator:
+            logger.warning("Labels in column '%s' hold '%s' (e.g. 'cat%sdog'): each is read as one class name; if an "
+                           "image can have several labels, pass multi_label=True (--multi-label).",
+                           label_column, separator, separator)
+    return encode_labels(ds, label_column)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -339,9 +387,19 @@ def class_counts(labels, names) -> tuple[dict, dict, list]:
     return per_class, present, warnings
 
 
-def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+def stratified_split(labels: Sequence[int], fraction: float, seed: int, *, names: Optional[Sequence[str]] = None,
+                     warn: bool = True) -> tuple[list[int], list[int]]:
     """Indices ``(train, validation)``: each class with >= 2 examples gives ``round(n * fraction)``
-    (at least 1) of them to validation, chosen with a seeded shuffle."""
+    (at least 1) of them to validation, chosen with a seeded shuffle.
+
+    A class with a single example stays in training; with ``warn`` a warning names such classes (by ``names[id]``
+    when given)."""
+    counts = Counter(int(y) for y in labels)
+    single = [names[y] if names is not None else y for y, n in sorted(counts.items()) if n == 1]
+    if warn and single and len(counts) > len(single):
+        logger.warning("%d class(es) have a single image (%s): they have no validation image, as one image cannot be "
+                       "both trained on and validated on; add images of them to measure them.",
+                       len(single), single[:10])
     rng = random.Random(seed)
     by_class: dict[int, list[int]] = {}
     for i, y in enumerate(labels):
@@ -354,6 +412,64 @@ def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple
         val += idx[:k]
         train += idx[k:]
     return sorted(train), sorted(val)
+
+
+def multilabel_split(targets: np.ndarray, fraction: float, seed: int, *,
+                     names: Optional[Sequence[str]] = None) -> tuple[list[int], list[int]]:
+    """Indices ``(train, validation)`` of a multi-label task, ``targets`` an ``(N, K)`` 0/1 array.
+
+    About ``fraction`` of the images go to validation, chosen with a seeded shuffle (the same for a seed). An image
+    moves to validation only if every label it shows keeps a positive in training; labels are taken rarest first,
+    and one that has >= 2 positive images and none in validation yet gets one (the image that also gives the most
+    other such labels theirs), so every such label ends up on both sides (but in rare tangles of labels shared by
+    few images; a warning names those). A label with a single positive image keeps it in training and gets a
+    warning (by ``names[j]`` when given): no validation image shows it, so its decision threshold falls back to the
+    default."""
+    y = np.asarray(targets) > 0.5
+    n, k = y.shape
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
+    counts = y.sum(0)
+    in_val, train_pos, val_pos = np.zeros(n, dtype=bool), counts.copy(), np.zeros(k, dtype=np.int64)
+
+    def movable(rows: np.ndarray) -> np.ndarray:
+        """Which of ``rows`` may go to validation: every label they show keeps a training positive without them."""
+        return ~(y[rows] & (train_pos < 2)).any(1)
+
+    def move(i: int) -> None:
+        """Image ``i`` to validation."""
+        in_val[i] = True
+        train_pos[:] -= y[i]
+        val_pos[:] += y[i]
+
+    for j in sorted(range(k), key=lambda j: (counts[j], j)):
+        if counts[j] < 2 or val_pos[j]:
+            continue
+        candidates = np.flatnonzero(y[:, j] & ~in_val)
+        candidates = candidates[movable(candidates)]
+        if len(candidates):
+            gain = (y[candidates] & (counts >= 2) & (val_pos == 0)).sum(1)
+            move(int(candidates[np.lexsort((rank[candidates], -gain))[0]]))
+    chosen, target = int(in_val.sum()), min(n - 1, round(n * fraction))
+    for i in order:
+        if chosen >= target:
+            break
+        if not in_val[i] and movable(np.array([i]))[0]:
+            move(i)
+            chosen += 1
+    name = list(names) if names is not None else list(range(k))
+    tangled = [name[j] for j in range(k) if counts[j] >= 2 and not val_pos[j]]
+    if tangled:
+        logger.warning("%d label(s) have no validation image (%s): each of their images is the last training image "
+                       "of another label; add images showing them.", len(tangled), tangled[:10])
+    single = [name[j] for j in range(k) if counts[j] == 1]
+    if single:
+        logger.warning("%d label(s) have a single positive image (%s): it stays in training, so no validation image "
+                       "shows them and their decision threshold falls back to the default; add images showing them.",
+                       len(single), single[:10])
+    return np.flatnonzero(~in_val).tolist(), np.flatnonzero(in_val).tolist()
 
 
 # below this many validation images, the validation metrics (and what is chosen on them: the head's
@@ -379,7 +495,10 @@ def small_validation_warning(images: Optional[int]) -> Optional[str]:
 
 @dataclass
 class PreparedData:
-    """Training-ready splits with a shared label set."""
+    """Training-ready splits with a shared label set.
+
+    In a multi-label task (``multi_label``) the label column holds a multi-hot vector of ``float32`` per image
+    (``Sequence(Value("float32"), length=len(labels))``), in the order of ``labels``; else a ``ClassLabel`` id."""
 
     train: Any
     validation: Any
@@ -388,6 +507,7 @@ class PreparedData:
     image_column: str
     label_column: str
     skipped: int = 0
+    multi_label: bool = False
 
     def train_size(self) -> int:
         """Training examples in one pass (a streamed split knows it otherwise, see `tl_hub.streaming`)."""
@@ -397,14 +517,45 @@ class PreparedData:
         """Validation examples (None where a stream does not know)."""
         return len(self.validation)
 
+    def train_targets(self) -> np.ndarray:
+        """The training labels: ``(N, K)`` 0/1 targets in a multi-label task, ``(N,)`` class ids otherwise."""
+        column = self.train[self.label_column]
+        if self.multi_label:
+            return np.asarray(column, dtype=np.float32).reshape(-1, len(self.labels))
+        return np.asarray(column, dtype=np.int64)
+
+    def class_counts(self) -> dict[str, int]:
+        """Training images per class, in label order (multi-label: training images showing each label)."""
+        targets = self.train_targets()
+        counts = targets.sum(0) if self.multi_label else np.bincount(targets, minlength=len(self.labels))
+        return {name: int(round(float(c))) for name, c in zip(self.labels, counts)}
+
+    def imbalance(self) -> float:
+        """The largest class count over the smallest non-zero one (1.0 when no class has images)."""
+        counts = [c for c in self.class_counts().values() if c > 0]
+        return max(counts) / min(counts) if counts else 1.0
+
     def summary(self) -> str:
-        counts = Counter(self.train[self.label_column])
-        per_class = f"{min(counts.values())}-{max(counts.values())}" if counts else "0"
-        return (f"{len(self.labels)} classes; train {len(self.train)} ({per_class} per class), "
-                f"validation {len(self.validation)}" + (f", test {len(self.test)}" if self.test is not None else ""))
+        """One line: classes, split sizes, images per class and the imbalance, e.g. ``10 classes; train 400 (4-40
+        per class, imbalance 10.0:1), validation 60``."""
+        counts = [c for c in self.class_counts().values() if c > 0]
+        per = "label" if self.multi_label else "class"
+        per_class = f"{min(counts)}-{max(counts)} per {per}, imbalance {self.imbalance():.1f}:1" if counts \
+            else f"0 per {per}"
+        if self.multi_label:
+            targets = self.train_targets()
+            per_image, unlabelled = targets.sum(1), int((targets.sum(1) == 0).sum())
+            none = f"; {unlabelled} image{'s' * (unlabelled != 1)} with no label" if unlabelled else ""
+            head = (f"{len(self.labels)} labels (multi-label, {per_image.mean() if len(targets) else 0:.1f} per "
+                    f"image{none})")
+        else:
+            head = f"{len(self.labels)} classes"
+        return (f"{head}; train {len(self.train)} ({per_class}), validation {len(self.validation)}"
+                + (f", test {len(self.test)}" if self.test is not None else ""))
 
 
 def pick_splits(data) -> tuple[Any, Optional[Any], Optional[Any]]:
+    """``(train, validation, test)`` of a ``Dataset`` (the training split alone) or ``DatasetDict``."""
     import datasets
 
     if isinstance(data, datasets.Dataset):
@@ -419,10 +570,11 @@ def pick_splits(data) -> tuple[Any, Optional[Any], Optional[Any]]:
 
 
 def load_labelled(train: Any, validation: Any = None, *, image_column: Optional[str] = None,
-                  label_column: Optional[str] = None):
+                  label_column: Optional[str] = None, multi_label: Optional[bool] = False):
     """The splits of ``train`` (``validation`` replacing its validation split if given), with the training split's
-    columns found, its labels encoded and its undecodable images dropped: ``(train, validation, test,
-    image_column, label_column, labels, skipped)``; validation and test are as loaded."""
+    columns found, its labels encoded (see `encode_task_labels` for ``multi_label``) and its undecodable images
+    dropped: ``(train, validation, test, image_column, label_column, labels, skipped)``; validation and test are as
+    loaded."""
     train_ds, val_ds, test_ds = pick_splits(load_source(train))
     if validation is not None:
         val_ds, _, _ = pick_splits(load_source(validation))
@@ -430,28 +582,14 @@ def load_labelled(train: Any, validation: Any = None, *, image_column: Optional[
         raise DataError("The training split is empty; give a dataset with labelled images.")
     img_col = find_image_column(train_ds, image_column)
     lbl_col = find_label_column(train_ds, label_column, img_col)
-    train_ds, labels = encode_labels(train_ds.select_columns([img_col, lbl_col]), lbl_col)
+    train_ds, labels = encode_task_labels(train_ds.select_columns([img_col, lbl_col]), lbl_col, multi_label)
     train_ds, skipped = drop_undecodable(train_ds, img_col)
     return train_ds, val_ds, test_ds, img_col, lbl_col, labels, skipped
 
 
-def prepare_data(
-    train: Any,
-    validation: Any = None,
-    *,
-    image_column: Optional[str] = None,
-    label_column: Optional[str] = None,
-    validation_size: float = 0.2,
-    seed: int = 42,
-) -> PreparedData:
-    """Resolve columns and labels and produce train / validation (/ test) splits.
-
-    Raises:
-        DataError: empty data, unknown columns, fewer than two classes, missing labels.
-    """
-    train_ds, val_ds, test_ds, img_col, lbl_col, labels, skipped = load_labelled(
-        train, validation, image_column=image_column, label_column=label_column)
-    present = set(train_ds[lbl_col])
+def check_single_label_training(train_ds, label_column: str, labels: Sequence[str]) -> None:
+    """Warn about classes without training images; at least two classes must have some."""
+    present = set(train_ds[label_column])
     absent = [labels[i] for i in range(len(labels)) if i not in present]
     if absent and len(present) >= 2:
         logger.warning("%d class(es) have no training examples (%s); the model keeps an output for them but cannot "
@@ -462,24 +600,111 @@ def prepare_data(
             f"({[labels[i] for i in sorted(present)]}); a classifier needs at least two. Check the label column "
             "or add images of other classes."
         )
-    if val_ds is None:
-        tr_idx, val_idx = stratified_split(train_ds[lbl_col], validation_size, seed)
-        if not val_idx:
-            raise DataError(
-                "Too few examples to hold out a validation split (every class has fewer than 2 images); "
-                "add images or pass a validation dataset."
-            )
-        train_ds, val_ds = train_ds.select(tr_idx), train_ds.select(val_idx)
+
+
+def check_multi_label_training(train_ds, label_column: str, labels: Sequence[str]) -> None:
+    """Warn about labels no training image shows; at least one label must be shown. Images with no label are
+    allowed (negatives for every label)."""
+    counts = np.asarray(train_ds[label_column], dtype=np.float32).reshape(-1, len(labels)).sum(0)
+    if not counts.any():
+        raise DataError(
+            f"None of the {len(train_ds)} training images has a label (of {list(labels)[:10]}); a multi-label "
+            "classifier needs images showing them. Check the label column or add labelled images."
+        )
+    absent = [labels[j] for j in range(len(labels)) if counts[j] == 0]
+    if absent:
+        logger.warning("%d label(s) have no training image (%s); the model keeps an output for them but cannot "
+                       "learn them: add images showing them or remove them from the label set.",
+                       len(absent), absent[:5])
+
+
+def split_off_validation(train_ds, label_column: str, labels: Sequence[str], fraction: float, seed: int,
+                         multi_label: bool = False):
+    """``(train, validation)``: a stratified validation split of ``fraction`` of the training images
+    (`stratified_split`, or `multilabel_split` in a multi-label task)."""
+    if multi_label:
+        targets = np.asarray(train_ds[label_column], dtype=np.float32).reshape(-1, len(labels))
+        tr_idx, val_idx = multilabel_split(targets, fraction, seed, names=labels)
+        reason = f"{len(train_ds)} images and no label shown by two of them"
     else:
-        val_ds = align_split(val_ds, img_col, lbl_col, labels, "validation")
+        tr_idx, val_idx = stratified_split(train_ds[label_column], fraction, seed, names=labels)
+        reason = "every class has fewer than 2 images"
+    if not val_idx:
+        raise DataError(f"Too few examples to hold out a validation split ({reason}); add images or pass a "
+                        "validation dataset.")
+    return train_ds.select(tr_idx), train_ds.select(val_idx)
+
+
+def check_validation_covers(train_ds, val_ds, label_column: str, labels: Sequence[str],
+                            multi_label: bool = False) -> None:
+    """A validation split that the user gave should show every label (class) that the training images show:
+    multi-label, a label without a validation positive is an error (its threshold could not be chosen);
+    single-label, a class without validation images is a warning."""
+    k = len(labels)
+    if multi_label:
+        shown = [np.asarray(d[label_column], dtype=np.float32).reshape(-1, k).sum(0) > 0 for d in (train_ds, val_ds)]
+    else:
+        shown = [np.bincount(np.asarray(d[label_column], dtype=np.int64), minlength=k) > 0 for d in (train_ds, val_ds)]
+    missing = [labels[j] for j in range(k) if shown[0][j] and not shown[1][j]]
+    if not missing:
+        return
+    if multi_label:
+        raise DataError(
+            f"{len(missing)} label(s) have training images but no validation image shows them ({missing[:10]}), so "
+            "they cannot be measured nor their decision thresholds tuned; add validation images showing them, or "
+            "leave the validation split out so that tl-hub splits one off stratified."
+        )
+    # single-label: the model still predicts them, and they count in test metrics; say so, and go on
+    logger.warning("%d class(es) have training images but none in the validation split (%s), so validation cannot "
+                   "measure them (its figures and the epoch kept on them ignore them); add validation images of them, "
+                   "or leave the validation split out so that tl-hub splits one off stratified.",
+                   len(missing), missing[:10])
+
+
+def prepare_data(
+    train: Any,
+    validation: Any = None,
+    *,
+    image_column: Optional[str] = None,
+    label_column: Optional[str] = None,
+    validation_size: float = 0.2,
+    seed: int = 42,
+    multi_label: Optional[bool] = None,
+) -> PreparedData:
+    """Resolve columns and labels and produce train / validation (/ test) splits.
+
+    Args:
+        multi_label: None detects a multi-label task (a ``Sequence``/``List`` label column, or lists as values);
+            True declares one (``--multi-label``): a string label is then split on the first of ``;``, ``|``, ``,``
+            that occurs anywhere in the column (``"cat;dog"``), a string without it is one label; False: one label
+            per image (a column of lists is an error). A multi-label task's label column becomes a multi-hot
+            vector (see `PreparedData`); an image may have no label (a negative for every label).
+
+    Raises:
+        DataError: empty data, unknown columns, fewer than two classes (multi-label: no label shown), missing
+            labels (single-label), labels of the validation or test data that training does not have, training
+            labels that a given validation split does not show.
+    """
+    train_ds, val_ds, test_ds, img_col, lbl_col, labels, skipped = load_labelled(
+        train, validation, image_column=image_column, label_column=label_column, multi_label=multi_label)
+    multi = is_multi_hot_feature(train_ds.features[lbl_col])
+    (check_multi_label_training if multi else check_single_label_training)(train_ds, lbl_col, labels)
+    if val_ds is None:
+        train_ds, val_ds = split_off_validation(train_ds, lbl_col, labels, validation_size, seed, multi)
+    else:
+        val_ds = align_split(val_ds, img_col, lbl_col, labels, "validation", multi_label=multi)
         val_ds, s = drop_undecodable(val_ds, img_col, "validation")
         skipped += s
+        check_validation_covers(train_ds, val_ds, lbl_col, labels, multi)
     if test_ds is not None:
-        test_ds = align_split(test_ds, img_col, lbl_col, labels, "test")
-    return PreparedData(train_ds, val_ds, test_ds, labels, img_col, lbl_col, skipped)
+        test_ds = align_split(test_ds, img_col, lbl_col, labels, "test", multi_label=multi)
+    return PreparedData(train_ds, val_ds, test_ds, labels, img_col, lbl_col, skipped, multi)
 
 
-def align_split(ds, image_column: str, label_column: str, labels: Sequence[str], what: str):
+def align_split(ds, image_column: str, label_column: str, labels: Sequence[str], what: str, *,
+                multi_label: bool = False):
+    """``ds`` with only its image and label columns, the labels mapped onto ``labels`` (as a multi-hot vector with
+    ``multi_label``); a label outside them is an error."""
     if len(ds) == 0:
         raise DataError(f"The {what} split is empty.")
     for col, kind in ((image_column, "image"), (label_column, "label")):
@@ -488,13 +713,23 @@ def align_split(ds, image_column: str, label_column: str, labels: Sequence[str],
                 f"The {what} split has no {kind} column '{col}' (its columns: {ds.column_names})."
             )
     ds = ds.select_columns([image_column, label_column])
+    if multi_label:
+        ds, _ = encode_multi_hot(ds, label_column, labels)
+        return ds
+    if is_list_column(ds, label_column):
+        raise DataError(
+            f"The {what} split's label column '{label_column}' holds a list of labels per image, but the task is "
+            "single-label; give one label per image, or make the task multi-label (multi_label=True, --multi-label)."
+        )
     ds, _ = encode_labels(ds, label_column, labels)
     return ds
 
 
 def prepare_eval_data(source: Any, labels: Sequence[str], *, image_column: Optional[str] = None,
-                      label_column: Optional[str] = None, split: Optional[str] = None, fallback: bool = False):
-    """An evaluation dataset mapped onto the model's ``labels``; its test split by default.
+                      label_column: Optional[str] = None, split: Optional[str] = None, fallback: bool = False,
+                      multi_label: bool = False):
+    """An evaluation dataset mapped onto the model's ``labels`` (as multi-hot vectors with ``multi_label``, see
+    `align_split`); its test split by default.
 
     With ``fallback``, column names that the data does not have are detected instead (the names recorded at
     training time are only a first guess for other data)."""
@@ -514,7 +749,7 @@ def prepare_eval_data(source: Any, labels: Sequence[str], *, image_column: Optio
         label_column = label_column if label_column in data.column_names else None
     img_col = find_image_column(data, image_column)
     lbl_col = find_label_column(data, label_column, img_col)
-    ds = align_split(data, img_col, lbl_col, labels, "evaluation")
+    ds = align_split(data, img_col, lbl_col, labels, "evaluation", multi_label=multi_label)
     ds, _ = drop_undecodable(ds, img_col, "evaluation")
     return ds, img_col, lbl_col
 
@@ -554,14 +789,32 @@ class EpochDataset(torch.utils.data.Dataset):
 
     def __init__(self, examples: int, *, seed: int = 0, passes: int = 1):
         self.examples, self.seed, self.passes, self.epoch = examples, seed, passes, 0
+        self.balance_labels: Optional[torch.Tensor] = None
+        self.order: Optional[torch.Tensor] = None
 
     def set_epoch(self, epoch: int) -> None:
+        """Draw the next random choices for ``epoch``."""
         self.epoch = epoch
+        if self.balance_labels is not None:
+            self.order = balanced_order(self.balance_labels, self.seed, epoch, count=len(self))
+
+    def balance(self, labels: torch.Tensor) -> None:
+        """Draw each epoch's examples with replacement so that every class comes equally often (``sampler=
+        "balanced"``, `tl_hub.imbalance.balanced_order`), from ``labels`` (class ids or multi-hot rows)."""
+        self.balance_labels = labels
+        self.set_epoch(self.epoch)
+
+    def row(self, index: int) -> int:
+        """The example at position ``index`` of this epoch."""
+        if self.order is not None:
+            return int(self.order[int(index)])
+        return int(index) % self.examples
 
     def __len__(self) -> int:
         return self.examples * self.passes
 
     def rng(self, index: int) -> random.Random:
+        """The random stream of example ``index`` in this epoch."""
         return random.Random(hash((self.seed, self.epoch, int(index))))
 
 
@@ -584,16 +837,18 @@ class ImageClassificationDataset(EpochDataset):
         image = to_rgb(image)
         if self.augment:
             image = augment_image(image, self.rng(index), crop_scale=self.crop_scale, hflip=self.hflip)
+        if isinstance(label, (list, tuple)):  # a multi-hot vector (multi-label task)
+            return image, list(label)
         return image, int(label) if label is not None else -1
 
     def __getitem__(self, index: int):
-        row = self.ds[int(index) % len(self.ds)]
+        row = self.ds[self.row(index)]
         return self._item(index, row[self.image_column], row[self.label_column] if self.label_column else None)
 
     def __getitems__(self, indices: Sequence[int]):
         """Fetch a whole batch in one read (the DataLoader calls this instead of one ``__getitem__`` per item)."""
         indices = [int(i) for i in indices]
-        rows = self.ds[[i % len(self.ds) for i in indices]]
+        rows = self.ds[[self.row(i) for i in indices]]
         labels = rows[self.label_column] if self.label_column else [None] * len(indices)
         return [self._item(i, img, y) for i, img, y in zip(indices, rows[self.image_column], labels)]
 
@@ -617,14 +872,19 @@ def preprocess(processor, images: Sequence[Image.Image]) -> dict[str, torch.Tens
 
 
 class ImageCollator:
-    """Preprocess a list of ``(image, label)`` with the model's image processor, as one batch (see `preprocess`)."""
+    """Preprocess a list of ``(image, label)`` with the model's image processor, as one batch (see `preprocess`).
+
+    The labels become a ``long`` tensor ``(B,)`` of class ids, or, when they are multi-hot lists (a multi-label
+    task), a ``float32`` tensor ``(B, K)``."""
 
     def __init__(self, processor):
         self.processor = processor
 
-    def __call__(self, batch: Sequence[tuple[Image.Image, int]]) -> dict[str, torch.Tensor]:
+    def __call__(self, batch: Sequence[tuple[Image.Image, Any]]) -> dict[str, torch.Tensor]:
         inputs = preprocess(self.processor, [b[0] for b in batch])
-        return {**inputs, "labels": torch.tensor([b[1] for b in batch], dtype=torch.long)}
+        labels = [b[1] for b in batch]
+        multi_hot = bool(labels) and isinstance(labels[0], (list, tuple))
+        return {**inputs, "labels": torch.tensor(labels, dtype=torch.float32 if multi_hot else torch.long)}
 
 
 def make_loader(dataset, batch_size: int, *, collate_fn, shuffle: bool = False, seed: Optional[int] = None,
