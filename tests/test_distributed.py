@@ -84,3 +84,32 @@ def test_two_processes_train_top_blocks_on_the_cached_prefix(tmp_path):
         assert r["world_sizes"] == [1, 2, 2], "accelerate did not start two processes"
         assert r["prefix_cuts"][0] is not None and len(set(r["prefix_cuts"])) == 1, (name, r)
         assert r["max_difference"] <= 1e-4, (name, r)
+
+
+def test_two_processes_train_the_same_multi_label_model(tiny_model_dir, tmp_path):
+    """Multi-label: the one-vs-rest solve, the thresholds and a fine-tune give the one-process figures."""
+    from support.tiny import multilabel_dataset
+
+    script = os.path.join(os.path.dirname(__file__), "support", "scripts", "dist_multilabel.py")
+    data = datasets.DatasetDict({"train": multilabel_dataset(96, seed=1), "validation": multilabel_dataset(32, seed=2)})
+    data.save_to_disk(str(tmp_path / "data"))
+    model_dir = tiny_model_dir("vit")
+    run([sys.executable, script, model_dir, str(tmp_path / "data"), str(tmp_path / "single")],
+        {**os.environ, "OMP_NUM_THREADS": "1"})
+    run(accelerate_launch(script, model_dir, str(tmp_path / "data"), str(tmp_path / "double")),
+        launch_env(TL_HUB_CACHE=str(tmp_path / "cold-cache")))
+    one = json.load(open(f"{tmp_path / 'single'}.rank0"))
+    ranks = [json.load(open(f"{tmp_path / 'double'}.rank{r}")) for r in (0, 1)]
+    assert one["world_size"] == 1 and [r["world_size"] for r in ranks] == [2, 2]
+    worst = {}
+    for name in ("feature-extraction", "fine-tune"):
+        for rank in ranks:
+            a, b = one[name], rank[name]
+            diffs = [abs(a["metrics"][k] - b["metrics"][k]) for k in a["metrics"]]
+            diffs += [abs(a["thresholds"][k] - b["thresholds"][k]) for k in a["thresholds"]]
+            diffs += [abs(x - y) for ra, rb in zip(a["probabilities"], b["probabilities"]) for x, y in zip(ra, rb)]
+            diffs += [abs(h1[k] - h2[k]) for h1, h2 in zip(a["history"], b["history"])
+                      for k in ("train_loss", "loss", "mAP", "f1")]
+            worst[name] = max(worst.get(name, 0.0), *diffs)
+    print(f"largest 1- vs 2-process difference: {worst}")
+    assert worst["feature-extraction"] <= 1e-6 and worst["fine-tune"] <= 1e-6, worst

@@ -301,7 +301,7 @@ def test_small_validation_chooses_C_by_cross_validation():
     pooled = (torch.cat([x, vx]), torch.cat([y, vy]))
     result = fit_probe(x, y, vx, vy, 10, cross_validate=pooled)
     assert result.chosen_by == "cross-validation"
-    best = max(result.path, key=lambda p: (p["cv_accuracy"], -p["cv_loss"]))
+    best = max(result.path, key=lambda p: (p["cv_score"], -p["cv_loss"]))
     assert best["C"] == result.C and all(p["folds"] == 5 for p in result.path)
     # the head itself is fitted on the training images only, with that C
     plain = fit_probe(x, y, vx, vy, 10, grid=[result.C])

@@ -211,16 +211,20 @@ def test_auto_starts_fresh_then_resumes(tiny_model_dir, tmp_path):
     ("scratch", "convnext", {"epochs": 2}),
     ("fine-tune", "resnet", {"epochs": 3, "head_epochs": 1, "bn_policy": "train", "unfreeze": 1,
                              "layer_decay": 0.5, "feature_cache": "off", "augment": True}),
-], ids=["lora", "scratch-convnext", "fine-tune-resnet-bn-train"])
+    ("fine-tune", "vit", {"epochs": 3, "head_epochs": 1, "head_solver": "adamw", "multilabel": True,
+                          "class_weighting": "balanced", "sampler": "balanced"}),
+], ids=["lora", "scratch-convnext", "fine-tune-resnet-bn-train", "fine-tune-multi-label-balanced"])
 def test_every_recipe_resumes_mid_epoch_exactly(tiny_model_dir, tmp_path, recipe, arch, settings):
     """In one process: resume from a mid-epoch checkpoint of the last period; the rest of the run, the final
     weights and the BatchNorm statistics are those of the uninterrupted run."""
     import datasets
-    from support.tiny import colour_dataset
+    from support.tiny import colour_dataset, multilabel_dataset
 
     from tl_hub import get_recipe
 
-    data = datasets.DatasetDict({"train": colour_dataset(40, seed=1), "validation": colour_dataset(12, seed=2)})
+    settings = dict(settings)
+    make = multilabel_dataset if settings.pop("multilabel", False) else colour_dataset
+    data = datasets.DatasetDict({"train": make(40, seed=1), "validation": make(12, seed=2)})
     base = dict(batch_size=8, save_steps=3, save_total_limit=100, seed=0, lr=3e-3, **{"augment": False, **settings})
     cls = get_recipe(recipe)
     full = cls(tiny_model_dir(arch), checkpoint_dir=str(tmp_path / "ck"), **base)

@@ -34,6 +34,7 @@ from .errors import (
     TrainingError,
     missing_dependency,
 )
+from .evaluation import headline
 from .exporters import EXPORTERS, Exporter, register_exporter
 from .fashion import example_folder
 from .fit import FitResult
@@ -57,7 +58,7 @@ __all__ = [
     "TrainingConfig", "FeatureExtractionConfig", "FineTuneConfig", "TrainAllConfig", "ScratchConfig", "LoRAConfig",
     "TlHubError", "ConfigError", "DataError", "ModelError", "OutputError", "TrainingError", "MissingDependency",
     "missing_dependency",
-    "Classifier", "TrainedModel", "load", "push_to_hub", "export_for_hub", "EXPORTERS", "Exporter",
+    "Classifier", "headline", "TrainedModel", "load", "push_to_hub", "export_for_hub", "EXPORTERS", "Exporter",
     "register_exporter", "Recipe", "FeatureExtractionRecipe", "FineTuneRecipe", "TrainAllRecipe", "ScratchRecipe",
     "LoRARecipe", "FitResult", "Period", "RECIPES", "get_recipe", "register_recipe", "head_period",
     "advise", "Advice", "Thresholds", "rank", "Ranking", "param_groups", "compare", "Comparison", "curve_summary",

@@ -51,6 +51,7 @@ from . import (
     compare,
     example_images,
     get_recipe,
+    headline,
     is_main_process,
     launch_app,
     load,
@@ -71,7 +72,7 @@ COMMON_SETTINGS_TITLE = "common training settings (every setting: --help-all)"
 # what `tl-hub train --help` lists; --help-all lists every flag
 COMMON_TRAIN_FLAGS = {"recipe", "id", "dataset", "output_dir", "validation_dataset", "overwrite",
                       "resume_from_checkpoint", "epochs", "lr", "batch_size", "seed", "unfreeze", "augment",
-                      "mixed_precision", "threads", "checkpoint_dir", "report_to"}
+                      "mixed_precision", "threads", "checkpoint_dir", "report_to", "multi_label"}
 RANK_SOURCE_OPTIONS = ("revision", "trust_remote_code", "allow_pickle", "cache_dir")
 DATASET_HELP = "Image folder, save_to_disk folder or Hub dataset id."
 MODEL_DIR_HELP = "A folder written by `tl-hub train`."
@@ -270,7 +271,8 @@ class EvaluateArguments:
 class PredictArguments:
     model_dir: str = field(metadata={"help": MODEL_DIR_HELP, "positional": True})
     images: list[str] = field(metadata={"help": "Image files.", "positional": True})
-    top_k: int = field(default=1, metadata={"help": "Labels per image."})
+    top_k: Optional[int] = field(default=None, metadata={
+        "help": "Labels per image (default: the best one; a multi-label model: every label over its threshold)."})
     json: bool = field(default=False, metadata={"help": "Print one JSON object per image."})
 
 
@@ -471,10 +473,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         m = result.metrics
         few = (f"  (only {result.extra['validation_images']} validation images: too few to trust)"
                if result.extra.get("validation_warning") else "")
-        print(f"validation accuracy {m['accuracy']:.4f}  macro-F1 {m['f1']:.4f}  loss {m['loss']:.4f}{few}")
+        print(f"validation {headline(m)}  loss {m['loss']:.4f}{few}")
         if result.test_metrics:
-            t = result.test_metrics
-            print(f"test accuracy {t['accuracy']:.4f}  macro-F1 {t['f1']:.4f}")
+            print(f"test {headline(result.test_metrics)}")
         print(f"saved to {os.path.abspath(train.output_dir)}")
     return 0
 
@@ -484,10 +485,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = load(a.model_dir).evaluate(a.dataset, split=a.split, image_column=a.image_column,
                                          label_column=a.label_column, batch_size=a.batch_size,
                                          output_dir=a.output_dir, progress=not args.quiet)
-    print(class_table(metrics))
+    print(label_table(metrics) if "per_label" in metrics else class_table(metrics))
     if a.output_dir:
-        print(f"written: {os.path.join(os.path.abspath(a.output_dir), 'metrics.json')}, confusion_matrix.png, "
-              "errors.png")
+        figures = "per_label.png" if "per_label" in metrics else "confusion_matrix.png, errors.png"
+        print(f"written: {os.path.join(os.path.abspath(a.output_dir), 'metrics.json')}, {figures}")
     print(json.dumps(metrics))
     return 0
 
@@ -499,7 +500,24 @@ def class_table(metrics: dict) -> str:
     lines = [f"{'class':<{width}} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}"]
     for name, m in per_class.items():
         lines.append(f"{name:<{width}} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>7.3f} {m['support']:>8}")
-    lines.append(f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['f1']:.4f}, loss {metrics['loss']:.4f}")
+    lines.append(f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['f1']:.4f}"
+                 + (f", balanced accuracy {metrics['balanced_accuracy']:.4f}" if "balanced_accuracy" in metrics else "")
+                 + f", loss {metrics['loss']:.4f}")
+    return "\n".join(lines)
+
+
+def label_table(metrics: dict) -> str:
+    """A multi-label evaluation: per label precision, recall and F1 at its threshold, average precision, the
+    threshold and the positives, then the totals."""
+    per_label = metrics["per_label"]
+    width = max([len(str(c)) for c in per_label] + [5])
+    lines = [f"{'label':<{width}} {'precision':>9} {'recall':>7} {'f1':>7} {'AP':>7} {'threshold':>9} {'positives':>9}"]
+    for name, m in per_label.items():
+        ap = "-" if m["average_precision"] is None else f"{m['average_precision']:.3f}"
+        lines.append(f"{name:<{width}} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>7.3f} {ap:>7} "
+                     f"{m['threshold']:>9.3f} {m['support']:>9}")
+    lines.append(f"mAP {metrics['mAP']:.4f}, macro-F1 {metrics['f1']:.4f}, micro-F1 {metrics['f1_micro']:.4f}, "
+                 f"exact-set accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}")
     return "\n".join(lines)
 
 
@@ -513,7 +531,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if a.json:
             print(json.dumps({"image": path, "predictions": preds}))
         else:
-            print(f"{path}: " + ", ".join(f"{p['label']} ({p['score']:.3f})" for p in preds))
+            print(f"{path}: " + (", ".join(f"{p['label']} ({p['score']:.3f})" for p in preds)
+                                 or "no label reaches its threshold"))
     return 0
 
 

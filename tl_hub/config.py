@@ -26,6 +26,8 @@ HEAD_SOLVERS = ("lbfgs", "adamw")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 BN_POLICIES = ("frozen", "train")
 FEATURE_CACHES = ("disk", "memory", "off")
+CLASS_WEIGHTINGS = ("auto", "none", "balanced")  # see tl_hub.imbalance
+SAMPLERS = ("shuffle", "balanced")
 COMPUTE_BUDGET = 2.0  # TFLOP per trained period: ~850 training images of EfficientNet-Lite0 at 224 px
 # settings that say where and how often things are written, not what is trained: a run resumed with other values
 # of these is the same run, and they are not recorded with the model (they can be machine-local paths)
@@ -173,6 +175,14 @@ class TrainingConfig:
     gradient_accumulation_steps: int = setting(1, "Batches accumulated per optimizer step.")
     max_grad_norm: Optional[float] = setting(1.0, "Gradient clipping norm (none to disable).")
     label_smoothing: float = setting(0.0, "Label smoothing of the cross-entropy loss.")
+    multi_label: bool = setting(False, "Each image has a set of labels (multi-label: BCE loss, a threshold per label "
+                                       "chosen on validation); detected without this for list-valued label columns; "
+                                       "with it, text labels are split on ';', '|' or ','.")
+    class_weighting: str = setting("auto", "Class weights of the loss and the head's solve: 'auto' (balanced when the "
+                                           "largest class is 3x the smallest or more, single-label only), 'none' or "
+                                           "'balanced' (each class weighs the same in total).")
+    sampler: str = setting("shuffle", "Training order: 'shuffle' (each image once per pass) or 'balanced' (drawn "
+                                      "with replacement, every class equally often).")
     seed: int = setting(42, "Seed for initialisation, data order, splits and augmentation.")
     mixed_precision: str = setting("no", "no, bf16 (recent GPUs and CPUs) or fp16 (GPUs, with loss scaling); weights "
                                    "stay fp32.")
@@ -253,6 +263,8 @@ class TrainingConfig:
         _choice("head_solver", self.head_solver, HEAD_SOLVERS)
         _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         _choice("feature_cache", self.feature_cache, FEATURE_CACHES)
+        _choice("class_weighting", self.class_weighting, CLASS_WEIGHTINGS)
+        _choice("sampler", self.sampler, SAMPLERS)
         for name in self.trackers():
             _choice("report_to", name, TRACKERS)
         _positive("feature_views", self.feature_views)

@@ -11,13 +11,13 @@ from collections.abc import Sequence
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .metrics import class_report, classification_metrics
+from .metrics import class_report, classification_metrics, multilabel_metrics
 from .streaming import evaluation_model, gather_shards, is_streamed
 from .structure import logits_of, model_inputs
+from .tasks import is_multi_hot, probabilities, task_loss
 
 ERROR_EXAMPLES = 16  # misclassified examples kept per evaluation (the most confident ones)
 
@@ -38,40 +38,71 @@ def label_names(model: nn.Module) -> Optional[list[str]]:
 
 @torch.inference_mode()
 def evaluate_loader(accelerator, model: nn.Module, loader, *, progress: bool = False,
-                    labels: Optional[Sequence[str]] = None) -> dict:
-    """Loss, accuracy and macro-F1 over a prepared loader, gathered across processes (duplicates from
-    uneven last batches removed by ``gather_for_metrics``); with ``labels`` (the class names), also the per-class
-    precision, recall, F1 and support and the confusion matrix (`tl_hub.metrics.class_report`).  The global RNG is
-    left as it was (the loader draws from it), so evaluating does not change the training that follows."""
+                    labels: Optional[Sequence[str]] = None, thresholds: Optional[Sequence[float]] = None) -> dict:
+    """Loss and metrics over a prepared loader, gathered across processes (duplicates from uneven last batches
+    removed by ``gather_for_metrics``).
+
+    Single-label: accuracy, macro-F1 and balanced accuracy; with ``labels`` (the class names), also the per-class
+    precision, recall, F1 and support and the confusion matrix (`tl_hub.metrics.class_report`) and the most
+    confident mistakes.  Multi-label (multi-hot labels, `tl_hub.tasks`): mAP, macro and micro F1 and subset accuracy
+    at ``thresholds`` (default 0.5 per label), with ``labels`` also per label (`tl_hub.metrics.multilabel_metrics`).
+    The global RNG is left as it was (the loader draws from it), so evaluating does not change the training that
+    follows."""
     with torch.random.fork_rng(devices=[]):
-        return _evaluate(accelerator, model, loader, progress, labels)
+        logits, refs = gather_outputs(accelerator, model, loader, progress)
+    return outputs_metrics(logits, refs, labels=labels, thresholds=thresholds,
+                           with_errors=labels is not None and not is_streamed(loader))
 
 
-def _evaluate(accelerator, model: nn.Module, loader, progress: bool, labels: Optional[Sequence[str]] = None) -> dict:
-    # a stream: each process evaluates its own part, of its own length, and the results are gathered once at the end
+@torch.no_grad()
+def gather_outputs(accelerator, model: nn.Module, loader, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The float32 logits and the labels of every example of a prepared loader, on the CPU, gathered from every
+    process (a stream: each process evaluates its own part, of its own length, gathered once at the end)."""
     streamed = is_streamed(loader)
     model = evaluation_model(accelerator, model) if streamed else model
     model.eval()
-    preds, refs, losses, confidences = ([torch.empty(0, dtype=torch.long)], [torch.empty(0, dtype=torch.long)],
-                                        [torch.empty(0)], [torch.empty(0)])
+    logits_parts, refs_parts = [], []
     for batch in tqdm(loader, desc="eval", leave=False, disable=not (progress and accelerator.is_local_main_process)):
-        logits = forward_logits(model, batch).float()
-        loss = F.cross_entropy(logits, batch["labels"], reduction="none")
-        confidence, pred = logits.softmax(-1).max(-1)
-        outputs = (pred, batch["labels"], loss, confidence)
-        pred, ref, item_loss, confidence = outputs if streamed else accelerator.gather_for_metrics(outputs)
-        preds.append(pred.cpu()), refs.append(ref.cpu()), losses.append(item_loss.cpu())
-        confidences.append(confidence.cpu())
-    preds_t, refs_t, losses_t, conf_t = torch.cat(preds), torch.cat(refs), torch.cat(losses), torch.cat(confidences)
+        outputs = (forward_logits(model, batch).float(), batch["labels"])
+        logits, ref = outputs if streamed else accelerator.gather_for_metrics(outputs)
+        logits_parts.append(logits.cpu()), refs_parts.append(ref.cpu())
+    if not logits_parts:  # a stream's process may have no example of its own; gather_shards checks the others
+        logits_parts, refs_parts = [torch.empty(0, len(label_names(model) or ()))], [torch.empty(0, dtype=torch.long)]
+    logits_t, refs_t = torch.cat(logits_parts), torch.cat(refs_parts)
     if streamed:
-        preds_t, refs_t, losses_t, conf_t = gather_shards(accelerator, (preds_t, refs_t, losses_t, conf_t))
-    metrics = classification_metrics(preds_t.tolist(), refs_t.tolist())
-    metrics["loss"] = float(losses_t.mean())
+        logits_t, refs_t = gather_shards(accelerator, (logits_t, refs_t))
+    return logits_t, refs_t
+
+
+def outputs_metrics(logits: torch.Tensor, refs: torch.Tensor, *, labels: Optional[Sequence[str]] = None,
+                    thresholds: Optional[Sequence[float]] = None, with_errors: bool = False) -> dict:
+    """The metrics of `evaluate_loader` from gathered logits and labels (class ids, or multi-hot rows)."""
+    loss = task_loss(logits, refs, reduction="none")
+    if is_multi_hot(refs):
+        metrics = multilabel_metrics(probabilities(logits, True).numpy(), refs.numpy(), thresholds=thresholds,
+                                     labels=labels)
+        metrics["loss"] = float(loss.mean())
+        return metrics
+    confidence, preds = probabilities(logits, False).max(-1)
+    metrics = classification_metrics(preds.tolist(), refs.tolist())
+    metrics["loss"] = float(loss.mean())
     if labels is not None:
-        metrics.update(class_report(preds_t.tolist(), refs_t.tolist(), labels))
-        if not streamed:  # positions in the dataset's order (a stream's shards are not)
-            metrics["errors"] = confident_errors(preds_t, refs_t, conf_t, labels)
+        metrics.update(class_report(preds.tolist(), refs.tolist(), labels))
+        if with_errors:  # positions in the dataset's order (a stream's shards are not)
+            metrics["errors"] = confident_errors(preds, refs, confidence, labels)
     return metrics
+
+
+def headline(metrics: dict) -> str:
+    """The one-line summary of an evaluation: ``"accuracy 0.9120  f1 0.9050"``, with balanced accuracy when the
+    classes are imbalanced enough for it to differ, or ``"mAP 0.8120  f1 0.7410 (micro 0.7800)"`` for multi-label."""
+    if "mAP" in metrics:
+        return f"mAP {metrics['mAP']:.4f}  f1 {metrics['f1']:.4f} (micro {metrics['f1_micro']:.4f})"
+    text = f"accuracy {metrics['accuracy']:.4f}" + (f"  f1 {metrics['f1']:.4f}" if "f1" in metrics else "")
+    balanced = metrics.get("balanced_accuracy")
+    if balanced is not None and abs(balanced - metrics["accuracy"]) >= 0.005:
+        text += f"  balanced accuracy {balanced:.4f}"
+    return text
 
 
 def confident_errors(preds: torch.Tensor, refs: torch.Tensor, confidence: torch.Tensor, labels: Sequence[str],

@@ -70,7 +70,7 @@ def single_head(backbone: Backbone) -> Optional[str]:
     return backbone.parts.head[0] if len(backbone.parts.head) == 1 else None
 
 
-LABEL_KEYS = ("id2label", "label2id", "num_labels", "_name_or_path", "transformers_version")
+LABEL_KEYS = ("id2label", "label2id", "num_labels", "problem_type", "_name_or_path", "transformers_version")
 
 
 def encoder_fingerprint(model: nn.Module, head: tuple[str, ...]) -> str:
@@ -125,7 +125,8 @@ def data_fingerprint(ds, image_column: str) -> str:
 
 @dataclass
 class CachedFeatures:
-    """``features`` of shape ``(views, N, ...)`` and ``labels`` of shape ``(N,)``."""
+    """``features`` of shape ``(views, N, ...)`` and ``labels`` of shape ``(N,)`` (class ids) or ``(N, K)``
+    (multi-hot rows of a multi-label task)."""
 
     features: torch.Tensor
     labels: torch.Tensor
@@ -149,12 +150,12 @@ class CachedFeatureDataset(EpochDataset):
         return self.rng(index).randrange(self.cached.views)
 
     def __getitem__(self, index: int):
-        row = index % self.cached.labels.shape[0]
+        row = self.row(index)
         return self.cached.features[self._view(index), row], self.cached.labels[row]
 
     def __getitems__(self, indices):
         """A whole batch by tensor indexing (the DataLoader calls this instead of one ``__getitem__`` per item)."""
-        idx = torch.as_tensor(indices, dtype=torch.long) % self.cached.labels.shape[0]
+        idx = torch.as_tensor([self.row(i) for i in indices], dtype=torch.long)
         views = torch.as_tensor([self._view(i) for i in indices], dtype=torch.long)
         return {"features": self.cached.features[views, idx], "labels": self.cached.labels[idx]}
 
@@ -382,7 +383,7 @@ class FeatureStore:
         accelerator, model = self.accelerator, self.backbone.model
         model.eval()
         capture = _Capture(model, list(paths))
-        labels = torch.empty(len(ds), dtype=torch.long)
+        labels = None  # class ids (N,) or multi-hot rows (N, K), as the collator gives them
         try:
             for view in range(views):
                 dataset = ImageClassificationDataset(ds, image_column, label_column, augment=view > 0, **augment)
@@ -400,6 +401,8 @@ class FeatureStore:
                             buffers[p] = self._buffer(views, len(ds), tuple(f.shape[1:]), paths[p])
                         if buffers[p] is not None:
                             buffers[p].write(view, offset, f.cpu())
+                    if labels is None:
+                        labels = torch.empty((len(ds), *gathered[-1].shape[1:]), dtype=gathered[-1].dtype)
                     labels[offset:offset + gathered[-1].shape[0]] = gathered[-1].cpu()
                     offset += gathered[-1].shape[0]
                     self.computed_examples += batch["labels"].shape[0]
@@ -407,7 +410,7 @@ class FeatureStore:
             capture.remove()
         if accelerator.is_main_process:
             logger.info("Computed %s features for %d images x %d view(s) at %s", what, len(ds), views, list(paths))
-        return labels
+        return labels if labels is not None else torch.empty(0, dtype=torch.long)
 
 
 class _Capture:

@@ -11,4 +11,5 @@ MODEL_FILE = "model.safetensors"  # full model weights (transformers)
 HEAD_FILE = "tl_hub_head.safetensors"  # only the tensors training changed (base model fetched when loading)
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # a PEFT adapter
 CONFUSION_FILE = "confusion_matrix.png"  # the validation confusion matrix of the kept epoch
+PER_LABEL_FILE = "per_label.png"  # a multi-label model's average precision, F1 and threshold per label
 ERRORS_FILE = "errors.png"  # the most confidently misclassified validation images

@@ -37,6 +37,7 @@ from .exporters import trained_kind
 from .features import data_fingerprint, state_fingerprint
 from .fit_state import FitRun
 from .hub import base_source
+from .imbalance import class_weights, imbalance_ratio, label_counts
 from .inference import Classifier
 from .inputs import build_inputs
 from .loop import Period, train_periods
@@ -49,6 +50,7 @@ from .runtime import (
     progress_shown,
 )
 from .streaming import StreamData, is_stream, prepare_stream
+from .tasks import set_problem_type
 from .threads import threads_for
 from .version import __version__
 
@@ -134,6 +136,7 @@ def train_prepared(recipe, run: FitRun, checkpointer, resume, on_period_end) -> 
         run.accelerator, run.backbone.model, periods, inputs.by_kind(), config=run.config,
         on_epoch_start=inputs.set_epoch, on_period_end=on_period_end, progress=run.progress,
         checkpointer=checkpointer, resume=resume, validation_images=run.data.validation_size(),
+        class_weight=run.class_weight,
     )
     result = finish(recipe, run, periods, history, initial_buffers)
     if started_trackers:
@@ -188,17 +191,22 @@ def prepare(recipe, train: Any, validation: Any, accelerator, progress: bool) ->
             data = prepare_stream(train, validation, cfg)
         else:
             data = prepare_data(train, validation, image_column=cfg.image_column, label_column=cfg.label_column,
-                                validation_size=cfg.validation_size, seed=cfg.seed)
+                                validation_size=cfg.validation_size, seed=cfg.seed,
+                                multi_label=True if cfg.multi_label else None)
         set_seed(cfg.seed)
         backbone = recipe.load_backbone(data.labels)
+        set_problem_type(backbone.model.config, is_multi_label_data(data))
     cost = epoch_cost(backbone, data) if cfg.needs_cost() else None  # a counted forward pass, if the schedule needs it
     resolved = cfg.resolved(data.train_size(), cost)
+    if is_multi_label_data(data) and not resolved.multi_label:  # detected: recorded as the setting it amounts to
+        resolved = dataclasses.replace(resolved, multi_label=True)
     if resolved.num_workers is None:
         resolved = dataclasses.replace(resolved, num_workers=default_num_workers(
             accelerator.device.type, processes_per_node(accelerator)))
     run = FitRun(recipe.source, accelerator, resolved, cfg.passes_per_epoch(data.train_size(), cost),
                  data, backbone, dataset_name=dataset_name(train), progress=progress,
-                 step_flops=cost.train_flops * cfg.batch_size / accelerator.num_processes if cost else None)
+                 step_flops=cost.train_flops * cfg.batch_size / accelerator.num_processes if cost else None,
+                 class_weight=run_class_weights(cfg, data))
     if run.is_main_process:
         log_plan(run, cfg, cost)
     if resolved.gradient_checkpointing:
@@ -207,6 +215,31 @@ def prepare(recipe, train: Any, validation: Any, accelerator, progress: bool) ->
                               "turn gradient_checkpointing off.")
         backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return run
+
+
+def is_multi_label_data(data) -> bool:
+    """Whether prepared data is a multi-label task (a stream never is: see `tl_hub.streaming`)."""
+    return bool(getattr(data, "multi_label", False))
+
+
+def training_labels(data) -> Optional[torch.Tensor]:
+    """The training split's labels as one tensor (class ids, or multi-hot rows); None for a stream."""
+    return None if isinstance(data, StreamData) else torch.as_tensor(data.train_targets())
+
+
+def run_class_weights(cfg: TrainingConfig, data) -> Optional[torch.Tensor]:
+    """The class weights ``class_weighting`` gives on the training labels (`tl_hub.imbalance`), or None."""
+    if cfg.sampler != "shuffle" and isinstance(data, StreamData):
+        raise ConfigError(f"sampler={cfg.sampler!r} needs the training labels up front; a stream has them only as "
+                          "it is read. Use sampler='shuffle' with streamed data.")
+    labels = training_labels(data)
+    if labels is None:
+        if cfg.class_weighting == "balanced":
+            raise ConfigError("class_weighting='balanced' needs the class counts of the training data; a stream has "
+                              "them only as it is read. Use class_weighting='auto' or 'none' with streamed data.")
+        return None
+    weighting = "none" if cfg.sampler == "balanced" and cfg.class_weighting == "auto" else cfg.class_weighting
+    return class_weights(weighting, labels, len(data.labels))
 
 
 def log_plan(run: FitRun, cfg: TrainingConfig, cost: Optional[Cost]) -> None:
@@ -273,7 +306,30 @@ def run_identity(recipe, run: FitRun) -> dict:
     return json.loads(json.dumps(identity, default=str))
 
 
-DETAIL_KEYS = ("per_class", "confusion_matrix", "errors")  # evaluation results too large to keep per epoch
+DETAIL_KEYS = ("per_class", "per_label", "confusion_matrix", "errors")  # too large to keep per epoch
+# the kept epoch's figures in `FitResult.metrics` (those the task has: tl_hub.evaluation)
+HEADLINE_KEYS = ("accuracy", "balanced_accuracy", "f1", "mAP", "f1_micro", "loss")
+
+
+def choose_label_thresholds(classifier: Classifier, run: FitRun) -> dict:
+    """A multi-label classifier's decision threshold per label, chosen on the validation split to maximise each
+    label's F1 (`tl_hub.metrics.choose_thresholds`; a label without a validation positive keeps the default) and
+    recorded in ``classifier.info["thresholds"]``; returns the validation metrics at those thresholds."""
+    from .evaluation import outputs_metrics
+    from .metrics import choose_thresholds
+    from .tasks import DEFAULT_THRESHOLD, probabilities
+
+    data = run.data
+    logits, refs, _, _ = classifier.outputs(data.validation, image_column=data.image_column,
+                                            label_column=data.label_column, batch_size=run.config.eval_batch_size,
+                                            accelerator=run.accelerator)
+    thresholds, fell_back = choose_thresholds(probabilities(logits, True).numpy(), refs.numpy(),
+                                              default=DEFAULT_THRESHOLD)
+    if fell_back and run.is_main_process:
+        logger.warning("%d label(s) have no validation image (%s): their decision threshold stays %.2f.",
+                       len(fell_back), [data.labels[i] for i in fell_back][:5], DEFAULT_THRESHOLD)
+    classifier.info["thresholds"] = {label: float(t) for label, t in zip(data.labels, thresholds)}
+    return outputs_metrics(logits, refs, labels=data.labels, thresholds=classifier.thresholds)
 
 
 def finish(recipe, run: FitRun, periods: Sequence[Period], history: list[dict], initial_buffers: dict) -> FitResult:
@@ -281,13 +337,15 @@ def finish(recipe, run: FitRun, periods: Sequence[Period], history: list[dict], 
     backbone, data = run.backbone, run.data
     classifier = Classifier(backbone.model, backbone.processor, data.labels)
     kept = next((h for h in history if h.get("best")), history[-1])
+    if classifier.multi_label:  # decision thresholds chosen on validation, then the kept epoch measured with them
+        kept = {**kept, **choose_label_thresholds(classifier, run)}
     test_metrics = (classifier.evaluate(data.test, batch_size=run.config.eval_batch_size,
                                         accelerator=run.accelerator) if data.test is not None else None)
     details = [k for k in DETAIL_KEYS if k in kept]  # per class, confusion matrix, errors: the kept epoch's only
     errors = kept.get("errors", [])
     store = run.feature_store
     result = FitResult(
-        metrics={k: kept[k] for k in ("accuracy", "f1", "loss", *details)},
+        metrics={k: kept[k] for k in (*HEADLINE_KEYS, *details) if k in kept},
         history=[{k: v for k, v in h.items() if k not in DETAIL_KEYS} for h in history],
         test_metrics=test_metrics, data_summary=data.summary(),
         extra={"periods": [{"name": p.name, "epochs": p.epochs, **p.info} for p in periods],
@@ -316,6 +374,10 @@ def run_record(recipe, result: FitResult) -> dict:
         "pretrained": recipe.pretrained,
         "settings": config.training_settings(),
         "labels": data.labels,
+        "multi_label": classifier_multi_label(run),
+        "thresholds": result.classifier.info.get("thresholds") if result.classifier is not None else None,
+        "class_weighting": {"setting": config.class_weighting, "applied": run.class_weight is not None,
+                            "imbalance": data_imbalance(data)},
         "image_column": data.image_column,
         "label_column": data.label_column,
         "dataset": run.dataset_name,
@@ -331,6 +393,19 @@ def run_record(recipe, result: FitResult) -> dict:
                        and is_small_validation(result.extra.get("validation_images"))},
         "trained": result.trained,
     }
+
+
+def classifier_multi_label(run: FitRun) -> bool:
+    """Whether the run trained a multi-label classifier."""
+    from .tasks import is_multi_label
+
+    return is_multi_label(run.backbone.model)
+
+
+def data_imbalance(data) -> Optional[float]:
+    """The training data's largest class over its smallest (`tl_hub.imbalance.imbalance_ratio`); None for a stream."""
+    labels = training_labels(data)
+    return None if labels is None else round(imbalance_ratio(label_counts(labels, len(data.labels))), 3)
 
 
 def trained_state(model: torch.nn.Module, parts, periods: Sequence[Period], initial_buffers: dict,

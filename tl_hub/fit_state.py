@@ -33,6 +33,7 @@ class FitRun:
         step_flops: FLOPs of one training step on one process, when counted (for the thread count).
         progress: progress bars are shown (main process only).
         feature_store: where cached encoder features live, once a period uses them (`tl_hub.features`).
+        class_weight: the loss's class weights (`tl_hub.imbalance.class_weights`), or None.
     """
 
     source: ModelSource
@@ -45,6 +46,7 @@ class FitRun:
     step_flops: Optional[float] = None
     progress: bool = False
     feature_store: Optional[FeatureStore] = None
+    class_weight: Any = None
 
     @property
     def is_main_process(self) -> bool:

@@ -16,6 +16,7 @@ from typing import Any, Optional
 import torch
 
 from .config import ModelSource
+from .errors import DataError
 
 HELD_OUT = 0.2  # share of the sample held out for the probe when no validation split is given
 
@@ -111,7 +112,7 @@ def _sample(ds, label_column: str, max_examples: Optional[int], max_per_class: O
             by_class.setdefault(y, []).append(i)
         keep = sorted(i for idx in by_class.values() for i in rng.sample(idx, min(len(idx), max_per_class)))
     if max_examples is not None and len(keep) > max_examples:
-        _, chosen = stratified_split([labels[i] for i in keep], max_examples / len(keep), seed)
+        _, chosen = stratified_split([labels[i] for i in keep], max_examples / len(keep), seed, warn=False)
         keep = [keep[i] for i in chosen]
     return ds.select(keep) if len(keep) < len(labels) else ds
 
@@ -130,12 +131,29 @@ class Sample:
     warnings: list
 
 
+def refuse_multi_label(dataset: Any, image_column: Optional[str], label_column: Optional[str]) -> None:
+    """One clear error for a multi-label dataset: the scores rank frozen features for single-label targets."""
+    from .data import find_image_column, find_label_column, load_source, pick_splits
+    from .label_files import is_list_column
+
+    train = pick_splits(load_source(dataset))[0]
+    column = find_label_column(train, label_column, find_image_column(train, image_column))
+    if is_list_column(train, column):
+        raise DataError(
+            f"The label column '{column}' holds a set of labels per image (a multi-label task); ranking scores "
+            "models for single-label targets (LogME, k-NN and the probe assume one class per image). Compare "
+            "candidates on a multi-label task by training each with feature extraction (tl-hub train "
+            "--recipe feature-extraction, one solve per model) and comparing their validation mAP.")
+
+
 def prepare_sample(dataset: Any, validation_dataset: Any = None, *, image_column: Optional[str] = None,
                    label_column: Optional[str] = None, max_examples: Optional[int] = 2000,
                    max_per_class: Optional[int] = None, seed: int = 0) -> Sample:
     """Load, check and sample the data a ranking uses (see `rank`)."""
-    from .data import align_split, class_counts, drop_undecodable, load_labelled, stratified_split
+    from .data import align_split, class_counts, drop_undecodable, load_labelled, load_source, stratified_split
 
+    dataset = load_source(dataset)  # once: the check and the sample read the same data
+    refuse_multi_label(dataset, image_column, label_column)
     train, validation, _, img_col, lbl_col, names, _ = load_labelled(
         dataset, validation_dataset, image_column=image_column, label_column=label_column)
     per_class, present, warnings = class_counts(train[lbl_col], names)

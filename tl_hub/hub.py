@@ -126,9 +126,15 @@ the architecture of {% endif %}
 - Recipe: **{{ recipe }}** — {{ recipe_text }}
 - Data: {{ data }}
 - Settings: `{{ settings }}`
-- Validation accuracy {{ accuracy }}, macro-F1 {{ f1 }}
+{% if multi_label %}- Multi-label: each image gets every label whose score reaches that label's threshold (chosen on
+  validation to maximise its F1; saved with the model)
+- Validation mAP {{ mAP }}, macro-F1 {{ f1 }}, micro-F1 {{ f1_micro }}
+{%- if test_mAP %}; test mAP {{ test_mAP }}{% endif %}
+{% else %}- Validation accuracy {{ accuracy }}, macro-F1 {{ f1 }}
+{%- if balanced_accuracy %}, balanced accuracy {{ balanced_accuracy }}{% endif %}
 {%- if test_accuracy %}; test accuracy {{ test_accuracy }}{% endif %}
-{% if validation_warning %}- **Small validation split.** {{ validation_warning }}
+{% endif %}{% if imbalance %}- Class imbalance {{ imbalance }}
+{% endif %}{% if validation_warning %}- **Small validation split.** {{ validation_warning }}
 {% endif %}{% if kept_epoch %}- Kept epoch: {{ kept_epoch }}
 {% endif %}
 ![learning curve](learning_curve.png)
@@ -142,6 +148,17 @@ the architecture of {% endif %}
 | {{ m.support }} |
 {% endfor %}
 ![confusion matrix](confusion_matrix.png)
+{% endif %}{% if per_label %}
+### Per label (validation)
+
+| label | precision | recall | F1 | average precision | threshold | positives |
+|---|---|---|---|---|---|---|
+{% for name, m in per_label.items() -%}
+| {{ name }} | {{ "%.3f"|format(m.precision) }} | {{ "%.3f"|format(m.recall) }} | {{ "%.3f"|format(m.f1) }} \
+| {{ "%.3f"|format(m.average_precision) if m.average_precision is not none else "-" }} \
+| {{ "%.3f"|format(m.threshold) }} | {{ m.support }} |
+{% endfor %}
+![per label](per_label.png)
 {% endif %}{% if errors_figure %}
 The validation images the model got wrong with the most confidence:
 
@@ -152,7 +169,7 @@ The validation images the model got wrong with the most confidence:
 ```python
 import tl_hub
 classifier = tl_hub.load("{{ repo_id }}")
-classifier.predict("image.jpg", top_k=3)
+classifier.predict("image.jpg"{% if not multi_label %}, top_k=3{% endif %})
 ```
 {% if peft %}
 The repository is a standard PEFT adapter that carries the new head, so PEFT loads it on the base model given
@@ -184,6 +201,21 @@ its pinned revision and puts these tensors in place.
 Trained on {{ data }}; expect lower accuracy on images unlike these. Check the metrics on your own data before
 relying on it.
 """
+
+def _figure(value: Optional[float]) -> Optional[str]:
+    return None if value is None else f"{value:.4f}"
+
+
+def _imbalance_text(info: dict) -> Optional[str]:
+    """``"10.0:1 (largest class over smallest); classes weighted in the loss"``, or None for balanced data."""
+    weighting = info.get("class_weighting") or {}
+    ratio = weighting.get("imbalance")
+    if not ratio or ratio < 1.5:
+        return None
+    what = "label" if info.get("multi_label") else "class"
+    return (f"{ratio:.1f}:1 (largest {what} over smallest); "
+            + ("classes weighted in the loss (balanced)" if weighting.get("applied") else "no class weighting"))
+
 
 def _kept_epoch_text(info: dict) -> Optional[str]:
     kept = info.get("kept_epoch") or {}
@@ -227,7 +259,7 @@ def model_card(info: dict, repo_id: str, dataset_name: Optional[str] = None):
     dataset_name = dataset_name or info.get("dataset") or "custom"
     results = []
     for split, values in (("validation", val), ("test", test)):
-        for name in ("accuracy", "f1"):
+        for name in ("mAP", "f1", "f1_micro") if info.get("multi_label") else ("accuracy", "f1", "balanced_accuracy"):
             if name in values:
                 results.append(EvalResult(task_type="image-classification", dataset_type=dataset_name,
                                           dataset_name=dataset_name, dataset_split=split, metric_type=name,
@@ -252,6 +284,9 @@ def model_card(info: dict, repo_id: str, dataset_name: Optional[str] = None):
         settings={k: v for k, v in info.get("settings", {}).items() if v is not None},
         accuracy=f"{val.get('accuracy', float('nan')):.4f}", f1=f"{val.get('f1', float('nan')):.4f}",
         test_accuracy=f"{test['accuracy']:.4f}" if "accuracy" in test else None,
+        multi_label=bool(info.get("multi_label")), per_label=val.get("per_label"),
+        **{key: _figure(val.get(key)) for key in ("mAP", "f1_micro", "balanced_accuracy")},
+        test_mAP=_figure(test.get("mAP")), imbalance=_imbalance_text(info),
         full_model=export.get("format") == "transformers", peft=export.get("format") == "peft",
         labels=info.get("labels", []), kept_epoch=_kept_epoch_text(info), per_class=val.get("per_class"),
         errors_figure="errors.png" in info.get("figures", []),

@@ -12,6 +12,7 @@ from torch import nn
 
 from .data import as_images, is_single_image, preprocess
 from .structure import logits_of, model_inputs
+from .tasks import DEFAULT_THRESHOLD, decide, is_multi_label, probabilities
 
 
 class Classifier:
@@ -40,13 +41,28 @@ class Classifier:
         self.info = info or {}
 
     @property
+    def multi_label(self) -> bool:
+        """Whether the model gives a set of labels per image (its config's ``problem_type``, `tl_hub.tasks`)."""
+        return is_multi_label(self.model)
+
+    @property
+    def thresholds(self) -> Optional[list[float]]:
+        """A multi-label model's decision threshold per label, in label order (chosen on validation when it was
+        trained and saved in ``tl_hub.json``; 0.5 for a label without one); None for a single-label model."""
+        if not self.multi_label:
+            return None
+        saved = self.info.get("thresholds") or {}
+        return [float(saved.get(label, DEFAULT_THRESHOLD)) for label in self.labels]
+
+    @property
     def device(self) -> torch.device:
         """Where the model's weights are."""
         return next(self.model.parameters()).device
 
     @torch.inference_mode()
     def predict_proba(self, images: Union[Any, Sequence[Any]], batch_size: int = 32) -> torch.Tensor:
-        """Class probabilities, shape ``(n_images, n_labels)``.
+        """Class probabilities, shape ``(n_images, n_labels)``: a softmax over the classes, or for a multi-label
+        model one sigmoid per label.
 
         While the model runs on one batch, a background thread reads and preprocesses the next (PIL and numpy
         release the GIL), so preprocessing overlaps the forward pass instead of adding to it."""
@@ -54,14 +70,14 @@ class Classifier:
             images = list(images)  # any iterable of images, as before (a generator has no slices)
         chunks = [images] if is_single_image(images) else [images[i:i + batch_size]
                                                            for i in range(0, len(images), batch_size)]
-        out = []
+        out, multi_label = [], self.multi_label
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(self._inputs, chunks[0]) if chunks else None
             for i in range(len(chunks)):
                 inputs = pending.result()
                 pending = pool.submit(self._inputs, chunks[i + 1]) if i + 1 < len(chunks) else None
                 logits = logits_of(self.model(**model_inputs(self.model, inputs)))
-                out.append(logits.float().softmax(-1).cpu())
+                out.append(probabilities(logits, multi_label).cpu())
         return torch.cat(out) if out else torch.empty(0, len(self.labels))
 
     def _inputs(self, images) -> dict:
@@ -71,59 +87,78 @@ class Classifier:
     def evaluate(self, data: Any, *, split: Optional[str] = None, image_column: Optional[str] = None,
                  label_column: Optional[str] = None, batch_size: int = 64, accelerator=None,
                  output_dir: Optional[str] = None, progress: bool = False) -> dict:
-        """Accuracy, macro-F1 and loss on ``data`` (a dataset, folder or Hub id, or a streamed ``IterableDataset``;
-        its ``test`` split by default), with per-class precision, recall, F1 and support (``"per_class"``, by label
-        name) and the confusion matrix (``"confusion_matrix"``: rows true labels, columns predicted, label order).
+        """Metrics on ``data`` (a dataset, folder or Hub id, or a streamed ``IterableDataset``; its ``test`` split by
+        default).
+
+        Single-label: accuracy, macro-F1, balanced accuracy and loss, with per-class precision, recall, F1 and
+        support (``"per_class"``, by label name) and the confusion matrix (``"confusion_matrix"``: rows true labels,
+        columns predicted, label order).  Multi-label: mAP, macro and micro F1 and subset accuracy at the model's
+        `thresholds`, with per-label precision, recall, F1, average precision and threshold (``"per_label"``).
 
         Labels are matched to the model's by name; columns default to those used in training, else detected.
         With ``output_dir``, the metrics are also written there as ``metrics.json`` and the confusion matrix as
-        ``confusion_matrix.png``; ``progress`` shows a progress bar.
+        ``confusion_matrix.png`` (multi-label: ``per_label.png``); ``progress`` shows a progress bar.
         """
+        from .evaluation import outputs_metrics
+
+        logits, refs, ds, img_col = self.outputs(data, split=split, image_column=image_column,
+                                                 label_column=label_column, batch_size=batch_size,
+                                                 accelerator=accelerator, progress=progress)
+        metrics = outputs_metrics(logits, refs, labels=self.labels, thresholds=self.thresholds,
+                                  with_errors=ds is not None)
+        return _written(metrics, output_dir, ds, img_col)
+
+    def outputs(self, data: Any, *, split: Optional[str] = None, image_column: Optional[str] = None,
+                label_column: Optional[str] = None, batch_size: int = 64, accelerator=None,
+                progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, Any, Optional[str]]:
+        """The logits and labels of every example of ``data`` (as `evaluate` reads it), gathered from every process:
+        ``(logits, labels, dataset, image_column)``; the dataset is None for a stream."""
         from .data import ImageClassificationDataset, ImageCollator, make_loader, prepare_eval_data
-        from .evaluation import evaluate_loader
+        from .evaluation import gather_outputs
         from .runtime import make_accelerator, release_prepared
         from .streaming import evaluation_stream_loader, is_stream
 
         accelerator = accelerator or make_accelerator()
+        image_column = image_column or self.info.get("image_column")
+        label_column = label_column or self.info.get("label_column")
+        ds = img_col = None
         if is_stream(data):  # read once, process by process (see tl_hub.streaming)
-            loader = evaluation_stream_loader(
-                accelerator, self.processor, data, self.labels, split=split,
-                image_column=image_column or self.info.get("image_column"),
-                label_column=label_column or self.info.get("label_column"), batch_size=batch_size)
-            model, loader = accelerator.prepare(self.model, loader)
-            metrics = evaluate_loader(accelerator, model, loader, labels=self.labels, progress=progress)
-            release_prepared(accelerator)
-            return _written(metrics, output_dir)
-        ds, img_col, lbl_col = prepare_eval_data(
-            data, self.labels, image_column=image_column or self.info.get("image_column"),
-            label_column=label_column or self.info.get("label_column"), split=split, fallback=True,
-        )
-        loader = make_loader(ImageClassificationDataset(ds, img_col, lbl_col), batch_size,
-                             collate_fn=ImageCollator(self.processor))
+            loader = evaluation_stream_loader(accelerator, self.processor, data, self.labels, split=split,
+                                              image_column=image_column, label_column=label_column,
+                                              batch_size=batch_size)
+        else:
+            ds, img_col, lbl_col = prepare_eval_data(data, self.labels, image_column=image_column,
+                                                     label_column=label_column, split=split, fallback=True,
+                                                     multi_label=self.multi_label)
+            loader = make_loader(ImageClassificationDataset(ds, img_col, lbl_col), batch_size,
+                                 collate_fn=ImageCollator(self.processor))
         model, loader = accelerator.prepare(self.model, loader)
-        metrics = evaluate_loader(accelerator, model, loader, labels=self.labels, progress=progress)
+        logits, refs = gather_outputs(accelerator, model, loader, progress=progress)
         release_prepared(accelerator)
-        return _written(metrics, output_dir, ds, img_col)
+        return logits, refs, ds, img_col
 
-    def predict(self, images: Union[Any, Sequence[Any]], top_k: int = 1, batch_size: int = 32):
-        """Top-``k`` labels with scores.
+    def predict(self, images: Union[Any, Sequence[Any]], top_k: Optional[int] = None, batch_size: int = 32):
+        """The predicted labels with their scores.
 
         Args:
             images: one image or a list (PIL images, numpy arrays, file paths or bytes).
-            top_k (`int`, defaults to 1): how many labels per image.
+            top_k (`int`, *optional*): single-label: how many labels per image (default 1, the best); multi-label:
+                at most this many of the labels over their threshold (default: all of them).
 
         Returns:
-            For one image, a list of ``{"label", "score"}`` dicts (best first); for a list, one such list
-            per image.
+            For one image, a list of ``{"label", "score"}`` dicts (best first); for a list, one such list per image.
+            A multi-label model gives every label whose probability reaches its threshold (`thresholds`), which may
+            be none.
         """
         single = is_single_image(images)
         probs = self.predict_proba(images, batch_size=batch_size)
-        k = max(1, min(int(top_k), len(self.labels)))
-        scores, idx = probs.topk(k, dim=-1)
-        results = [
-            [{"label": self.labels[j], "score": float(s)} for s, j in zip(srow.tolist(), jrow.tolist())]
-            for srow, jrow in zip(scores, idx)
-        ]
+        if self.multi_label:
+            chosen = [row[:top_k] if top_k else row for row in decide(probs, self.thresholds)]
+        else:
+            k = max(1, min(int(top_k or 1), len(self.labels)))
+            chosen = probs.topk(k, dim=-1).indices.tolist()
+        results = [[{"label": self.labels[j], "score": float(row[j])} for j in picked]
+                   for row, picked in zip(probs, chosen)]
         return results[0] if single else results
 
 
@@ -135,14 +170,18 @@ def _written(metrics: dict, output_dir: Optional[str], ds=None, image_column: Op
         return metrics
     from .data import images_at
     from .outputs import atomic_path, write_json
-    from .plots import plot_confusion_matrix, plot_errors
+    from .plots import plot_confusion_matrix, plot_errors, plot_per_label
     from .runtime import is_main_process
 
     if is_main_process():
         os.makedirs(output_dir, exist_ok=True)
         write_json(os.path.join(output_dir, "metrics.json"), metrics)
-        with atomic_path(os.path.join(output_dir, "confusion_matrix.png")) as tmp:
-            plot_confusion_matrix(metrics["confusion_matrix"], list(metrics["per_class"]), tmp)
+        if "confusion_matrix" in metrics:
+            with atomic_path(os.path.join(output_dir, "confusion_matrix.png")) as tmp:
+                plot_confusion_matrix(metrics["confusion_matrix"], list(metrics["per_class"]), tmp)
+        if "per_label" in metrics:
+            with atomic_path(os.path.join(output_dir, "per_label.png")) as tmp:
+                plot_per_label(metrics["per_label"], tmp)
         if ds is not None and "errors" in metrics:
             errors = metrics["errors"]
             examples = list(zip(images_at(ds, image_column, [e["index"] for e in errors]), errors))

@@ -20,6 +20,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Optional
 
+import torch
+
 from .data import ImageClassificationDataset, ImageCollator, make_loader
 from .features import CachedFeatureDataset, CachedFeatures, FeatureStore, HeadModule, collate_features
 from .fit_state import FitRun
@@ -122,6 +124,8 @@ def image_inputs(run: FitRun) -> tuple[PeriodInputs, ImageClassificationDataset]
         data.train, data.image_column, data.label_column, augment=cfg.augment, hflip=cfg.hflip,
         crop_scale=cfg.crop_scale, seed=cfg.seed, passes=run.passes,
     )
+    if cfg.sampler == "balanced":
+        train_set.balance(torch.as_tensor(data.train_targets()))
     val_set = ImageClassificationDataset(data.validation, data.image_column, data.label_column)
     images = PeriodInputs(
         run.backbone.model,
@@ -162,9 +166,12 @@ def cached_feature_inputs(run: FitRun, module: Any, train: CachedFeatures, val: 
     """``module`` over cached features, with loaders in the order (seed, passes, batch sizes) of the image
     loaders they replace."""
     cfg = run.config
+    train_set = CachedFeatureDataset(train, seed=cfg.seed, passes=run.passes)
+    if cfg.sampler == "balanced":
+        train_set.balance(train.labels)
     return PeriodInputs(
         module,
-        make_loader(CachedFeatureDataset(train, seed=cfg.seed, passes=run.passes), cfg.batch_size,
+        make_loader(train_set, cfg.batch_size,
                     collate_fn=collate_features, shuffle=True, seed=cfg.seed),
         make_loader(CachedFeatureDataset(val), cfg.eval_batch_size, collate_fn=collate_features),
         cached_train=train, cached_eval=val,

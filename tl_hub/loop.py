@@ -26,16 +26,16 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import Checkpointer, ResumePoint, TrainingState, load_checkpoint
 from .data import is_small_validation
 from .errors import ConfigError, TrainingError
-from .evaluation import evaluate_loader, forward_logits, label_names
+from .evaluation import evaluate_loader, forward_logits, headline, label_names
 from .param_groups import count_parameters, freeze_all_but
 from .runtime import PROGRESS_LOGGER, release_prepared
+from .tasks import selection_key, task_loss
 
 logger = logging.getLogger(__name__)
 progress_log = logging.getLogger(PROGRESS_LOGGER)  # the lines a run shows by default
@@ -152,7 +152,8 @@ def train_periods(accelerator, model: nn.Module, periods: Sequence[Period], inpu
                   config, on_epoch_start: Optional[Callable[[int], None]] = None,
                   on_period_end: Optional[Callable[[Period, nn.Module, Any], None]] = None,
                   progress: bool = True, checkpointer: Optional[Checkpointer] = None,
-                  resume: Optional[ResumePoint] = None, validation_images: Optional[int] = None) -> list[dict]:
+                  resume: Optional[ResumePoint] = None, validation_images: Optional[int] = None,
+                  class_weight: Optional[torch.Tensor] = None) -> list[dict]:
     """Run ``periods`` in order; return the per-epoch history.
 
     Args:
@@ -172,6 +173,8 @@ def train_periods(accelerator, model: nn.Module, periods: Sequence[Period], inpu
             its period are skipped, its state is loaded into the period's prepared objects and training goes on
             from its epoch and batch.
         validation_images: the validation split's size (a small one smooths the best-epoch choice: `BestEpoch`).
+        class_weight: per-class loss weights (multi-label: per-label positive weights), from
+            `tl_hub.imbalance.class_weights`; with them, epochs and the head's solve are chosen by balanced accuracy.
 
     Returns:
         `list[dict]`: one record per epoch with ``epoch``, ``period``, ``train_loss``, ``loss``, ``accuracy``,
@@ -180,7 +183,8 @@ def train_periods(accelerator, model: nn.Module, periods: Sequence[Period], inpu
     """
     state = TrainingState(history=[]) if resume is None else dataclasses.replace(
         resume.state, history=list(resume.state.history))
-    best = BestEpoch.for_run(model, periods, config, validation_images, resume, state)
+    best = BestEpoch.for_run(model, periods, config, validation_images, resume, state,
+                             balanced=class_weight is not None)
     epoch = sum(p.epochs for p in periods[:state.period] if p.epochs > 0) + state.period_epoch  # global index
     for index, period in enumerate(periods):
         if period.epochs <= 0 or index < state.period:
@@ -191,7 +195,7 @@ def train_periods(accelerator, model: nn.Module, periods: Sequence[Period], inpu
                               "recipe leaves `inputs` and `solve` unset (tl_hub.inputs decides them).")
         prepared = _prepare_period(accelerator, model, period, inputs[period.inputs], config)
         _resume_or_start(accelerator, period, index, state, resume, epoch)
-        run = _EpochRunner(accelerator, model, prepared, config, checkpointer, state, best, progress)
+        run = _EpochRunner(accelerator, model, prepared, config, checkpointer, state, best, progress, class_weight)
         for _ in range(state.period_epoch, period.epochs):
             if on_epoch_start is not None:
                 on_epoch_start(epoch)
@@ -295,10 +299,12 @@ class BestEpoch:
 
     FILE = "best.safetensors"
 
-    def __init__(self, model: nn.Module, periods: Sequence[Period], *, enabled: bool = True, smooth: bool = False):
+    def __init__(self, model: nn.Module, periods: Sequence[Period], *, enabled: bool = True, smooth: bool = False,
+                 balanced: bool = False):
         self.model = model
         self.enabled = enabled
         self.smooth = smooth
+        self.balanced = balanced
         trained = {id(p) for period in periods if period.epochs > 0 for g in period.param_groups for p in g["params"]}
         params = {n for n, p in model.named_parameters() if id(p) in trained}
         buffers = {n for n, _ in model.named_buffers()}
@@ -306,16 +312,18 @@ class BestEpoch:
         self.epoch: Optional[int] = None
         self.weights: dict = {}
 
-    @staticmethod
-    def key(record: dict) -> tuple:
-        return (record["accuracy"], -record["loss"])
+    def key(self, record: dict) -> tuple:
+        """What an epoch is judged by (`tl_hub.tasks.selection_key`): accuracy, balanced accuracy with weighted
+        classes, mAP for multi-label; ties: the lower loss."""
+        return selection_key(record, balanced=self.balanced)
 
     @classmethod
     def for_run(cls, model: nn.Module, periods: Sequence[Period], config, validation_images: Optional[int],
-                resume: Optional[ResumePoint], state: TrainingState) -> BestEpoch:
+                resume: Optional[ResumePoint], state: TrainingState, *, balanced: bool = False) -> BestEpoch:
         """The run's tracker: on with ``keep_epoch="best"``, smoothed under `MIN_TRUSTED_VALIDATION` validation
         images, and holding a resumed run's best epoch."""
-        best = cls(model, periods, enabled=config.keep_epoch == "best", smooth=is_small_validation(validation_images))
+        best = cls(model, periods, enabled=config.keep_epoch == "best", smooth=is_small_validation(validation_images),
+                   balanced=balanced)
         if resume is not None:
             best.load(resume.path, state)
         return best
@@ -358,9 +366,9 @@ class BestEpoch:
             return
         if self.epoch != len(history):
             self.model.load_state_dict(self.weights, strict=False)
-            progress_log.info("Restored the weights of epoch %d, the best on validation%s (accuracy %.4f)",
+            progress_log.info("Restored the weights of epoch %d, the best on validation%s (%s)",
                               self.epoch, " (mean of it and the epoch before)" if self.smooth else "",
-                              history[self.epoch - 1]["accuracy"])
+                              headline(history[self.epoch - 1]))
         history[self.epoch - 1]["best"] = True
 
 
@@ -398,10 +406,11 @@ def period_eta(epoch_seconds: Sequence[float], remaining: int) -> str:
 class _EpochRunner:
     """One period's epochs: train an epoch (or solve the head), evaluate and record it, and checkpoint."""
 
-    def __init__(self, accelerator, model, prepared: _PreparedPeriod, config, checkpointer, state, best, progress):
+    def __init__(self, accelerator, model, prepared: _PreparedPeriod, config, checkpointer, state, best, progress,
+                 class_weight: Optional[torch.Tensor] = None):
         self.accelerator, self.model, self.prepared, self.period = accelerator, model, prepared, prepared.period
         self.config, self.checkpointer, self.state = config, checkpointer, state
-        self.best, self.progress = best, progress
+        self.best, self.progress, self.class_weight = best, progress, class_weight
         self.last_loss = None
         self.epoch_seconds: list[float] = []  # this period's epochs so far (in this process's run)
 
@@ -438,11 +447,9 @@ class _EpochRunner:
         self.epoch_seconds.append(record["seconds"])
         eta = period_eta(self.epoch_seconds, self.period.epochs - state.period_epoch - 1)
         if accelerator.is_main_process:
-            progress_log.info(
-                "epoch %d [%s] train_loss %.4f  eval_loss %.4f  accuracy %.4f  f1 %.4f  (%.1fs)%s",
-                record["epoch"], self.period.name, record["train_loss"], record["loss"], record["accuracy"],
-                record["f1"], record["seconds"], eta,
-            )
+            progress_log.info("epoch %d [%s] train_loss %.4f  eval_loss %.4f  %s  (%.1fs)%s", record["epoch"],
+                              self.period.name, record["train_loss"], record["loss"], headline(record),
+                              record["seconds"], eta)
         state.period_epoch += 1
         state.batches, state.loss_sum, state.seen = 0, 0.0, 0.0
         return record
@@ -458,15 +465,15 @@ class _EpochRunner:
         linear = linear_layer(head)
         train, val = inputs.cached_train, inputs.cached_eval
         x = linear_inputs(head, train.features.flatten(0, 1))  # read in chunks, into one float32 copy
-        y = train.labels.repeat(train.views)
+        y = train.labels.repeat(train.views, *([1] * (train.labels.ndim - 1)))  # views x (N,) or (N, K)
         val_x = linear_inputs(head, val.features[0])
         cross_validate = None
-        if is_small_validation(val.labels.numel()):  # too few to choose C on: cross-validate on train + val
-            plain = x[:train.labels.numel()]  # view 0 of each image comes first in the flattened views
+        if is_small_validation(len(val.labels)):  # too few to choose C on: cross-validate on train + val
+            plain = x[:len(train.labels)]  # view 0 of each image comes first in the flattened views
             cross_validate = (torch.cat([plain, val_x]),
                               torch.cat([train.labels, val.labels]))
         result = fit_probe(x, y, val_x, val.labels, linear.out_features, bias=linear.bias is not None,
-                           overwrite=True, cross_validate=cross_validate)
+                           overwrite=True, cross_validate=cross_validate, class_weight=self.class_weight)
         assign(linear, result)
         if self.accelerator.num_processes > 1:
             for p in linear.parameters():
@@ -511,7 +518,8 @@ class _EpochRunner:
         accelerator, config, prepared = self.accelerator, self.config, self.prepared
         with accelerator.accumulate(prepared.wrapped):
             logits = forward_logits(prepared.wrapped, batch).float()
-            loss = F.cross_entropy(logits, batch["labels"], label_smoothing=config.label_smoothing)
+            loss = task_loss(logits, batch["labels"], class_weight=self.class_weight,
+                             label_smoothing=config.label_smoothing)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 # the norm of the synchronised gradients is the same on every process, so all of them stop

@@ -35,12 +35,13 @@ from .filenames import (
     HISTORY_FILE,
     INFO_FILE,
     METRICS_FILE,
+    PER_LABEL_FILE,
     PREPROCESSOR_FILE,
 )
 from .hub import base_of, download, model_card, upload_model
 from .inference import Classifier
 from .outputs import atomic_output_dir, read_json, write_json
-from .plots import plot_confusion_matrix, plot_learning_curves
+from .plots import plot_confusion_matrix, plot_learning_curves, plot_per_label
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,8 @@ class TrainedModel:
             if validation.get("confusion_matrix"):
                 plot_confusion_matrix(validation["confusion_matrix"], list(validation["per_class"]),
                                       os.path.join(tmp, CONFUSION_FILE), title="Validation confusion matrix")
+            if validation.get("per_label"):
+                plot_per_label(validation["per_label"], os.path.join(tmp, PER_LABEL_FILE))
             for name, png in self.figures.items():
                 with open(os.path.join(tmp, name), "wb") as f:
                     f.write(png)

@@ -1,4 +1,4 @@
-"""Figures (matplotlib, headless): learning curves, confusion matrix, the most confident mistakes."""
+"""Figures (matplotlib, headless): learning curves, confusion matrix, per-label scores, the most confident mistakes."""
 
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ def plot_learning_curves(histories: Mapping[str, Sequence[dict]], path: str, tit
             continue
         color = f"C{i}"
         epochs = [h["epoch"] for h in history]
-        ax_acc.plot(epochs, [h["accuracy"] for h in history], marker="o", color=color, label=name)
+        score = "mAP" if "mAP" in history[0] else "accuracy"  # a multi-label run's curve is its mAP
+        ax_acc.plot(epochs, [h[score] for h in history], marker="o", color=color, label=name)
         ax_loss.plot(epochs, [h["loss"] for h in history], marker="o", color=color, label=f"{name} (validation)")
         ax_loss.plot(epochs, [h["train_loss"] for h in history], linestyle="--", color=color,
                      label=f"{name} (train)")
@@ -51,8 +52,10 @@ def plot_learning_curves(histories: Mapping[str, Sequence[dict]], path: str, tit
                     ax.axvline(prev["epoch"] + 0.5, color=color, linestyle=":", alpha=0.6)
                 ax_acc.annotate(cur["period"], (prev["epoch"] + 0.55, ax_acc.get_ylim()[0]), color=color,
                                 fontsize=8, rotation=90, va="bottom")
-    ax_acc.set(xlabel="epoch", ylabel="validation accuracy", title="Accuracy")
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
+    multi = any("mAP" in h for history in histories.values() for h in history[:1])
+    ax_acc.set(xlabel="epoch", ylabel="validation mAP" if multi else "validation accuracy",
+               title="mAP" if multi else "Accuracy")
+    ax_loss.set(xlabel="epoch", ylabel="BCE loss" if multi else "cross-entropy loss", title="Loss")
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -88,6 +91,31 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str]
                     ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=7 if n > 15 else 9,
                             color="white" if share[i, j] > 0.5 else "black")
     ax.set(xlabel="predicted", ylabel="true", title=f"{title} ({int(counts.sum())} images)")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_per_label(per_label: Mapping[str, dict], path: str, title: str = "Per label (validation)") -> str:
+    """A multi-label model's figures per label as a PNG at ``path``: average precision, F1 at the label's threshold
+    and the threshold, one row per label (rarest labels, by support, at the bottom)."""
+    plt = pyplot()
+    names = sorted(per_label, key=lambda n: -per_label[n].get("support", 0))
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(8, min(30.0, 1.2 + 0.32 * n)))
+    rows = range(n)
+    ap = [per_label[k].get("average_precision") or 0.0 for k in names]
+    f1 = [per_label[k].get("f1") or 0.0 for k in names]
+    ax.barh([r - 0.2 for r in rows], ap, height=0.4, color="C0", label="average precision")
+    ax.barh([r + 0.2 for r in rows], f1, height=0.4, color="C1", label="F1 at the threshold")
+    thresholds = [per_label[k].get("threshold") for k in names]
+    if all(t is not None for t in thresholds):
+        ax.scatter(thresholds, rows, marker="|", s=120, color="black", label="threshold", zorder=3)
+    ax.set_yticks(rows, labels=[f"{k} ({per_label[k].get('support', 0)})" for k in names],
+                  fontsize=8 if n > 20 else 9)
+    ax.invert_yaxis()
+    ax.set(xlim=(0, 1), xlabel="score", title=f"{title}; label (positives)")
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return save_figure(fig, path)
 

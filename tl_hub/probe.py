@@ -30,7 +30,6 @@ from typing import Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 logger = logging.getLogger(__name__)
@@ -116,34 +115,32 @@ def can_solve(n: int, dim: int, classes: int) -> bool:
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, classes: int, C: float, *, bias: bool = True,
                  init: Optional[tuple[torch.Tensor, torch.Tensor]] = None, max_iter: int = 500,
-                 tol: float = GRADIENT_TOLERANCE) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Multinomial logistic regression, mean cross-entropy + ``||W||^2 / (2 C N)``, by full-batch L-BFGS.
+                 tol: float = GRADIENT_TOLERANCE, class_weight: Optional[torch.Tensor] = None,
+                 ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Logistic regression, mean loss + ``||W||^2 / (2 C N)``, by full-batch L-BFGS: multinomial (cross-entropy)
+    for class ids ``y`` of shape ``(N,)``, one-vs-rest (BCE summed over labels) for multi-hot ``y`` of shape
+    ``(N, K)``, which is ``K`` independent regressions, each scikit-learn's ``LogisticRegression(C)``.
 
-    ``x`` (float32 or float64, standardised) of shape ``(N, D)``, ``y`` of shape ``(N,)``.  Returns
-    ``(W, b, iterations)``.
+    ``x`` (float32 or float64, standardised) of shape ``(N, D)``.  ``class_weight``: per-class weights of the
+    examples (single-label; normalised so that the mean example weight is 1) or per-label weights of the positives
+    (multi-label, BCE's ``pos_weight``).  Returns ``(W, b, iterations)``.
     The solver is scipy's L-BFGS-B (as scikit-learn's ``LogisticRegression`` uses) with the exact gradient; it stops
     when the largest gradient entry is below ``tol``.
     """
     from scipy.optimize import minimize
 
     n, d = x.shape
-    xn, labels = x.detach().to("cpu").numpy(), y.detach().to("cpu", torch.long).numpy()
-    rows = np.arange(n)
+    xn = x.detach().to("cpu").numpy()
     penalty = 1.0 / (2.0 * C * n)
     size = classes * d
+    logit_gradient = _logit_gradient(y, class_weight)
 
     def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
         w = theta[:size].reshape(classes, d)
         # the products in the features' precision (float32 features are not copied to float64), sums in float64
         z = (xn @ w.T.astype(xn.dtype)).astype(np.float64) + (theta[size:] if bias else 0.0)
-        z -= z.max(1, keepdims=True)
-        loss = -z[rows, labels].mean() + penalty * (w * w).sum()
-        g = np.exp(z, out=z)  # z's memory becomes the gradient of the logits: (softmax - onehot) / n
-        total = g.sum(1, keepdims=True)
-        loss = float(loss + np.log(total[:, 0]).mean())
-        g /= total
-        g[rows, labels] -= 1.0
-        g /= n
+        loss, g = logit_gradient(z)  # g: the gradient of the mean loss with respect to the logits, in z's memory
+        loss += penalty * (w * w).sum()
         grad_w = ((g.T.astype(xn.dtype) @ xn).astype(np.float64) + 2.0 * penalty * w).ravel()
         return loss, np.concatenate([grad_w, g.sum(0)]) if bias else grad_w
 
@@ -160,6 +157,49 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, classes: int, C: float, *, bi
     return w, b, int(result.nit)
 
 
+def _logit_gradient(y: torch.Tensor, class_weight: Optional[torch.Tensor]):
+    """``f(z) -> (mean loss, d loss / d z)`` for logits ``z`` (overwritten by the gradient): weighted cross-entropy
+    for class ids, BCE with positive weights (summed over labels) for multi-hot rows."""
+    from .imbalance import example_weights
+
+    if y.ndim == 2:
+        targets = y.detach().to("cpu", torch.float64).numpy()
+        pos = class_weight.to(torch.float64).numpy() if class_weight is not None else np.ones(targets.shape[1])
+        n = targets.shape[0]
+
+        def bce(z: np.ndarray) -> tuple[float, np.ndarray]:
+            # p*y*softplus(-z) + (1-y)*softplus(z); its derivative is (1-y)*s - p*y*(1-s) with s = sigmoid(z)
+            soft_neg, soft_pos = np.logaddexp(0.0, -z), np.logaddexp(0.0, z)
+            loss = float((pos * targets * soft_neg + (1 - targets) * soft_pos).sum() / n)
+            s = np.exp(-soft_neg, out=z)  # sigmoid(z), in z's memory
+            s *= (1 - targets) + pos * targets
+            s -= pos * targets
+            s /= n
+            return loss, s
+
+        return bce
+    labels = y.detach().to("cpu", torch.long).numpy()
+    weights = example_weights(y, class_weight)
+    scale = None if weights is None else weights.numpy()[:, None]
+    rows = np.arange(len(labels))
+
+    def cross_entropy(z: np.ndarray) -> tuple[float, np.ndarray]:
+        z -= z.max(1, keepdims=True)
+        picked = z[rows, labels].copy()
+        g = np.exp(z, out=z)  # z's memory becomes the gradient of the logits: (softmax - onehot) / n
+        total = g.sum(1, keepdims=True)
+        per_example = np.log(total[:, 0]) - picked
+        g /= total
+        g[rows, labels] -= 1.0
+        if scale is not None:
+            per_example *= scale[:, 0]
+            g *= scale
+        g /= len(labels)
+        return float(per_example.mean()), g
+
+    return cross_entropy
+
+
 def _one_blas_thread():
     """numpy's BLAS on one thread while the solve runs: its products are small, and its threads would otherwise
     compete with torch's still-spinning OpenMP threads for the same cores (measured 8x slower on 2 cores)."""
@@ -170,30 +210,27 @@ def _one_blas_thread():
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def _loss_and_accuracy(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
-    logits = (x @ w.T.to(x.dtype)).double() + b
-    return float(F.cross_entropy(logits, y)), float((logits.argmax(-1) == y).double().mean())
-
-
 def fit_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
               classes: int, *, bias: bool = True, grid: Sequence[float] = C_GRID,
               patience: Optional[int] = PATIENCE, overwrite: bool = False,
-              cross_validate: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> ProbeResult:
+              cross_validate: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+              class_weight: Optional[torch.Tensor] = None) -> ProbeResult:
     """Fit the linear head for the ``C`` values of ``grid`` in order and keep the one with the best validation
-    accuracy (ties: lower validation loss, then the stronger regularisation).  The path stops once ``patience``
-    values in a row have not beaten the best (None: try every value).
+    score (`tl_hub.tasks.selection_key`: accuracy; balanced accuracy with ``class_weight``; mAP for multi-label;
+    ties: lower validation loss, then the stronger regularisation).  The path stops once ``patience`` values in a
+    row have not beaten the best (None: try every value).
 
     With ``cross_validate=(x, y)`` (the features and labels of the images to choose ``C`` on, e.g. the training
     and validation images when the validation split is too small to trust) ``C`` is chosen by stratified k-fold
-    cross-validation on them instead (`cross_validated_C`: every image is held out once, so the choice rests on all
-    of them rather than on a few validation images), and the head is then fitted on the training features with it.
+    cross-validation on them instead (`cross_validated_C`), and the head is then fitted on the training features.
 
     Args:
         train_x / val_x: features of shape ``(N, D)`` (any float dtype).
-        train_y / val_y: integer labels.
+        train_y / val_y: class ids ``(N,)``, or multi-hot rows ``(N, K)`` (multi-label: one-vs-rest, one ``C``).
         classes: number of classes (the head's output size).
         bias: whether the head has a bias.
         overwrite: ``train_x`` (float32 on the CPU) may be standardised in place instead of copied (saves memory).
+        class_weight: per-class loss weights (`tl_hub.imbalance.class_weights`; multi-label: of the positives).
 
     Returns:
         `ProbeResult`, with the weights mapped back to the unstandardised features.
@@ -209,28 +246,56 @@ def fit_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
     std = (xs.norm().double() ** 2 / max(xs.numel(), 1)).sqrt().clamp_min(1e-12)
     xs /= std.float()
     vs = (val_x.detach().to("cpu", torch.float64) - mean) / std
-    ty, vy = train_y.to("cpu", torch.long), val_y.to("cpu", torch.long)
+    ty, vy, weight = as_targets(train_y), as_targets(val_y), None if class_weight is None else class_weight.double()
     if cross_validate is not None:
         cx = ((cross_validate[0].detach().to("cpu", torch.float64) - mean) / std).float()
-        C, path = cross_validated_C(cx, cross_validate[1].to("cpu", torch.long), classes, bias=bias, grid=grid,
-                                    patience=patience)
+        C, path = cross_validated_C(cx, as_targets(cross_validate[1]), classes, bias=bias, grid=grid,
+                                    patience=patience, class_weight=weight)
         if C is not None:
-            w, b, _ = fit_logistic(xs, ty, classes, C, bias=bias)
-            return _result(w, b, mean, std, bias, C, _loss_and_accuracy(xs, ty, w, b)[0], path, start,
+            w, b, _ = fit_logistic(xs, ty, classes, C, bias=bias, class_weight=weight)
+            return _result(w, b, mean, std, bias, C, head_scores(xs, ty, w, b, weight)[0], path, start,
                            chosen_by="cross-validation")
     init = None
 
     def on_validation(C: float):
         nonlocal init
-        w, b, iters = fit_logistic(xs, ty, classes, C, bias=bias, init=init)
+        w, b, iters = fit_logistic(xs, ty, classes, C, bias=bias, init=init, class_weight=weight)
         init = (w, b)
-        val_loss, val_acc = _loss_and_accuracy(vs, vy, w, b)
-        train_loss, _ = _loss_and_accuracy(xs, ty, w, b)
-        record = {"C": C, "val_accuracy": val_acc, "val_loss": val_loss, "train_loss": train_loss, "iterations": iters}
-        return (val_acc, -val_loss), (C, w, b, train_loss), record
+        val_loss, val_score = head_scores(vs, vy, w, b, weight)
+        train_loss, _ = head_scores(xs, ty, w, b, weight)
+        record = {"C": C, "val_accuracy" if ty.ndim == 1 else "val_mAP": val_score, "val_loss": val_loss,
+                  "train_loss": train_loss, "iterations": iters}
+        return (val_score, -val_loss), (C, w, b, train_loss), record
 
     (C, w, b, train_loss), path = walk_grid(grid, on_validation, patience)
     return _result(w, b, mean, std, bias, C, train_loss, path, start, chosen_by="validation")
+
+
+def as_targets(y: torch.Tensor) -> torch.Tensor:
+    """Labels on the CPU as the solver takes them: class ids as int64, multi-hot rows as float64."""
+    return y.detach().to("cpu", torch.float64) if y.ndim == 2 else y.detach().to("cpu", torch.long)
+
+
+def head_scores(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
+                class_weight: Optional[torch.Tensor] = None) -> tuple[float, float]:
+    """``(loss, score)`` of the head ``(w, b)`` on standardised features: the (weighted) loss it was fitted with,
+    and what it is chosen by: accuracy, balanced accuracy with ``class_weight``, or mAP for multi-label."""
+    return logit_scores((x @ w.T.to(x.dtype)).double() + b, y, class_weight)
+
+
+def logit_scores(logits: torch.Tensor, y: torch.Tensor, class_weight: Optional[torch.Tensor] = None,
+                 ) -> tuple[float, float]:
+    """``(loss, score)`` of ``logits`` against labels ``y``, as `head_scores` defines them."""
+    from .imbalance import example_weights
+    from .metrics import mean_average_precision
+    from .tasks import task_loss
+
+    loss = float(task_loss(logits, y, class_weight=class_weight))
+    if y.ndim == 2:
+        return loss, mean_average_precision(logits.numpy(), y.numpy())
+    correct = (logits.argmax(-1) == y).double()
+    weights = example_weights(y, class_weight)
+    return loss, float(correct.mean() if weights is None else (correct * weights).sum() / weights.sum())
 
 
 def _result(w, b, mean, std, bias: bool, C: float, train_loss: float, path: list, start: float,
@@ -244,8 +309,9 @@ def _result(w, b, mean, std, bias: bool, C: float, train_loss: float, path: list
 def stratified_folds(y: torch.Tensor, folds: int = CV_FOLDS, seed: int = 0) -> Optional[torch.Tensor]:
     """The fold of each example: each class's examples dealt round-robin (in a seeded random order) over
     ``min(folds, smallest class)`` folds, so that every class is in every training part; None when a class has a
-    single example (it could not be both trained on and held out)."""
-    labels = y.to("cpu", torch.long)
+    single example (it could not be both trained on and held out).  Multi-hot rows are stratified by the rarest
+    label each example has (examples with no label form a group of their own)."""
+    labels = strata(y)
     counts = torch.bincount(labels)
     k = min(folds, int(counts[counts > 0].min()))
     if k < 2:
@@ -259,12 +325,25 @@ def stratified_folds(y: torch.Tensor, folds: int = CV_FOLDS, seed: int = 0) -> O
     return fold
 
 
+def strata(y: torch.Tensor) -> torch.Tensor:
+    """The group each example is stratified by: its class, or for multi-hot rows its rarest label (``K`` for an
+    example with none)."""
+    if y.ndim == 1:
+        return y.to("cpu", torch.long)
+    positive = y.to("cpu") > 0.5
+    counts = positive.sum(0).double()
+    rarity = torch.where(positive, counts.expand_as(positive), torch.tensor(float("inf"), dtype=torch.float64))
+    return torch.where(positive.any(1), rarity.argmin(1), torch.full((len(y),), y.shape[1]))
+
+
 def cross_validated_C(x: torch.Tensor, y: torch.Tensor, classes: int, *, bias: bool = True,
                       grid: Sequence[float] = C_GRID, patience: Optional[int] = PATIENCE,
-                      folds: int = CV_FOLDS) -> tuple[Optional[float], list]:
-    """The ``C`` of ``grid`` with the best stratified k-fold accuracy on ``(x, y)`` (standardised features), every
-    example held out once (ties: the lower held-out loss, then the stronger regularisation); the path as in
-    `fit_probe` with ``cv_accuracy`` and ``cv_loss``.  ``(None, [])`` when the data cannot be split in folds."""
+                      folds: int = CV_FOLDS, class_weight: Optional[torch.Tensor] = None,
+                      ) -> tuple[Optional[float], list]:
+    """The ``C`` of ``grid`` with the best stratified k-fold score on ``(x, y)`` (standardised features; the score
+    as in `fit_probe`, over the held-out predictions of all folds), every example held out once (ties: the lower
+    held-out loss, then the stronger regularisation); the path as in `fit_probe` with ``cv_score`` and ``cv_loss``.
+    ``(None, [])`` when the data cannot be split in folds."""
     fold = stratified_folds(y, folds)
     if fold is None:
         return None, []
@@ -272,17 +351,16 @@ def cross_validated_C(x: torch.Tensor, y: torch.Tensor, classes: int, *, bias: b
     inits: list = [None] * k
 
     def held_out(C: float):
-        correct = loss = 0.0
+        logits = torch.empty((len(y), classes), dtype=torch.float64)
         iterations = 0
         for f in range(k):
             train, held = fold != f, fold == f
-            w, b, iters = fit_logistic(x[train], y[train], classes, C, bias=bias, init=inits[f])
+            w, b, iters = fit_logistic(x[train], y[train], classes, C, bias=bias, init=inits[f],
+                                       class_weight=class_weight)
             inits[f], iterations = (w, b), iterations + iters
-            fold_loss, fold_acc = _loss_and_accuracy(x[held].double(), y[held], w, b)
-            n = int(held.sum())
-            correct, loss = correct + fold_acc * n, loss + fold_loss * n
-        key = (correct / len(y), -loss / len(y))
-        return key, C, {"C": C, "cv_accuracy": key[0], "cv_loss": -key[1], "folds": k, "iterations": iterations}
+            logits[held] = (x[held].double() @ w.T) + b
+        loss, score = logit_scores(logits, y, class_weight)
+        return (score, -loss), C, {"C": C, "cv_score": score, "cv_loss": loss, "folds": k, "iterations": iterations}
 
     return walk_grid(grid, held_out, patience)
 

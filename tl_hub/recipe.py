@@ -129,7 +129,7 @@ class Recipe:
         return self.classifier.evaluate(data, split=split, batch_size=self.config.eval_batch_size,
                                         accelerator=self.result.run.accelerator)
 
-    def predict(self, images: Any, top_k: int = 1):
+    def predict(self, images: Any, top_k: Optional[int] = None):
         """Top-``k`` ``{"label", "score"}`` per image; see `Classifier.predict`."""
         self._require_fitted()
         return self.classifier.predict(images, top_k=top_k, batch_size=self.config.eval_batch_size)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from PIL import Image
 
@@ -24,6 +24,7 @@ from .hub import base_of
 from .model_folder import load
 
 MAX_PIXELS = 40_000_000
+NO_LABEL = "no label reaches its threshold"  # what a multi-label model shows for an image with none
 MAX_FILE_SIZE = "20mb"
 CONCURRENCY = 4
 
@@ -86,16 +87,26 @@ class SpaceApp:
 
     def __init__(self, classifier, *, top_k: int = 5, max_pixels: int = MAX_PIXELS):
         self.classifier = classifier
-        self.top_k = max(1, min(top_k, len(classifier.labels)))
+        self.top_k = len(classifier.labels) if self.multi_label else max(1, min(top_k, len(classifier.labels)))
         self.max_pixels = max_pixels
 
-    def predict(self, image: Any) -> dict:
-        """``{label: score}`` for the top-k labels of one image (path or PIL image)."""
+    def predict(self, image: Any) -> Union[dict, str]:
+        """``{label: score}`` for the top-k labels of one image (path or PIL image); for a multi-label model, every
+        label over its threshold (`NO_LABEL` when there is none)."""
         img = _open_image(image, self.max_pixels)
-        return {p["label"]: p["score"] for p in self.classifier.predict(img, top_k=self.top_k)}
+        predictions = self.classifier.predict(img, top_k=None if self.multi_label else self.top_k)
+        if self.multi_label and not predictions:
+            return NO_LABEL
+        return {p["label"]: p["score"] for p in predictions}
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether the classifier gives a set of labels per image."""
+        return bool(getattr(self.classifier, "multi_label", False))
 
     def predict_batch(self, files: Optional[Sequence[Any]]) -> list[list]:
-        """One row per file: ``[file name, top label, score]``."""
+        """One row per file: ``[file name, top label, score]``; multi-label: ``[file name, "a; b", "0.93; 0.71"]``
+        (every label over its threshold)."""
         import gradio as gr
 
         if not files:
@@ -103,8 +114,12 @@ class SpaceApp:
         paths = [getattr(f, "name", f) for f in files]
         images = [_open_image(p, self.max_pixels) for p in paths]
         rows = []
-        for path, preds in zip(paths, self.classifier.predict(images, top_k=1)):
-            rows.append([os.path.basename(str(path)), preds[0]["label"], round(preds[0]["score"], 4)])
+        for path, preds in zip(paths, self.classifier.predict(images, top_k=None if self.multi_label else 1)):
+            if self.multi_label:
+                rows.append([os.path.basename(str(path)), "; ".join(p["label"] for p in preds) or NO_LABEL,
+                             "; ".join(f"{p['score']:.4f}" for p in preds)])
+            else:
+                rows.append([os.path.basename(str(path)), preds[0]["label"], round(preds[0]["score"], 4)])
         return rows
 
     def describe(self, source: str) -> str:
@@ -153,8 +168,10 @@ def build_app(source: str, *, examples: Optional[Sequence[str]] = None, top_k: i
     classifier = load(source)
     app = SpaceApp(classifier, top_k=top_k, max_pixels=max_pixels)
     with gr.Blocks(title=title or "tl-hub classifier", analytics_enabled=False) as demo:
-        gr.Markdown(f"# {title or 'Image classifier'}\nUpload an image; the model returns its top {app.top_k} "
-                    "labels. Trained with tl-hub by transfer learning.")
+        returns = ("every label whose score reaches its threshold (multi-label)" if app.multi_label
+                   else f"its top {app.top_k} labels")
+        gr.Markdown(f"# {title or 'Image classifier'}\nUpload an image; the model returns {returns}. Trained with "
+                    "tl-hub by transfer learning.")
         with gr.Row():
             with gr.Column():
                 image = _checked_image(max_pixels, type="filepath", label="Image",

@@ -113,3 +113,53 @@ def capture_backbone(recipe) -> list:
     loaded, load = [], recipe.load_backbone
     recipe.load_backbone = lambda labels: loaded.append(load(labels)) or loaded[-1]
     return loaded
+
+
+CHANNELS = ["red", "green", "blue"]
+
+
+def multilabel_images(n: int, seed: int = 0, size: int = 32):
+    """``n`` noisy images, each channel independently bright or not: the labels are the set of bright channels
+    (possibly none), a learnable multi-label task."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for i in range(n):
+        on = [c for c in range(3) if rng.random() < 0.5]
+        if i < 3:  # every label occurs, whatever the seed
+            on = sorted(set(on) | {i})
+        a = rng.integers(0, 90, (size, size, 3)).astype(np.uint8)
+        for c in on:
+            a[..., c] = np.clip(a[..., c].astype(int) + 140, 0, 255).astype(np.uint8)
+        images.append(Image.fromarray(a))
+        labels.append([CHANNELS[c] for c in on])
+    return images, labels
+
+
+def multilabel_dataset(n: int = 90, seed: int = 0):
+    """A ``datasets.Dataset`` with a ``Sequence(ClassLabel)`` ``labels`` column (a multi-label task)."""
+    import datasets
+
+    images, labels = multilabel_images(n, seed)
+    features = datasets.Features({"image": datasets.Image(),
+                                  "labels": datasets.Sequence(datasets.ClassLabel(names=CHANNELS))})
+    return datasets.Dataset.from_dict({"image": images, "labels": [[CHANNELS.index(x) for x in row] for row in labels]},
+                                      features=features)
+
+
+def write_multilabel_folder(root, n: int = 60, seed: int = 0, metadata: str = "csv") -> str:
+    """An image folder with ``metadata.csv`` (labels joined by ``;``) or ``metadata.jsonl`` (a list per image)."""
+    import json
+
+    images, labels = multilabel_images(n, seed)
+    os.makedirs(root, exist_ok=True)
+    rows = []
+    for i, (img, names) in enumerate(zip(images, labels)):
+        img.save(os.path.join(root, f"{i:04d}.png"))
+        rows.append((f"{i:04d}.png", names))
+    if metadata == "csv":
+        with open(os.path.join(root, "metadata.csv"), "w", encoding="utf-8") as f:
+            f.write("file_name,labels\n" + "".join(f"{name},{';'.join(ls)}\n" for name, ls in rows))
+    else:
+        with open(os.path.join(root, "metadata.jsonl"), "w", encoding="utf-8") as f:
+            f.write("".join(json.dumps({"file_name": name, "labels": ls}) + "\n" for name, ls in rows))
+    return str(root)
