@@ -457,12 +457,57 @@ def architectures(result: dict) -> str:
 # The README's headline figures
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Multi-label and imbalanced classes (benchmarks/multilabel.py)
+
+
+ML_METHODS = {"feature-extraction": "tl-hub feature extraction", "fine-tune": "tl-hub fine-tune",
+              "hand BCE fine-tune": "hand BCE fine-tune", "probe": "scikit-learn one-vs-rest probe"}
+
+
+def run_caption(result: dict, name: str) -> str:
+    """``seeds 0, 1, 2; 2026-12-06 10:40 UTC; Intel Xeon, 2 cores, ...`` for the result file ``name`` of
+    `benchmarks/multilabel.py`."""
+    return caption(f"seeds {', '.join(map(str, result['seeds']))}", when(result["date"]), machine(result["host"]),
+                   source(name))
+
+
+def multilabel(result: dict) -> str:
+    """Test mAP and macro-F1 of each method on the mosaics: mean over the seeds (min–max), the best in bold."""
+    ml = result["multilabel"]
+    best = {key: best_keys({m: r["mean"][key] for m, r in ml.items()}) for key in ("mAP", "f1")}
+    rows = [[ML_METHODS.get(m, m)] + [bold_if(spread(r["runs"][key]), m in best[key]) for key in ("mAP", "f1")]
+            + [f"{r['median_seconds']:.0f}"] for m, r in ml.items()]
+    return "\n\n".join([table(["method", "test mAP", "test macro-F1", "median seconds"], rows),
+                        run_caption(result, "multilabel")])
+
+
+def imbalance(result: dict) -> str:
+    """Accuracy, balanced accuracy and macro-F1 on a balanced test set per training imbalance, default against
+    ``class_weighting='none'``."""
+    rows = []
+    for ratio, runs in result["imbalance"].items():
+        for m, r in runs.items():
+            recipe, _, weighting = m.partition(", ")
+            rows.append([ratio, METHODS.get(recipe, recipe), f"`{weighting}`" if weighting else "default (`auto`)"]
+                        + [spread(r["runs"][k]) for k in ("accuracy", "balanced_accuracy", "f1")])
+    return "\n\n".join([table(["imbalance", "recipe", "class weighting", "accuracy", "balanced accuracy",
+                                "macro-F1"], rows), run_caption(result, "imbalance")])
+
+
+def multilabel_targets(result: dict) -> str:
+    """The targets `benchmarks/multilabel.py` checks, with their margins in points."""
+    rows = [[c["part"], f"`{c['target']}`", f"{'✓' if c['ok'] else '✗'} {signed(100 * c['margin'])}"]
+            for c in result["targets"]]
+    return table(["part", "target", "margin (points)"], rows)
+
+
 def points_range(values: list[float]) -> str:
     low, high = min(values), max(values)
     return f"{low:.0f}" if round(low) == round(high) else f"{low:.0f}–{high:.0f}"
 
 
-def headline(real: dict, run: dict, rank_real: dict, rank_glyph: dict) -> str:
+def headline(real: dict, run: dict, rank_real: dict, rank_glyph: dict, ml: dict, imb: dict) -> str:
     """A few lines of measured figures for the README, each with its page in the docs."""
     t = transfer_summary(real)
     default = rank_real["default_score"]
@@ -487,8 +532,24 @@ def headline(real: dict, run: dict, rank_real: dict, rank_glyph: dict) -> str:
         f"a weighted Kendall τ of {tau_real:.3f} against their fine-tuned accuracy ({tau_glyph:.3f} on a second "
         f"tier) and picks the best base on {sum(picks)} of {len(picks)} targets "
         "([ranking benchmark](docs/benchmarks/ranking.md)).",
+        multilabel_headline(ml, imb),
     ]
     return "\n".join(lines)
+
+
+def multilabel_headline(ml: dict, imb: dict) -> str:
+    """The README line of `benchmarks/multilabel.py`: mAP against the references, and the macro-F1 that class
+    weighting gains at each imbalance."""
+    m = {k: v["mean"]["mAP"] for k, v in ml["multilabel"].items()}
+    gains = [(ratio, 100 * (statistics.mean(runs["feature-extraction"]["runs"]["f1"])
+                            - statistics.mean(runs["feature-extraction, none"]["runs"]["f1"])))
+             for ratio, runs in imb["imbalance"].items() if not ratio.startswith("1:")]
+    return (f"- **Multi-label and imbalanced data** (the same model, mosaics of clothing, {len(ml['seeds'])} seeds): "
+            f"default fine-tune mAP {m['fine-tune']:.3f} against {m['hand BCE fine-tune']:.3f} for a hand BCE "
+            f"fine-tune, feature extraction {m['feature-extraction']:.3f} against {m['probe']:.3f} for a one-vs-rest "
+            "probe; on imbalanced classes the default class weighting gains "
+            + ", ".join(f"{signed(g)} macro-F1 points at {r}" for r, g in gains)
+            + " ([multi-label and imbalance](docs/benchmarks/multilabel.md)).")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -523,7 +584,11 @@ TABLES: dict[str, tuple[Callable[..., str], tuple[str, ...]]] = {
     "scaling": (scaling, ("scaling",)),
     "threads": (threads, ("threads",)),
     "architectures": (architectures, ("architectures",)),
-    "headline": (headline, ("transfer_real", "run_lite0", "rank_real", "rank")),
+    "multilabel": (multilabel, ("multilabel",)),
+    "multilabel_targets": (multilabel_targets, ("multilabel",)),
+    "imbalance": (imbalance, ("imbalance",)),
+    "imbalance_targets": (multilabel_targets, ("imbalance",)),
+    "headline": (headline, ("transfer_real", "run_lite0", "rank_real", "rank", "multilabel", "imbalance")),
 }
 # PNGs the benchmark scripts write, shown in the docs: copied into docs/assets/ (the site holds only docs/)
 COPIED = ("rank.png", "rank_real.png", "scaling.png")

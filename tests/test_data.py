@@ -18,10 +18,10 @@ from tl_hub.data import (
     find_image_column,
     find_label_column,
     prepare_data,
-    stratified_split,
     to_rgb,
 )
 from tl_hub.errors import DataError
+from tl_hub.splits import stratified_split
 
 
 def rgb(image):

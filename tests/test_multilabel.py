@@ -234,3 +234,102 @@ def _served_prediction(model_dir, image: str) -> tuple[str, str]:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_streamed_multi_label_data_is_refused_clearly(tiny_model_dir):
+    from tl_hub.errors import DataError
+
+    stream = multilabel_dataset(20, seed=1).to_iterable_dataset()
+    recipe = FeatureExtractionRecipe(tiny_model_dir("vit"), train_examples=20)
+    with pytest.raises(DataError, match="holds a set of labels per image .*streamed data is single-label only"):
+        recipe.fit(stream, multilabel_dataset(10, seed=2).to_iterable_dataset(), progress=False)
+    with pytest.raises(ConfigError, match="streamed data is single-label only"):
+        FeatureExtractionRecipe(tiny_model_dir("vit"), multi_label=True, train_examples=20).fit(
+            stream, multilabel_dataset(10, seed=2).to_iterable_dataset(), progress=False)
+
+
+def test_rank_refuses_a_multi_label_dataset_clearly(tiny_model_dir):
+    from tl_hub import rank
+    from tl_hub.errors import DataError
+
+    with pytest.raises(DataError, match="multi-label task.*ranking scores models for single-label targets"):
+        rank([tiny_model_dir("vit")], multilabel_dataset(30, seed=1), recommend=False)
+
+
+@pytest.mark.slow
+def test_push_and_load_round_trip_keeps_thresholds_and_sigmoids(fitted, tmp_path):
+    from support.hub_server import LocalHub
+    from test_hub_push import TOKEN, client_env, run_python, tl_hub_cli
+
+    recipe, _, folder = fitted
+    images, _ = multilabel_images(5, seed=7)
+    for i, image in enumerate(images):
+        image.save(tmp_path / f"{i}.png")
+    with LocalHub(str(tmp_path / "store"), token=TOKEN) as hub:
+        proc = tl_hub_cli(["push", folder, "me/channels"], client_env(hub, tmp_path / "pusher"), tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        code = f"""
+import json, tl_hub
+from PIL import Image
+clf = tl_hub.load("me/channels", base_model={recipe.source.id!r})
+images = [Image.open({str(tmp_path)!r} + f"/{{i}}.png") for i in range(5)]
+print("RESULT:" + json.dumps({{"thresholds": clf.thresholds, "probs": clf.predict_proba(images).tolist(),
+                              "predict": clf.predict(images)}}))
+"""
+        out = run_python(code, client_env(hub, tmp_path / "loader"), tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    remote = json.loads([line for line in out.stdout.splitlines() if line.startswith("RESULT:")][-1][7:])
+    local = load(folder)
+    assert remote["thresholds"] == pytest.approx(local.thresholds)
+    assert torch.allclose(torch.tensor(remote["probs"]), local.predict_proba(images), atol=1e-6)
+    assert remote["predict"] == local.predict(images)
+
+
+@pytest.mark.parametrize("recipe", ["lora", "train-all", "scratch"])
+def test_every_recipe_trains_multi_label(tiny_model_dir, tmp_path, recipe):
+    from tl_hub import get_recipe
+
+    r = get_recipe(recipe)(tiny_model_dir("vit"), epochs=2, batch_size=16, seed=0)
+    result = r.fit(multilabel_dataset(48, seed=1), multilabel_dataset(24, seed=2), progress=False)
+    assert "mAP" in result.metrics and r.classifier.info["thresholds"]
+    r.save(str(tmp_path / "out"))
+    loaded = load(str(tmp_path / "out"))
+    images, _ = multilabel_images(4, seed=3)
+    assert loaded.multi_label and torch.allclose(loaded.predict_proba(images), r.classifier.predict_proba(images),
+                                                 atol=1e-6)
+
+
+def test_the_trainer_integration_trains_multi_label(tiny_model_dir, tmp_path):
+    """A Trainer script: the model's own BCE loss on float multi-hot labels, head period then fine-tune."""
+    from transformers import AutoModelForImageClassification
+
+    import tl_hub
+    from tl_hub.backbone import load_image_processor
+
+    folder = tiny_model_dir("vit")
+    processor = load_image_processor(folder)
+    model = AutoModelForImageClassification.from_pretrained(
+        folder, num_labels=3, id2label=dict(enumerate(CHANNELS)), label2id={n: i for i, n in enumerate(CHANNELS)},
+        problem_type=MULTI_LABEL, ignore_mismatched_sizes=True)
+
+    class Images(torch.utils.data.Dataset):
+        def __init__(self, n, seed):
+            self.images, self.labels = multilabel_images(n, seed)
+
+        def __len__(self):
+            return len(self.images)
+
+        def __getitem__(self, i):
+            pixels = processor(images=self.images[i], return_tensors="pt")["pixel_values"][0]
+            target = torch.tensor([float(c in self.labels[i]) for c in CHANNELS])
+            return {"pixel_values": pixels, "labels": target}
+
+    args = tl_hub.TransferArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8,
+                                    learning_rate=1e-2, report_to="none", save_strategy="no", logging_steps=1,
+                                    use_cpu=True, seed=0, num_train_epochs=3, head_epochs=1)
+    trainer = tl_hub.TransferTrainer(model=model, args=args, train_dataset=Images(48, 1), eval_dataset=Images(16, 2))
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses[-1] < losses[0]
+    logits = trainer.predict(Images(16, 2)).predictions
+    assert logits.shape == (16, 3)

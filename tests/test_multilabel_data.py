@@ -17,13 +17,12 @@ from tl_hub.data import (
     ImageCollator,
     PreparedData,
     load_source,
-    multilabel_split,
     prepare_data,
     prepare_eval_data,
-    stratified_split,
     to_rgb,
 )
 from tl_hub.errors import DataError
+from tl_hub.splits import multilabel_split, stratified_split
 
 NAMES = ["cat", "dog", "bird"]
 # 12 images: every label has >= 2 positives, two images show none

@@ -22,7 +22,8 @@ from .plots import plot_learning_curves
 logger = logging.getLogger(__name__)
 
 def curve_summary(history: Sequence[dict], slope_epochs: int = 3) -> dict:
-    """``start``, ``slope`` and ``asymptote`` of a per-epoch history (``accuracy`` per record).
+    """``start``, ``slope`` and ``asymptote`` of a per-epoch history (``accuracy`` per record; a multi-label run's
+    ``mAP``).
 
     Example:
         >>> curve_summary([{"accuracy": .2}, {"accuracy": .4}, {"accuracy": .5}, {"accuracy": .45}])
@@ -34,7 +35,8 @@ def curve_summary(history: Sequence[dict], slope_epochs: int = 3) -> dict:
         raise ConfigError("An empty history has no learning curve.")
     if slope_epochs < 2:
         raise ConfigError(f"`slope_epochs` should be >= 2, got {slope_epochs}.")
-    acc = [float(h["accuracy"]) for h in history]
+    key = "mAP" if "mAP" in history[0] else "accuracy"
+    acc = [float(h[key]) for h in history]
     k = min(slope_epochs, len(acc))
     slope = (acc[k - 1] - acc[0]) / (k - 1) if k > 1 else None
     best = max(range(len(acc)), key=lambda i: acc[i])

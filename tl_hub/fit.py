@@ -31,7 +31,7 @@ from .backbone import Backbone
 from .checkpoint import Checkpointer, check_same_run, read_checkpoint, resolve_checkpoint
 from .config import TrainingConfig
 from .cost import Cost, measure_cost
-from .data import images_at, is_small_validation, prepare_data, small_validation_warning
+from .data import images_at, prepare_data
 from .errors import ConfigError
 from .exporters import trained_kind
 from .features import data_fingerprint, state_fingerprint
@@ -49,6 +49,7 @@ from .runtime import (
     progress_named,
     progress_shown,
 )
+from .splits import is_small_validation, small_validation_warning
 from .streaming import StreamData, is_stream, prepare_stream
 from .tasks import set_problem_type
 from .threads import threads_for
@@ -188,6 +189,10 @@ def prepare(recipe, train: Any, validation: Any, accelerator, progress: bool) ->
     set_seed(cfg.seed)
     with accelerator.main_process_first():
         if is_stream(train) or is_stream(validation):  # see tl_hub.streaming
+            if cfg.multi_label:
+                raise ConfigError("Multi-label training needs the label sets up front (the decision thresholds are "
+                                  "chosen on the whole validation split); streamed data is single-label only. Load "
+                                  "the data as a datasets.Dataset (not streaming) to train multi-label.")
             data = prepare_stream(train, validation, cfg)
         else:
             data = prepare_data(train, validation, image_column=cfg.image_column, label_column=cfg.label_column,

@@ -102,7 +102,7 @@ def encode(source: ModelSource, splits: dict, image_column: str, label_column: s
 
 def _sample(ds, label_column: str, max_examples: Optional[int], max_per_class: Optional[int], seed: int):
     """A stratified sample: at most ``max_per_class`` per class, then at most ``max_examples`` in all."""
-    from .data import stratified_split
+    from .splits import stratified_split
 
     labels = ds[label_column]
     keep = list(range(len(labels)))
@@ -141,16 +141,18 @@ def refuse_multi_label(dataset: Any, image_column: Optional[str], label_column: 
     if is_list_column(train, column):
         raise DataError(
             f"The label column '{column}' holds a set of labels per image (a multi-label task); ranking scores "
-            "models for single-label targets (LogME, k-NN and the probe assume one class per image). Compare "
-            "candidates on a multi-label task by training each with feature extraction (tl-hub train "
-            "--recipe feature-extraction, one solve per model) and comparing their validation mAP.")
+            "models for single-label targets (LogME, k-NN and the probe assume one class per image), and the "
+            "advisor's measurement is the same probe. Compare candidates on a multi-label task by training each "
+            "with feature extraction (tl-hub train --recipe feature-extraction, one solve per model) and comparing "
+            "their validation mAP.")
 
 
 def prepare_sample(dataset: Any, validation_dataset: Any = None, *, image_column: Optional[str] = None,
                    label_column: Optional[str] = None, max_examples: Optional[int] = 2000,
                    max_per_class: Optional[int] = None, seed: int = 0) -> Sample:
     """Load, check and sample the data a ranking uses (see `rank`)."""
-    from .data import align_split, class_counts, drop_undecodable, load_labelled, load_source, stratified_split
+    from .data import align_split, drop_undecodable, load_labelled, load_source
+    from .splits import class_counts, stratified_split
 
     dataset = load_source(dataset)  # once: the check and the sample read the same data
     refuse_multi_label(dataset, image_column, label_column)

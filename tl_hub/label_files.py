@@ -2,9 +2,9 @@
 
 - `load_label_csv`: ``labels.csv`` with an image-path column (``file_name``, ``path``, ``image``, ``filepath`` or
   ``file``) and label columns, as a ``datasets.Dataset`` whose image column is a ``datasets.Image()`` feature.
-- `is_list_column` / `label_lists` / `encode_multi_hot`: a multi-label column (a ``Sequence``/``List`` feature,
+- `is_list_column` / `label_lists` / `multi_hot`: a multi-label column (a ``Sequence``/``List`` feature,
   Python lists, or declared strings such as ``"cat;dog"``) read as lists of label names, then stored as a multi-hot
-  vector of ``float32`` per image, in the order of the label names.
+  vector of ``float32`` per image, in the order of the label names (`tl_hub.data.encode_multi_hot` writes it).
 """
 
 from __future__ import annotations
@@ -184,29 +184,3 @@ def multi_hot(lists: Sequence[Sequence[str]], names: Sequence[str]) -> np.ndarra
     for i, labels in enumerate(lists):
         targets[i, [index[n] for n in labels]] = 1.0
     return targets
-
-
-def encode_multi_hot(ds, column: str, names: Optional[Sequence[str]] = None):
-    """Return ``(dataset, label_names)`` with the label column as a multi-hot vector
-    (``Sequence(Value("float32"), length=K)``, K label names).
-
-    The names are ``names`` when given (the training labels: a label outside them is an error), else the column's
-    own (a ``Sequence(ClassLabel)``), else the sorted union of its labels."""
-    import datasets
-
-    feature = ds.features[column]
-    if names is not None and is_multi_hot_feature(feature) and getattr(feature, "length", None) == len(names):
-        return ds, [str(n) for n in names]  # already encoded over these labels (a split tl-hub prepared)
-    lists, own = label_lists(ds, column)
-    if names is None:
-        names = own if own is not None else sorted_names(lists)
-    names = [str(n) for n in names]
-    targets = multi_hot(lists, names)
-    features = ds.features.copy()
-    features[column] = datasets.Sequence(datasets.Value("float32"), length=len(names))
-    from .data import quiet_datasets  # (data imports this module)
-
-    with quiet_datasets():  # no "Map" bar for a step of tl-hub's own
-        ds = ds.map(lambda _, idx: {column: targets[idx].tolist()}, batched=True, with_indices=True,
-                    input_columns=[column], features=features, load_from_cache_file=False)
-    return ds, names

@@ -30,11 +30,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import Checkpointer, ResumePoint, TrainingState, load_checkpoint
-from .data import is_small_validation
 from .errors import ConfigError, TrainingError
 from .evaluation import evaluate_loader, forward_logits, headline, label_names
 from .param_groups import count_parameters, freeze_all_but
 from .runtime import PROGRESS_LOGGER, release_prepared
+from .splits import is_small_validation
 from .tasks import selection_key, task_loss
 
 logger = logging.getLogger(__name__)

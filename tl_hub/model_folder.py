@@ -42,6 +42,7 @@ from .hub import base_of, download, model_card, upload_model
 from .inference import Classifier
 from .outputs import atomic_output_dir, read_json, write_json
 from .plots import plot_confusion_matrix, plot_learning_curves, plot_per_label
+from .tasks import set_problem_type
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +133,7 @@ class TrainedModel:
         labels = record.get("labels")
         model = exporter.load(folder, record, lambda: _base_model(record, source, folder, base_model))
         config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+        set_problem_type(config, bool(record.get("multi_label")))  # an adapter's base config does not say it
         if labels is not None and [config.id2label[i] for i in range(len(config.id2label))] != list(labels):
             raise ModelError(f"The labels of '{source.id}' do not match its head.")
         processor = (load_image_processor(folder) if os.path.exists(os.path.join(folder, PREPROCESSOR_FILE))

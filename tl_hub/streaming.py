@@ -203,6 +203,11 @@ def class_names(ds, column: str, what: str) -> list[str]:
     from datasets import ClassLabel
 
     feature = ds.features[column]
+    if isinstance(getattr(feature, "feature", None), ClassLabel):  # Sequence(ClassLabel): a set of labels per image
+        raise DataError(
+            f"The label column '{column}' of the streamed {what} data holds a set of labels per image (multi-label); "
+            "streamed data is single-label only, because a multi-label model's decision thresholds are chosen on the "
+            "whole validation split. Load the data as a datasets.Dataset (not streaming) to train multi-label.")
     if not isinstance(feature, ClassLabel):
         raise DataError(
             f"The label column '{column}' of the streamed {what} data is {feature!r}, not a ClassLabel: the label "

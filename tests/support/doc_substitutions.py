@@ -19,10 +19,12 @@ MODELS = {
 # Hub dataset ids (quoted as in the docs) -> an image folder with train/, validation/ and test/ splits (what both
 # tl-hub and `datasets.load_dataset` read)
 DATASETS = ['"beans"']
+# image folders the docs name as the user's multi-label data -> a folder with metadata.jsonl (a list per image)
+MULTI_LABEL_FOLDERS = ['"photos/"']
 # data files the docs name as the user's -> written in the folder the blocks run in
 SHARDS = {"shards/train-0.parquet": 0, "shards/val-0.parquet": 1}
 # files the docs name as the user's -> images written by `stand_ins`
-IMAGES = ["bean.jpg", "cat.jpg"]
+IMAGES = ["bean.jpg", "cat.jpg", "photo.jpg"]
 # repositories the docs push to: unchanged, the server is local (HF_ENDPOINT); listed to say that they are known
 REPOSITORIES = ["your-name/vit-beans", "your-name/vit-beans-lora"]
 
@@ -42,7 +44,7 @@ def upload_models(root: str, endpoint: str, token: str) -> None:
 
 def stand_ins(root: str) -> dict[str, str]:
     """Build the local stand-ins of the data under ``root``; returns ``{text in the docs: replacement}``."""
-    from support.tiny import colour_dataset, colour_images
+    from support.tiny import colour_dataset, colour_images, write_multilabel_folder
 
     replacements = {}
     beans = os.path.join(root, "stand-ins", "beans")
@@ -53,6 +55,9 @@ def stand_ins(root: str) -> dict[str, str]:
             image.save(os.path.join(beans, split, label, f"{i}.png"))
     for quoted in DATASETS:
         replacements[quoted] = repr(beans).replace("'", '"')
+    for quoted in MULTI_LABEL_FOLDERS:
+        folder = write_multilabel_folder(os.path.join(root, "stand-ins", "photos"), n=60, metadata="jsonl")
+        replacements[quoted] = repr(folder).replace("'", '"')
     for path, seed in SHARDS.items():
         os.makedirs(os.path.join(root, os.path.dirname(path)), exist_ok=True)
         colour_dataset(30, seed=seed).to_parquet(os.path.join(root, path))
