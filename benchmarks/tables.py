@@ -482,7 +482,7 @@ def multilabel(result: dict) -> str:
                         run_caption(result, "multilabel")])
 
 
-def imbalance(result: dict) -> str:
+def imbalance(result: dict, name: str = "imbalance") -> str:
     """Accuracy, balanced accuracy and macro-F1 on a balanced test set per training imbalance, default against
     ``class_weighting='none'``."""
     rows = []
@@ -492,7 +492,7 @@ def imbalance(result: dict) -> str:
             rows.append([ratio, METHODS.get(recipe, recipe), f"`{weighting}`" if weighting else "default (`auto`)"]
                         + [spread(r["runs"][k]) for k in ("accuracy", "balanced_accuracy", "f1")])
     return "\n\n".join([table(["imbalance", "recipe", "class weighting", "accuracy", "balanced accuracy",
-                                "macro-F1"], rows), run_caption(result, "imbalance")])
+                                "macro-F1"], rows), run_caption(result, name)])
 
 
 def multilabel_targets(result: dict) -> str:
@@ -588,6 +588,8 @@ TABLES: dict[str, tuple[Callable[..., str], tuple[str, ...]]] = {
     "multilabel_targets": (multilabel_targets, ("multilabel",)),
     "imbalance": (imbalance, ("imbalance",)),
     "imbalance_targets": (multilabel_targets, ("imbalance",)),
+    "imbalance_fine_tune": (lambda r: imbalance(r, "imbalance_fine_tune"), ("imbalance_fine_tune",)),
+    "imbalance_fine_tune_targets": (multilabel_targets, ("imbalance_fine_tune",)),
     "headline": (headline, ("transfer_real", "run_lite0", "rank_real", "rank", "multilabel", "imbalance")),
 }
 # PNGs the benchmark scripts write, shown in the docs: copied into docs/assets/ (the site holds only docs/)

@@ -24,7 +24,8 @@ from typing import Optional
 
 import torch
 
-# "auto" weights single-label classes from this ratio of the largest to the smallest class on
+# "auto" weights single-label classes from this ratio of the largest to the smallest class on (weighting raised
+# macro-F1 at 10:1 and 50:1 in benchmarks/multilabel.py; ratios between 1:1 and 10:1 were not measured)
 AUTO_RATIO = 3.0
 
 
