@@ -138,19 +138,6 @@ def test_one_vs_rest_solve_matches_scikit_learn():
         assert float(b[k]) == pytest.approx(ref.intercept_[0], abs=1e-4)
 
 
-def _chrome():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1280,1000"):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-
-
 def _wait_for(url: str, proc, seconds: float = 120) -> None:
     import time
     import urllib.request
@@ -212,6 +199,7 @@ def _served_prediction(model_dir, image: str) -> tuple[str, str]:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
+    from support.browser import chrome
     from support.launch import free_port
 
     port = free_port()
@@ -220,7 +208,7 @@ def _served_prediction(model_dir, image: str) -> tuple[str, str]:
                               stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(f"http://127.0.0.1:{port}/", server)
-        driver = _chrome()
+        driver = chrome()
         try:
             driver.get(f"http://127.0.0.1:{port}/")
             wait = WebDriverWait(driver, 60)
