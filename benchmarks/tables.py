@@ -507,7 +507,7 @@ def points_range(values: list[float]) -> str:
     return f"{low:.0f}" if round(low) == round(high) else f"{low:.0f}–{high:.0f}"
 
 
-def headline(real: dict, run: dict, rank_real: dict, rank_glyph: dict, ml: dict, imb: dict) -> str:
+def headline(real: dict, run: dict, rank_real: dict, rank_glyph: dict, ml: dict, imb: dict, trust: dict) -> str:
     """A few lines of measured figures for the README, each with its page in the docs."""
     t = transfer_summary(real)
     default = rank_real["default_score"]
@@ -533,6 +533,7 @@ def headline(real: dict, run: dict, rank_real: dict, rank_glyph: dict, ml: dict,
         f"tier) and picks the best base on {sum(picks)} of {len(picks)} targets "
         "([ranking benchmark](docs/benchmarks/ranking.md)).",
         multilabel_headline(ml, imb),
+        trust_headline(trust),
     ]
     return "\n".join(lines)
 
@@ -550,6 +551,102 @@ def multilabel_headline(ml: dict, imb: dict) -> str:
             "probe; on imbalanced classes the default class weighting gains "
             + ", ".join(f"{signed(g)} macro-F1 points at {r}" for r, g in gains)
             + " ([multi-label and imbalance](docs/benchmarks/multilabel.md)).")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The data audit (benchmarks/audit.py)
+
+
+def audit(result: dict) -> str:
+    """Per share of flipped labels: flagged images, precision and recall against the flips, test accuracy of
+    feature extraction keeping, dropping the flagged images and on clean labels, near-duplicate recall (the
+    lowest over the seeds) and unplanted pairs found, the audit's seconds (of which the encoder pass)."""
+    rows = []
+    for rate, m in result["summary"].items():
+        rows.append([f"{float(rate):.0%}", f"{m['flagged']:.1f}", f"{m['precision']:.2f}", f"{m['recall']:.2f}",
+                     f"{m['accuracy_keep']:.3f}", f"{m['accuracy_drop']:.3f}", f"{m['accuracy_clean']:.3f}",
+                     f"{m['min_duplicate_recall']:.2f}", f"{m['duplicate_false_positives']:.1f}",
+                     f"{m['audit_seconds']:.0f} ({m['encode_seconds']:.0f})"])
+    header = ["labels flipped", "flagged", "precision", "recall", "test acc. keep", "drop flagged", "clean labels",
+              "duplicate recall", "unplanted pairs", "audit s (encoder)"]
+    return "\n\n".join([table(header, rows), run_caption(result, "audit")])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Calibration, WiSE-FT and test-time augmentation (benchmarks/trust.py)
+
+RECIPE_SHORT = {"feature-extraction": "feature extraction", "fine-tune": "fine-tune"}
+
+
+def mean_range(figure: dict, digits: int = 3) -> str:
+    """``mean (min–max)`` of one figure of `benchmarks/trust.py`."""
+    return f"{figure['mean']:.{digits}f} ({figure['min']:.{digits}f}–{figure['max']:.{digits}f})"
+
+
+def trust_calibration(result: dict) -> str:
+    """Test ECE and NLL of each recipe's model without and with the temperature fitted on validation."""
+    rows = []
+    for task, recipes in result["tasks"].items():
+        for recipe, r in recipes.items():
+            better = r["ece_after"]["mean"] <= r["ece_before"]["mean"]
+            rows.append([task, RECIPE_SHORT[recipe], mean_range(r["temperature"], 2), mean_range(r["ece_before"]),
+                         bold_if(mean_range(r["ece_after"]), better), mean_range(r["nll_before"]),
+                         bold_if(mean_range(r["nll_after"]), r["nll_after"]["mean"] <= r["nll_before"]["mean"])])
+    header = ["task", "recipe", "temperature", "test ECE without", "with", "test NLL without", "with"]
+    return "\n\n".join([table(header, rows), trust_caption(result)])
+
+
+def trust_caption(result: dict) -> str:
+    return caption(f"seeds {', '.join(map(str, result['seeds']))}", when(result["date"]), machine(result["host"]),
+                   source("trust"))
+
+
+def trust_wise_ft(result: dict) -> str:
+    """Fine-tune test accuracy, in distribution and shifted, of plain fine-tuning (α = 1), WiSE-FT with α chosen on
+    validation, α = 0.5, and the start (α = 0)."""
+    rows = []
+    for task, recipes in result["tasks"].items():
+        r = recipes["fine-tune"]
+        for split in ("test", "shifted"):
+            values = {name: r[f"{name}_{split}"]["mean"] for name in ("plain", "wise_auto", "wise_half", "start")}
+            best = best_keys(values)
+            rows.append([task, "test" if split == "test" else f"shifted ({result['shift']})"]
+                        + [bold_if(mean_range(r[f"{name}_{split}"]), name in best) for name in values]
+                        + [f"{r['alpha']['mean']:.2f}" if split == "test" else ""])
+    header = ["task", "test set", "plain fine-tune (α = 1)", "WiSE-FT, α on validation", "α = 0.5",
+              "start (α = 0)", "mean α chosen"]
+    return "\n\n".join([table(header, rows), trust_caption(result)])
+
+
+def trust_tta(result: dict) -> str:
+    """Test accuracy, ECE and evaluation seconds without and with every view test-time augmentation allows."""
+    rows = []
+    for task, recipes in result["tasks"].items():
+        for recipe, r in recipes.items():
+            gain = 100 * (r["tta_all_views_accuracy"]["mean"] - r["tta_none_accuracy"]["mean"])
+            cost = r["tta_all_views_seconds"]["mean"] / r["tta_none_seconds"]["mean"]
+            rows.append([task, RECIPE_SHORT[recipe], mean_range(r["tta_none_accuracy"]),
+                         mean_range(r["tta_all_views_accuracy"]), signed(gain), f"{r['tta_none_ece']['mean']:.3f}",
+                         f"{r['tta_all_views_ece']['mean']:.3f}", f"{r['tta_views']}", f"{cost:.1f}×"])
+    header = ["task", "recipe", "accuracy, tta=1", "all views", "points", "ECE, tta=1", "all views", "views",
+              "evaluation time"]
+    return "\n\n".join([table(header, rows), trust_caption(result)])
+
+
+def trust_headline(result: dict) -> str:
+    """The README line of `benchmarks/trust.py`."""
+    tasks = result["tasks"].values()
+    ece = [(r["ece_before"]["mean"], r["ece_after"]["mean"]) for t in tasks for r in t.values()]
+    wise = [100 * (t["fine-tune"]["wise_auto_shifted"]["mean"] - t["fine-tune"]["plain_shifted"]["mean"])
+            for t in tasks]
+    tta = [100 * (r["tta_all_views_accuracy"]["mean"] - r["tta_none_accuracy"]["mean"]) for t in tasks
+           for r in t.values()]
+    return (f"- **Calibrated scores** (the same model, {len(result['tasks'])} tasks × {len(result['seeds'])} seeds): "
+            f"the temperature fitted on validation takes the test ECE from {min(b for b, _ in ece):.3f}–"
+            f"{max(b for b, _ in ece):.3f} to {min(a for _, a in ece):.3f}–{max(a for _, a in ece):.3f}; WiSE-FT "
+            f"changes shifted-test accuracy by {signed(min(wise))} to {signed(max(wise))} points and test-time "
+            f"augmentation accuracy by {signed(min(tta))} to {signed(max(tta))} points "
+            "([trust benchmark](docs/benchmarks/trust.md)).")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -590,7 +687,11 @@ TABLES: dict[str, tuple[Callable[..., str], tuple[str, ...]]] = {
     "imbalance_targets": (multilabel_targets, ("imbalance",)),
     "imbalance_fine_tune": (lambda r: imbalance(r, "imbalance_fine_tune"), ("imbalance_fine_tune",)),
     "imbalance_fine_tune_targets": (multilabel_targets, ("imbalance_fine_tune",)),
-    "headline": (headline, ("transfer_real", "run_lite0", "rank_real", "rank", "multilabel", "imbalance")),
+    "audit": (audit, ("audit",)),
+    "trust_calibration": (trust_calibration, ("trust",)),
+    "trust_wise_ft": (trust_wise_ft, ("trust",)),
+    "trust_tta": (trust_tta, ("trust",)),
+    "headline": (headline, ("transfer_real", "run_lite0", "rank_real", "rank", "multilabel", "imbalance", "trust")),
 }
 # PNGs the benchmark scripts write, shown in the docs: copied into docs/assets/ (the site holds only docs/)
 COPIED = ("rank.png", "rank_real.png", "scaling.png")

@@ -96,6 +96,8 @@ def test_every_subcommand_in_a_base_install(base_install, trained, tiny_model_di
                                "--recipes", "feature-extraction", "scratch", "--output-dir", tmp_path / "cmp",
                                cwd=tmp_path),
         "demo": lambda: cli(base_install, "demo", "--quick", "--output-dir", tmp_path / "demo", cwd=tmp_path),
+        "audit": lambda: cli(base_install, "audit", "--model", tiny, "--dataset", data, "--output-dir",
+                             tmp_path / "audit", cwd=tmp_path),
     }
     assert set(runs) | {"serve", "push"} == set(SUBCOMMANDS), "a new subcommand needs a case here"
     for name, run in runs.items():

@@ -9,6 +9,7 @@ import torch
 from support.tiny import colour_dataset
 
 from tl_hub import FineTuneRecipe
+from tl_hub.post_training import FOLD_CHECK_IMAGES
 
 FAST = dict(batch_size=8, eval_batch_size=16, augment=False, seed=0, lr=1e-2)
 
@@ -79,7 +80,9 @@ def test_frozen_blocks_do_not_run_while_the_top_blocks_train(deep_vit):
     recipe.fit(colour_dataset(40), colour_dataset(15, seed=5), progress=False)
     reference = 3 + 1  # find_cut's dry run and its check run the model on 3 images (whole model, 2 passes: 6)
     assert calls["embed"] == calls["block0"]
-    assert calls["embed"] <= 40 + 15 + 2 * reference  # one pass to cache, not 3 epochs x (40 + 15)
+    # one pass to cache, not 3 epochs x (40 + 15); after training, calibration runs the whole model on the
+    # validation images once and on a few again to check the folded temperature
+    assert calls["embed"] <= 40 + 15 + 2 * reference + 15 + FOLD_CHECK_IMAGES
 
 
 def test_augmentation_without_views_runs_the_whole_encoder(deep_vit):

@@ -12,6 +12,7 @@ Everything here is the public API; the CLI (`tl_hub.cli`) and the Space (``space
 """
 
 from .advisor import Advice, Thresholds
+from .audit import AuditResult, audit
 from .backbone import Backbone, LayerGroup, ModelParts, load_backbone, split_model
 from .compare import Comparison, compare, curve_summary
 from .config import (
@@ -62,6 +63,7 @@ __all__ = [
     "register_exporter", "Recipe", "FeatureExtractionRecipe", "FineTuneRecipe", "TrainAllRecipe", "ScratchRecipe",
     "LoRARecipe", "FitResult", "Period", "RECIPES", "get_recipe", "register_recipe", "head_period",
     "advise", "Advice", "Thresholds", "rank", "Ranking", "param_groups", "compare", "Comparison", "curve_summary",
+    "audit", "AuditResult",
     "run_demo", "demo_model", "example_folder", "build_app", "example_images", "launch_app", "push_space",
     "check_output_dir",
     "is_main_process", "PROGRESS_LOGGER", "threads_for", "check_threads", "TransferTrainer", "TransferArguments",

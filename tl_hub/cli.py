@@ -2,11 +2,12 @@
 
     tl-hub train --recipe feature-extraction|fine-tune|train-all|lora|scratch --model M --dataset D --output-dir OUT
                  [--resume-from-checkpoint latest|auto|PATH] [training settings ...]
-    tl-hub evaluate OUT --dataset D [--split test]
-    tl-hub predict OUT img.jpg [img2.png ...] [--top-k 3]
+    tl-hub evaluate OUT --dataset D [--split test] [--tta N]
+    tl-hub predict OUT img.jpg [img2.png ...] [--top-k 3] [--tta N]
     tl-hub advise --model M --dataset D [--json]
     tl-hub rank --model A --model B ... --dataset D [--max-examples N] [--max-per-class K]
     tl-hub compare --model M --dataset D [--recipes ...] [--epochs N]
+    tl-hub audit --model M --dataset D [--output-dir runs/audit] [--overwrite]
     tl-hub push OUT REPO_ID  |  tl-hub push --space SPACE_ID --model REPO
     tl-hub serve OUT|REPO_ID [--port 7860]
     tl-hub demo [--quick]
@@ -45,6 +46,7 @@ from . import (
     TlHubError,
     TrainingConfig,
     advise,
+    audit,
     build_app,
     check_output_dir,
     check_threads,
@@ -76,6 +78,8 @@ COMMON_TRAIN_FLAGS = {"recipe", "id", "dataset", "output_dir", "validation_datas
 RANK_SOURCE_OPTIONS = ("revision", "trust_remote_code", "allow_pickle", "cache_dir")
 DATASET_HELP = "Image folder, save_to_disk folder or Hub dataset id."
 MODEL_DIR_HELP = "A folder written by `tl-hub train`."
+TTA_HELP = ("Test-time augmentation: average the probabilities over N views of each image drawn from the model's "
+            "training augmentation (the plain image, its mirror with hflip, centre and corner crops); 1: none.")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -265,6 +269,7 @@ class EvaluateArguments:
     batch_size: int = field(default=64, metadata={"help": "Evaluation batch size."})
     output_dir: Optional[str] = field(default=None, metadata={
         "help": "Also write metrics.json, confusion_matrix.png and errors.png (the most confident mistakes) there."})
+    tta: Optional[int] = field(default=None, metadata={"help": TTA_HELP, "metavar": "N"})
 
 
 @dataclass
@@ -274,6 +279,7 @@ class PredictArguments:
     top_k: Optional[int] = field(default=None, metadata={
         "help": "Labels per image (default: the best one; a multi-label model: every label over its threshold)."})
     json: bool = field(default=False, metadata={"help": "Print one JSON object per image."})
+    tta: Optional[int] = field(default=None, metadata={"help": TTA_HELP, "metavar": "N"})
 
 
 @dataclass
@@ -299,6 +305,19 @@ class RankArguments:
         "choices": ["report", "raise"]})
     output_dir: str = field(default="runs/rank", metadata={"help": "Where ranking.json and ranking.png go."})
     json: bool = field(default=False, metadata={"help": "Print the ranking as JSON instead of a table."})
+
+
+@dataclass
+class AuditArguments:
+    dataset: str = field(metadata={"help": DATASET_HELP})
+    validation_dataset: Optional[str] = field(default=None, metadata={
+        "help": "Separate validation data (checked for leakage; default: the dataset's validation split)."})
+    output_dir: str = field(default="runs/audit", metadata={"help": "Where audit.json and the PNG grids go."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing non-empty output folder."})
+    folds: int = field(default=5, metadata={"help": "Cross-validation folds of the out-of-fold probabilities."})
+    image_column: Optional[str] = field(default=None, metadata={"help": "Image column (detected if not given)."})
+    label_column: Optional[str] = field(default=None, metadata={"help": "Label column (detected if not given)."})
+    json: bool = field(default=False, metadata={"help": "Print the findings as JSON instead of the summary."})
 
 
 @dataclass
@@ -354,6 +373,10 @@ SUBCOMMANDS: dict[str, tuple[type, str, Optional[str]]] = {
              "score how well its features suit the labels (LogME, H-score, k-NN, linear probe; LEEP and NCE "
              "with its own head), rank the candidates and recommend a recipe for the best."),
     "compare": (CompareArguments, "Train transfer recipes and scratch with the same budget; compare curves.", None),
+    "audit": (AuditArguments, "Find likely mislabelled images, near-duplicates (and leakage) and outliers.",
+              "Run the model's frozen encoder once over the data (through the feature cache): confident learning on "
+              "cross-validated probe probabilities, near-duplicates inside the training split and against the "
+              "validation/test splits, outliers far from every class; writes audit.json and one PNG per finding."),
     "serve": (ServeArguments, "Serve a trained model (folder or Hub repo) with the Gradio app.", None),
     "demo": (DemoArguments, "Offline demo: ImageNet EfficientNet-Lite0 -> Fashion-MNIST at 224 px, advise + compare "
              "+ save.", None),
@@ -398,7 +421,10 @@ class Parser(argparse.ArgumentParser):
         unknown = re.match(r"unrecognized arguments: (\S+)", message)
         if unknown:
             flags = [f for action in command._actions for f in action.option_strings]
-            close = difflib.get_close_matches(unknown.group(1).split("=")[0], flags, n=1, cutoff=0.6)
+            given = unknown.group(1).split("=")[0]
+            # a known flag with words added (--lr-rate: --lr) first, then the closest spelling
+            close = (sorted((f for f in flags if given.startswith(f + "-")), key=len)[-1:]
+                     or difflib.get_close_matches(given, flags, n=1, cutoff=0.6))
             message += f"; did you mean {close[0]}?" if close else ""
         self.exit(2, f"error: {message} (see `{command.prog} --help`)\n")
 
@@ -422,7 +448,7 @@ def build_parser(full_help: bool = False) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (arguments, help_text, description) in SUBCOMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=description)
-        if name in ("advise", "compare"):  # the model and its loading options
+        if name in ("advise", "compare", "audit"):  # the model and its loading options
             add_dataclass_arguments(command, ModelSource, prefix=SOURCE)
         elif name == "rank":  # the loading options, for every candidate
             add_dataclass_arguments(command, ModelSource, prefix=SOURCE, only=RANK_SOURCE_OPTIONS)
@@ -484,10 +510,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     a = _from_args(args, EvaluateArguments)
     metrics = load(a.model_dir).evaluate(a.dataset, split=a.split, image_column=a.image_column,
                                          label_column=a.label_column, batch_size=a.batch_size,
-                                         output_dir=a.output_dir, progress=not args.quiet)
+                                         output_dir=a.output_dir, progress=not args.quiet, tta=a.tta)
     print(label_table(metrics) if "per_label" in metrics else class_table(metrics))
+    print(calibration_line(metrics))
     if a.output_dir:
         figures = "per_label.png" if "per_label" in metrics else "confusion_matrix.png, errors.png"
+        figures += ", reliability.png"
         print(f"written: {os.path.join(os.path.abspath(a.output_dir), 'metrics.json')}, {figures}")
     print(json.dumps(metrics))
     return 0
@@ -504,6 +532,17 @@ def class_table(metrics: dict) -> str:
                  + (f", balanced accuracy {metrics['balanced_accuracy']:.4f}" if "balanced_accuracy" in metrics else "")
                  + f", loss {metrics['loss']:.4f}")
     return "\n".join(lines)
+
+
+def calibration_line(metrics: dict) -> str:
+    """ECE and NLL of the model as saved, and, for a calibrated model, without its temperature."""
+    cal = metrics.get("calibration")
+    if not cal:
+        return f"calibration: ECE {metrics['ece']:.4f}, NLL {metrics['loss']:.4f} (the model has no temperature)"
+    t = cal["temperature"]
+    t_text = f"{t:.3f}" if not isinstance(t, list) else f"{min(t):.2f}-{max(t):.2f} per label"
+    return (f"calibration (temperature {t_text}): ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f}, "
+            f"NLL {cal['nll_before']:.4f} -> {cal['nll_after']:.4f} (without -> with the temperature)")
 
 
 def label_table(metrics: dict) -> str:
@@ -526,7 +565,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for path in a.images:
         if not os.path.isfile(path):
             raise DataError(f"Image file '{path}' does not exist.")
-    results = load(a.model_dir).predict(list(a.images), top_k=a.top_k)
+    results = load(a.model_dir).predict(list(a.images), top_k=a.top_k, tta=a.tta)
     for path, preds in zip(a.images, results):
         if a.json:
             print(json.dumps({"image": path, "predictions": preds}))
@@ -556,6 +595,15 @@ def cmd_rank(args: argparse.Namespace) -> int:
         print(ranking.table())
         print(f"results: {os.path.join(os.path.abspath(a.output_dir), 'ranking.json')}")
         print(f"chart:   {os.path.join(os.path.abspath(a.output_dir), 'ranking.png')}")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    a = _from_args(args, AuditArguments)
+    result = audit(a.dataset, _from_args(args, ModelSource, SOURCE), output_dir=a.output_dir, overwrite=a.overwrite,
+                   validation=a.validation_dataset, folds=a.folds, image_column=a.image_column,
+                   label_column=a.label_column, progress=not args.quiet)
+    print(json.dumps(result.to_dict(), indent=2) if a.json else result.summary())
     return 0
 
 
@@ -604,7 +652,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "advise": cmd_advise,
-            "rank": cmd_rank,
+            "rank": cmd_rank, "audit": cmd_audit,
             "compare": cmd_compare, "demo": cmd_demo, "push": cmd_push, "serve": cmd_serve}
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from .errors import ConfigError
 from .threads import check_threads
+from .wise_ft import parse_wise_ft
 
 if TYPE_CHECKING:
     from .cost import Cost
@@ -159,6 +160,9 @@ class TrainingConfig:
                                     "on the model, see tl_hub.cost); it caps the passes min_steps adds and the epochs "
                                     "above min_epochs, so a large model at full resolution stays affordable on small "
                                     "data (0: no cap).")
+    calibrate: bool = setting(True, "After training, fit a temperature on the validation split (one per label for "
+                                    "multi-label) and fold it into the head, so that probabilities are calibrated; "
+                                    "the predicted labels do not change.")
     keep_epoch: str = setting("best", "Which weights the trained model keeps: 'best' (the epoch with the best "
                               "validation accuracy, ties broken by the lower validation loss) or 'last'.")
     head_solver: str = setting("lbfgs", "How a new linear head is trained on cached frozen features: 'lbfgs' (a "
@@ -425,6 +429,10 @@ class FineTuneConfig(TrainingConfig):
     unfreeze: Union[str, int] = setting("all", "'all', or the number of top encoder blocks to unfreeze in period 2.")
     bn_policy: str = setting("frozen", "BatchNorm in period 2: 'frozen' keeps running statistics fixed (eval mode; "
                              "affine weights still train), 'train' updates them.")
+    wise_ft: Union[str, float] = setting("auto", "WiSE-FT after fine-tuning: the weights (1-a)*start + a*fine-tuned, "
+                                         "start being the pretrained encoder with the period-1 head: 'auto' "
+                                         "chooses a in {0, .25, .5, .75, 1} on validation, a number fixes it, 'off' "
+                                         "keeps the fine-tuned weights (a=1).")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -440,6 +448,7 @@ class FineTuneConfig(TrainingConfig):
         self.unfreeze = check_fine_tune_settings(backbone_lr_ratio=self.backbone_lr_ratio,
                                                  layer_decay=self.layer_decay, unfreeze=self.unfreeze,
                                                  bn_policy=self.bn_policy)
+        self.wise_ft = parse_wise_ft(self.wise_ft)
 
     def trained_epochs(self) -> int:
         """Epochs of the fine-tuning period (of a resolved config)."""

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .calibration import expected_calibration_error, reliability_bins
 from .metrics import class_report, classification_metrics, multilabel_metrics
 from .streaming import evaluation_model, gather_shards, is_streamed
 from .structure import logits_of, model_inputs
@@ -78,19 +79,31 @@ def outputs_metrics(logits: torch.Tensor, refs: torch.Tensor, *, labels: Optiona
                     thresholds: Optional[Sequence[float]] = None, with_errors: bool = False) -> dict:
     """The metrics of `evaluate_loader` from gathered logits and labels (class ids, or multi-hot rows)."""
     loss = task_loss(logits, refs, reduction="none")
-    if is_multi_hot(refs):
-        metrics = multilabel_metrics(probabilities(logits, True).numpy(), refs.numpy(), thresholds=thresholds,
-                                     labels=labels)
+    multi = is_multi_hot(refs)
+    probs = probabilities(logits, multi)
+    if multi:
+        metrics = multilabel_metrics(probs.numpy(), refs.numpy(), thresholds=thresholds, labels=labels)
         metrics["loss"] = float(loss.mean())
-        return metrics
-    confidence, preds = probabilities(logits, False).max(-1)
+        return {**metrics, **calibration_metrics(probs, refs, labels is not None)}
+    confidence, preds = probs.max(-1)
     metrics = classification_metrics(preds.tolist(), refs.tolist())
     metrics["loss"] = float(loss.mean())
+    metrics.update(calibration_metrics(probs, refs, labels is not None))
     if labels is not None:
         metrics.update(class_report(preds.tolist(), refs.tolist(), labels))
         if with_errors:  # positions in the dataset's order (a stream's shards are not)
             metrics["errors"] = confident_errors(preds, refs, confidence, labels)
     return metrics
+
+
+def calibration_metrics(probs: torch.Tensor, refs: torch.Tensor, with_bins: bool) -> dict:
+    """``{"ece"}`` (`tl_hub.calibration.expected_calibration_error`), with the reliability diagram's bins
+    (``"reliability"``) when ``with_bins``."""
+    probs_np, refs_np = probs.numpy(), refs.numpy()
+    out = {"ece": expected_calibration_error(probs_np, refs_np)}
+    if with_bins:
+        out["reliability"] = reliability_bins(probs_np, refs_np)
+    return out
 
 
 def headline(metrics: dict) -> str:

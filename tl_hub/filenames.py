@@ -13,3 +13,4 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # a PEFT a
 CONFUSION_FILE = "confusion_matrix.png"  # the validation confusion matrix of the kept epoch
 PER_LABEL_FILE = "per_label.png"  # a multi-label model's average precision, F1 and threshold per label
 ERRORS_FILE = "errors.png"  # the most confidently misclassified validation images
+RELIABILITY_FILE = "reliability.png"  # reliability diagram with and without the temperature (test, else validation)

@@ -41,6 +41,7 @@ from .imbalance import class_weights, imbalance_ratio, label_counts
 from .inference import Classifier
 from .inputs import build_inputs
 from .loop import Period, train_periods
+from .post_training import finalize
 from .runtime import (
     check_batch_size,
     default_num_workers,
@@ -54,6 +55,7 @@ from .streaming import StreamData, is_stream, prepare_stream
 from .tasks import set_problem_type
 from .threads import threads_for
 from .version import __version__
+from .wise_ft import StartKeeper, start_keys
 
 logger = logging.getLogger(__name__)
 
@@ -133,13 +135,16 @@ def train_prepared(recipe, run: FitRun, checkpointer, resume, on_period_end) -> 
     started_trackers = start_trackers(recipe, run)
     if checkpointer is not None or resume is not None:
         start_run(recipe, run, checkpointer, resume)
+    keeper = StartKeeper(start_keys(run.backbone.model, periods) if wise_ft_wanted(run.config) else None, periods,
+                         on_period_end)
     history = train_periods(
         run.accelerator, run.backbone.model, periods, inputs.by_kind(), config=run.config,
-        on_epoch_start=inputs.set_epoch, on_period_end=on_period_end, progress=run.progress,
+        on_epoch_start=inputs.set_epoch, on_period_end=keeper, progress=run.progress,
         checkpointer=checkpointer, resume=resume, validation_images=run.data.validation_size(),
         class_weight=run.class_weight,
     )
-    result = finish(recipe, run, periods, history, initial_buffers)
+    result = finish(recipe, run, periods, history, initial_buffers, start=keeper.state,
+                    cached=cached_validation(inputs, periods, run))
     if started_trackers:
         # the trackers end with the run; the process group stays for a next run in this process and ends at exit
         # (`tl_hub.shutdown`: Accelerate's end_training would destroy it now)
@@ -311,39 +316,40 @@ def run_identity(recipe, run: FitRun) -> dict:
     return json.loads(json.dumps(identity, default=str))
 
 
-DETAIL_KEYS = ("per_class", "per_label", "confusion_matrix", "errors")  # too large to keep per epoch
+DETAIL_KEYS = ("per_class", "per_label", "confusion_matrix", "errors", "reliability")  # too large to keep per epoch
 # the kept epoch's figures in `FitResult.metrics` (those the task has: tl_hub.evaluation)
-HEADLINE_KEYS = ("accuracy", "balanced_accuracy", "f1", "mAP", "f1_micro", "loss")
+HEADLINE_KEYS = ("accuracy", "balanced_accuracy", "f1", "mAP", "f1_micro", "loss", "ece", "calibration")
 
 
-def choose_label_thresholds(classifier: Classifier, run: FitRun) -> dict:
-    """A multi-label classifier's decision threshold per label, chosen on the validation split to maximise each
-    label's F1 (`tl_hub.metrics.choose_thresholds`; a label without a validation positive keeps the default) and
-    recorded in ``classifier.info["thresholds"]``; returns the validation metrics at those thresholds."""
-    from .evaluation import outputs_metrics
-    from .metrics import choose_thresholds
-    from .tasks import DEFAULT_THRESHOLD, probabilities
-
-    data = run.data
-    logits, refs, _, _ = classifier.outputs(data.validation, image_column=data.image_column,
-                                            label_column=data.label_column, batch_size=run.config.eval_batch_size,
-                                            accelerator=run.accelerator)
-    thresholds, fell_back = choose_thresholds(probabilities(logits, True).numpy(), refs.numpy(),
-                                              default=DEFAULT_THRESHOLD)
-    if fell_back and run.is_main_process:
-        logger.warning("%d label(s) have no validation image (%s): their decision threshold stays %.2f.",
-                       len(fell_back), [data.labels[i] for i in fell_back][:5], DEFAULT_THRESHOLD)
-    classifier.info["thresholds"] = {label: float(t) for label, t in zip(data.labels, thresholds)}
-    return outputs_metrics(logits, refs, labels=data.labels, thresholds=classifier.thresholds)
+def cached_validation(inputs, periods: Sequence[Period], run: FitRun) -> Optional[tuple]:
+    """The head over cached features and the cached validation features, when every period trained only the head
+    (the encoder is the pretrained one) and the whole validation split is cached: the steps after training then
+    read the validation logits without an encoder pass."""
+    features = inputs.features
+    if features is None or features.cached_eval is None or not all(p.head_only for p in periods if p.epochs > 0):
+        return None
+    if features.cached_eval.labels.shape[0] != run.data.validation_size():
+        return None
+    return features.module, features.cached_eval
 
 
-def finish(recipe, run: FitRun, periods: Sequence[Period], history: list[dict], initial_buffers: dict) -> FitResult:
-    """What the run produced: the trained state, the classifier with its record, and the `FitResult`."""
+def wise_ft_wanted(config: TrainingConfig) -> bool:
+    """Whether the run keeps its start for WiSE-FT (`tl_hub.wise_ft`): the recipe has the setting and it is on."""
+    return getattr(config, "wise_ft", "off") != "off"
+
+
+def finish(recipe, run: FitRun, periods: Sequence[Period], history: list[dict], initial_buffers: dict,
+           start: Optional[dict] = None, cached: Optional[tuple] = None) -> FitResult:
+    """What the run produced: the trained state, the classifier with its record, and the `FitResult`.  After the
+    kept epoch is restored, `tl_hub.post_training.finalize` interpolates with the run's ``start`` (WiSE-FT),
+    calibrates and chooses multi-label thresholds; the metrics are then the final model's."""
     backbone, data = run.backbone, run.data
     classifier = Classifier(backbone.model, backbone.processor, data.labels)
     kept = next((h for h in history if h.get("best")), history[-1])
-    if classifier.multi_label:  # decision thresholds chosen on validation, then the kept epoch measured with them
-        kept = {**kept, **choose_label_thresholds(classifier, run)}
+    final = finalize(classifier, run, start, cached)
+    extra = {k: classifier.info.get(k) for k in ("wise_ft", "calibration")}
+    if final is not None:
+        kept = {**kept, **{k: v for k, v in final.items() if k not in ("wise_ft", "calibration_record")}}
     test_metrics = (classifier.evaluate(data.test, batch_size=run.config.eval_batch_size,
                                         accelerator=run.accelerator) if data.test is not None else None)
     details = [k for k in DETAIL_KEYS if k in kept]  # per class, confusion matrix, errors: the kept epoch's only
@@ -356,7 +362,7 @@ def finish(recipe, run: FitRun, periods: Sequence[Period], history: list[dict], 
         extra={"periods": [{"name": p.name, "epochs": p.epochs, **p.info} for p in periods],
                "kept_epoch": kept["epoch"], "validation_images": data.validation_size(),
                "validation_warning": small_validation_warning(data.validation_size()),
-               "feature_caches": dict(store.sizes) if store is not None else {}},
+               "feature_caches": dict(store.sizes) if store is not None else {}, **extra},
         config=run.config, classifier=classifier, run=run,
         trained=trained_state(backbone.model, backbone.parts, periods, initial_buffers, recipe.export_kind),
         error_examples=list(zip(images_at(data.validation, data.image_column, [e["index"] for e in errors]), errors)),
@@ -381,6 +387,8 @@ def run_record(recipe, result: FitResult) -> dict:
         "labels": data.labels,
         "multi_label": classifier_multi_label(run),
         "thresholds": result.classifier.info.get("thresholds") if result.classifier is not None else None,
+        "calibration": result.extra.get("calibration"),
+        "wise_ft": result.extra.get("wise_ft"),
         "class_weighting": {"setting": config.class_weighting, "applied": run.class_weight is not None,
                             "imbalance": data_imbalance(data)},
         "image_column": data.image_column,

@@ -159,6 +159,19 @@ the architecture of {% endif %}
 | {{ "%.3f"|format(m.threshold) }} | {{ m.support }} |
 {% endfor %}
 ![per label](per_label.png)
+{% endif %}{% if calibration %}
+### Calibration
+
+{{ calibration.text }}
+
+| split | ECE without | ECE with | NLL without | NLL with |
+|---|---|---|---|---|
+{% for row in calibration.rows -%}
+| {{ row.split }} | {{ "%.4f"|format(row.ece_before) }} | {{ "%.4f"|format(row.ece_after) }} \
+| {{ "%.4f"|format(row.nll_before) }} | {{ "%.4f"|format(row.nll_after) }} |
+{% endfor %}
+{% if calibration.figure %}![reliability diagram](reliability.png)
+{% endif %}{% endif %}{% if wise_ft %}- {{ wise_ft }}
 {% endif %}{% if errors_figure %}
 The validation images the model got wrong with the most confidence:
 
@@ -204,6 +217,34 @@ relying on it.
 
 def _figure(value: Optional[float]) -> Optional[str]:
     return None if value is None else f"{value:.4f}"
+
+
+def _calibration_card(info: dict, test: dict) -> Optional[dict]:
+    """The card's calibration section: the temperature, and ECE and NLL without and with it, per split."""
+    record = info.get("calibration") or {}
+    if not record.get("folded_into_head"):
+        return None
+    t = record["temperature"]
+    t_text = (f"one temperature per label ({min(t):.2f} to {max(t):.2f})" if isinstance(t, list)
+              else f"a temperature of {t:.3f}")
+    rows = [{"split": "validation (fitted on)", **record["validation"]}]
+    if test.get("calibration"):
+        rows.append({"split": "test", **{k: test["calibration"][k]
+                                         for k in ("ece_before", "ece_after", "nll_before", "nll_after")}})
+    text = (f"The scores are calibrated: {t_text}, fitted on {record.get('fitted_on_images')} validation images, "
+            "divides the logits (it is folded into the head's weights, so every way of loading the model applies "
+            f"it). ECE uses {record.get('ece_bins', 15)} bins; lower is better for both figures.")
+    return {"text": text, "rows": rows, "figure": "reliability.png" in info.get("figures", [])}
+
+
+def _wise_ft_text(info: dict) -> Optional[str]:
+    """The card's line on WiSE-FT, when it ran."""
+    wise = info.get("wise_ft") or {}
+    if not wise.get("applied"):
+        return None
+    how = "chosen on validation" if wise.get("chosen_by") == "validation" else "as set"
+    return (f"Weights: WiSE-FT, {1 - wise['alpha']:.2f} x the start (pretrained encoder, head of period 1) + "
+            f"{wise['alpha']:.2f} x the fine-tuned weights (alpha {how})")
 
 
 def _imbalance_text(info: dict) -> Optional[str]:
@@ -290,6 +331,7 @@ def model_card(info: dict, repo_id: str, dataset_name: Optional[str] = None):
         full_model=export.get("format") == "transformers", peft=export.get("format") == "peft",
         labels=info.get("labels", []), kept_epoch=_kept_epoch_text(info), per_class=val.get("per_class"),
         errors_figure="errors.png" in info.get("figures", []),
+        calibration=_calibration_card(info, test), wise_ft=_wise_ft_text(info),
         validation_warning=info.get("validation_warning"),
         export_text=f"{export.get('tensors', 0)} tensors, {export.get('parameters', 0):,} parameters",
     )

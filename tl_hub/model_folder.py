@@ -37,11 +37,12 @@ from .filenames import (
     METRICS_FILE,
     PER_LABEL_FILE,
     PREPROCESSOR_FILE,
+    RELIABILITY_FILE,
 )
 from .hub import base_of, download, model_card, upload_model
 from .inference import Classifier
 from .outputs import atomic_output_dir, read_json, write_json
-from .plots import plot_confusion_matrix, plot_learning_curves, plot_per_label
+from .plots import plot_confusion_matrix, plot_learning_curves, plot_per_label, plot_reliability
 from .tasks import set_problem_type
 
 logger = logging.getLogger(__name__)
@@ -104,11 +105,24 @@ class TrainedModel:
             for name, png in self.figures.items():
                 with open(os.path.join(tmp, name), "wb") as f:
                     f.write(png)
+            figures = sorted(self.figures) + ([RELIABILITY_FILE] if self._plot_reliability(tmp) else [])
             # the model card the Hub shows, so that the folder can be uploaded with any tool
-            model_card({**record, "metrics": self.metrics, "figures": sorted(self.figures)},
+            model_card({**record, "metrics": self.metrics, "figures": figures},
                        os.path.basename(os.path.normpath(path))).save(
                 os.path.join(tmp, CARD_FILE))
         return record
+
+    def _plot_reliability(self, folder: str) -> bool:
+        """Write the reliability diagram of the test split (else validation) to ``folder``; whether it was."""
+        metrics = self.metrics or {}
+        split, which = next(((metrics[k], k) for k in ("test", "validation") if (metrics.get(k) or {}).get(
+            "reliability")), (None, None))
+        if split is None:
+            return False
+        plot_reliability(split["reliability"], os.path.join(folder, RELIABILITY_FILE),
+                         before=(split.get("calibration") or {}).get("reliability_before"),
+                         title=f"Reliability diagram ({which})")
+        return True
 
     @classmethod
     def load(cls, source: Union[str, ModelSource], *, token=None, require_record: bool = False,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Optional
 
 
 def pyplot():
@@ -116,6 +117,30 @@ def plot_per_label(per_label: Mapping[str, dict], path: str, title: str = "Per l
     ax.set(xlim=(0, 1), xlabel="score", title=f"{title}; label (positives)")
     ax.grid(alpha=0.3, axis="x")
     ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_reliability(after: Sequence[dict], path: str, before: Optional[Sequence[dict]] = None,
+                     title: str = "Reliability diagram") -> str:
+    """A reliability diagram as a PNG at ``path``: per confidence bin (`tl_hub.calibration.reliability_bins`), how
+    often the predictions were right against how sure they were, with the temperature (``after``) and, when given,
+    without it (``before``); the diagonal is perfect calibration and the bars' widths are the bins."""
+    plt = pyplot()
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.5, 6.5), height_ratios=(3, 1), sharex=True)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
+    for bins, colour, label in ((before, "C3", "without the temperature"), (after, "C0", "with the temperature")):
+        if not bins:
+            continue
+        filled = [b for b in bins if b["count"]]
+        ax.plot([b["confidence"] for b in filled], [b["accuracy"] for b in filled], marker="o", color=colour,
+                label=label if before else "model")
+        hist.bar([(b["lower"] + b["upper"]) / 2 for b in bins], [b["count"] for b in bins],
+                 width=bins[0]["upper"] - bins[0]["lower"], alpha=0.5, color=colour)
+    ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="fraction right", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    hist.set(xlabel="confidence", ylabel="predictions")
     fig.tight_layout()
     return save_figure(fig, path)
 

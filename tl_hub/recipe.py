@@ -123,16 +123,17 @@ class Recipe:
         if self.result is None:
             raise TlHubError("This recipe has not been trained yet; call fit() first (or tl_hub.load a saved one).")
 
-    def evaluate(self, data: Any, *, split: Optional[str] = None) -> dict:
-        """Accuracy, macro-F1 and loss of the trained model on ``data`` (its ``test`` split by default)."""
+    def evaluate(self, data: Any, *, split: Optional[str] = None, tta: Optional[int] = None) -> dict:
+        """The trained model's metrics on ``data`` (its ``test`` split by default), with ``tta`` views per image
+        (test-time augmentation); see `Classifier.evaluate`."""
         self._require_fitted()
         return self.classifier.evaluate(data, split=split, batch_size=self.config.eval_batch_size,
-                                        accelerator=self.result.run.accelerator)
+                                        accelerator=self.result.run.accelerator, tta=tta)
 
-    def predict(self, images: Any, top_k: Optional[int] = None):
-        """Top-``k`` ``{"label", "score"}`` per image; see `Classifier.predict`."""
+    def predict(self, images: Any, top_k: Optional[int] = None, tta: Optional[int] = None):
+        """Top-``k`` ``{"label", "score"}`` per image, with ``tta`` views per image; see `Classifier.predict`."""
         self._require_fitted()
-        return self.classifier.predict(images, top_k=top_k, batch_size=self.config.eval_batch_size)
+        return self.classifier.predict(images, top_k=top_k, batch_size=self.config.eval_batch_size, tta=tta)
 
     def info(self) -> dict:
         """What is recorded about this run in ``tl_hub.json``."""
