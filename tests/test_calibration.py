@@ -152,3 +152,63 @@ def test_the_cli_evaluate_prints_the_calibration(calibrated, tmp_path, capsys):
     assert main(["evaluate", out, "--dataset", str(folder)]) == 0
     printed = capsys.readouterr().out
     assert "ECE" in printed and "temperature" in printed
+
+
+def test_a_pushed_model_applies_the_temperature_in_a_fresh_cache(calibrated, tiny_model_dir, tmp_path):
+    from support.hub_server import LocalHub
+    from test_hub_push import TOKEN, client_env, predictions_in_fresh_cache, tl_hub_cli
+
+    raw, recipe, out = calibrated
+    t = recipe.result.extra["calibration"]["temperature"]
+    images_dir = tmp_path / "images"
+    images_dir.mkdir()
+    images = colour_dataset(5, seed=8)["image"]
+    for i, im in enumerate(images):
+        im.save(images_dir / f"{i}.png")
+    with LocalHub(str(tmp_path / "store"), token=TOKEN) as hub:
+        assert tl_hub_cli(["push", out, "me/calibrated"], client_env(hub, tmp_path / "pusher"), tmp_path).returncode == 0
+        # the head travels with its temperature: a fresh machine gets softmax(raw logits / T)
+        remote, _ = predictions_in_fresh_cache(hub, "me/calibrated", images_dir, tmp_path,
+                                               base=tiny_model_dir("vit"))
+    from PIL import Image
+    reloaded = [Image.open(images_dir / f) for f in sorted(p.name for p in images_dir.iterdir())]
+    expected = (torch.log(raw.classifier.predict_proba(reloaded)) / t).softmax(-1)
+    assert torch.allclose(remote, expected, atol=1e-5)
+
+
+def test_the_pipeline_gets_the_temperature_through_the_saved_head(tiny_model_dir, tmp_path):
+    from transformers import pipeline
+
+    from tl_hub import ScratchRecipe
+
+    # a fully trained model is saved as a standard transformers model
+    recipe = ScratchRecipe(tiny_model_dir("vit"), epochs=3, lr=5e-2, batch_size=16, augment=False)
+    recipe.fit(noisy_colours(90, 4), noisy_colours(60, 5), progress=False)
+    assert recipe.result.extra["calibration"]["folded_into_head"]
+    recipe.save(str(tmp_path / "full"))
+    pipe = pipeline("image-classification", model=str(tmp_path / "full"), top_k=len(COLOURS))
+    image = colour_dataset(3, seed=6)["image"][0]
+    scores = {r["label"]: r["score"] for r in pipe(image)}
+    ours = tl_hub.load(str(tmp_path / "full")).predict_proba(image)[0]
+    assert scores == pytest.approx({COLOURS[i]: float(p) for i, p in enumerate(ours)}, abs=1e-5)
+
+
+def test_multi_label_temperatures_are_folded_row_by_row(tiny_model_dir, tmp_path):
+    from support.tiny import CHANNELS, multilabel_dataset
+
+    model_dir = tiny_model_dir("vit")
+    train, val = multilabel_dataset(90, seed=0), multilabel_dataset(60, seed=1)
+    settings = dict(head_solver="adamw", epochs=20, lr=0.5, batch_size=16, augment=False, weight_decay=0.0)
+    raw = FeatureExtractionRecipe(model_dir, calibrate=False, **settings)
+    raw.fit(train, val, progress=False)
+    recipe = FeatureExtractionRecipe(model_dir, **settings)
+    recipe.fit(train, val, progress=False)
+    t = torch.tensor(recipe.result.extra["calibration"]["temperature"])
+    assert t.shape == (len(CHANNELS),) and recipe.result.extra["calibration"]["folded_into_head"]
+    recipe.save(str(tmp_path / "ml"))
+    images = multilabel_dataset(6, seed=2)["image"]
+    raw_logits = torch.logit(raw.classifier.predict_proba(images).double(), eps=1e-12)
+    expected = (raw_logits / t.double()).sigmoid().float()
+    assert torch.allclose(tl_hub.load(str(tmp_path / "ml")).predict_proba(images), expected, atol=1e-4)
+    # the thresholds were chosen on the calibrated probabilities, and saved with them
+    assert set(tl_hub.load(str(tmp_path / "ml")).info["thresholds"]) == set(CHANNELS)

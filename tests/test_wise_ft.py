@@ -21,6 +21,9 @@ def test_bad_wise_ft_settings_are_refused(tiny_model_dir, bad):
 
 
 def test_settings_and_interpolation():
+    from tl_hub.config import FineTuneConfig
+
+    assert FineTuneConfig().wise_ft == "off"  # the default, chosen from benchmarks/trust.py
     assert parse_wise_ft("AUTO") == "auto" and parse_wise_ft("off") == "off" and parse_wise_ft("0.25") == 0.25
     start = {"w": torch.zeros(3), "n": torch.tensor(1)}
     end = {"w": torch.tensor([2.0, 4.0, 8.0]), "n": torch.tensor(7)}
@@ -46,7 +49,7 @@ def runs(tiny_model_dir):
     plain.fit(train, val, progress=False, on_period_end=keep_start)
     half = FineTuneRecipe(model_dir, wise_ft=0.5, **FAST)
     half.fit(train, val, progress=False)
-    auto = FineTuneRecipe(model_dir, **FAST)
+    auto = FineTuneRecipe(model_dir, wise_ft="auto", **FAST)
     auto.fit(train, val, progress=False)
     return {"start": kept["start"], "plain": plain, "half": half, "auto": auto, "val": val}
 
@@ -88,7 +91,7 @@ def test_auto_chooses_alpha_on_validation(runs):
 
 
 def test_runs_without_a_start_say_why(tiny_model_dir):
-    recipe = TrainAllRecipe(tiny_model_dir("vit"), epochs=2, batch_size=16)
+    recipe = TrainAllRecipe(tiny_model_dir("vit"), epochs=2, batch_size=16, wise_ft="auto")
     recipe.fit(noisy_colours(60, 12, fraction=0.0), progress=False)
     record = recipe.result.extra["wise_ft"]
     assert record["applied"] is False and "no start" in record["reason"]

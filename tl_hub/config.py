@@ -429,10 +429,11 @@ class FineTuneConfig(TrainingConfig):
     unfreeze: Union[str, int] = setting("all", "'all', or the number of top encoder blocks to unfreeze in period 2.")
     bn_policy: str = setting("frozen", "BatchNorm in period 2: 'frozen' keeps running statistics fixed (eval mode; "
                              "affine weights still train), 'train' updates them.")
-    wise_ft: Union[str, float] = setting("auto", "WiSE-FT after fine-tuning: the weights (1-a)*start + a*fine-tuned, "
+    wise_ft: Union[str, float] = setting("off", "WiSE-FT after fine-tuning: the weights (1-a)*start + a*fine-tuned, "
                                          "start being the pretrained encoder with the period-1 head: 'auto' "
                                          "chooses a in {0, .25, .5, .75, 1} on validation, a number fixes it, 'off' "
-                                         "keeps the fine-tuned weights (a=1).")
+                                         "(default: measured, neither beat plain fine-tuning) keeps the fine-tuned "
+                                         "weights (a=1).")
 
     def __post_init__(self) -> None:
         super().__post_init__()
