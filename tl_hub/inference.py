@@ -107,10 +107,14 @@ class Classifier:
         support (``"per_class"``, by label name) and the confusion matrix (``"confusion_matrix"``: rows true labels,
         columns predicted, label order).  Multi-label: mAP, macro and micro F1 and subset accuracy at the model's
         `thresholds`, with per-label precision, recall, F1, average precision and threshold (``"per_label"``).
+        Both: the expected calibration error over 15 bins (``"ece"``) and the reliability diagram's bins
+        (``"reliability"``); for a model calibrated when it was trained, ``"calibration"``: the ECE and NLL of the
+        same outputs without and with its temperature (`tl_hub.calibration`).
 
         Labels are matched to the model's by name; columns default to those used in training, else detected.
         With ``output_dir``, the metrics are also written there as ``metrics.json`` and the confusion matrix as
-        ``confusion_matrix.png`` (multi-label: ``per_label.png``); ``progress`` shows a progress bar.
+        ``confusion_matrix.png`` (multi-label: ``per_label.png``), with ``reliability.png``; ``progress`` shows a
+        progress bar.
 
         ``tta=N`` evaluates the mean probabilities over N views of each image (see `predict_proba`); the loss and
         metrics are those of the averaged probabilities, and ``"tta"`` records N.
