@@ -31,7 +31,7 @@ def noisy_colours(n, seed, fraction=0.3):
 
 def overconfident_recipe(model_dir, **settings):
     # a head trained by many large gradient steps on noisy labels: far more confident than it is right
-    return FeatureExtractionRecipe(model_dir, head_solver="adamw", epochs=30, lr=0.5, batch_size=16, augment=False,
+    return FeatureExtractionRecipe(model_dir, head_solver="adamw", epochs=30, lr=2.0, batch_size=16, augment=False,
                                    weight_decay=0.0, **settings)
 
 
@@ -58,6 +58,17 @@ def test_the_fitted_temperature_recovers_a_known_one():
     before, after = calibration_figures(z * 3, refs), calibration_figures(z * 3 / t, refs)
     assert after["nll"] < before["nll"] and after["ece"] < before["ece"]
     assert float(fit_temperature(z / 2, refs)) == pytest.approx(0.5, rel=0.08)  # underconfident: T < 1
+
+
+def test_an_already_calibrated_model_keeps_a_temperature_of_one():
+    # 40 images drawn from softmax(z): any fitted T is noise, not a significant gain, so T stays exactly 1
+    gen = torch.Generator().manual_seed(2)
+    z = torch.randn(40, 5, generator=gen) * 2
+    refs = torch.multinomial(z.softmax(-1), 1, generator=gen).squeeze(1)
+    assert float(fit_temperature(z, refs)) == 1.0
+    assert float(fit_temperature(z, refs, significance=0.0)) != 1.0  # the search alone would move it
+    # the same few images three times too sharp: a significant gain, kept
+    assert float(fit_temperature(z * 3, refs)) > 1.5
 
 
 def test_multi_label_gets_a_temperature_per_label():

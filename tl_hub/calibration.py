@@ -9,6 +9,9 @@ own over- or under-confidence); a label without both a positive and a negative v
 
 The fit is maximum a posteriori with a weak log-normal prior on ``T`` centred on 1 (`PRIOR_WEIGHT`): a validation
 split where every image is right would otherwise push ``T`` towards 0 and make the model certain of everything.
+The fitted ``T`` is then kept only when it is a significant improvement: a likelihood-ratio test of one parameter
+(`SIGNIFICANCE`) against ``T = 1``.  A model that is already calibrated keeps ``T = 1``: on a few dozen validation
+images the fitted value would otherwise be noise that makes it slightly worse.
 
 The temperature is folded into the head (the final layer's weights and bias divided by ``T``, row by row for a
 multi-label model), so every consumer of the saved model gets calibrated probabilities with no extra code: `predict`,
@@ -34,6 +37,9 @@ logger = logging.getLogger(__name__)
 ECE_BINS = 15
 TEMPERATURE_RANGE = (0.05, 20.0)
 PRIOR_WEIGHT = 1.0  # the prior's pull, in summed NLL units per unit of (log T)^2
+# the summed NLL a temperature must save over T = 1 to be kept: half the 95% quantile of chi-squared with one degree
+# of freedom (a likelihood-ratio test of the one fitted parameter)
+SIGNIFICANCE = 1.92
 FOLD_TOLERANCE = 1e-3
 CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -93,10 +99,10 @@ def _summed_nll(logits: torch.Tensor, refs: torch.Tensor, log_t: torch.Tensor) -
 
 
 def fit_temperature(logits: torch.Tensor, refs: torch.Tensor, *, prior_weight: float = PRIOR_WEIGHT,
-                    iterations: int = 60) -> torch.Tensor:
+                    significance: float = SIGNIFICANCE, iterations: int = 60) -> torch.Tensor:
     """The temperature that minimises the summed validation NLL of ``logits / T`` plus ``prior_weight * (log T)^2``,
     within `TEMPERATURE_RANGE`, by golden-section search on ``log T`` (one search per label, side by side, for a
-    multi-label model).
+    multi-label model); 1 where it lowers the summed NLL by less than ``significance`` (not a significant gain).
 
     Returns a 0-d tensor (single-label) or one temperature per label (multi-label; 1 for a label whose validation
     images are all positive or all negative)."""
@@ -113,7 +119,9 @@ def fit_temperature(logits: torch.Tensor, refs: torch.Tensor, *, prior_weight: f
         a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
         left_better = objective(a) <= objective(b)
         hi, lo = torch.where(left_better, b, hi), torch.where(left_better, lo, a)
-    temperature = ((lo + hi) / 2).exp()
+    log_t = (lo + hi) / 2
+    gain = _summed_nll(logits, refs, torch.zeros_like(log_t)[None])[0] - _summed_nll(logits, refs, log_t[None])[0]
+    temperature = torch.where(gain >= significance, log_t.exp(), torch.ones_like(log_t))
     if multi:
         positives = refs.sum(0)
         temperature = torch.where((positives > 0) & (positives < len(refs)), temperature, torch.ones_like(temperature))

@@ -146,9 +146,10 @@ def calibrate(classifier, run, logits: torch.Tensor, refs: torch.Tensor,
                                 folded=True, fitted_on=len(refs))
     if run.is_main_process:
         v = record["validation"]
-        logger.info("Calibrated on %d validation images: temperature %s, ECE %.3f -> %.3f, NLL %.3f -> %.3f",
-                    len(refs), _temperature_text(record["temperature"]), v["ece_before"], v["ece_after"],
-                    v["nll_before"], v["nll_after"])
+        logger.info("Calibrated on %d validation images: temperature %s%s, ECE %.3f -> %.3f, NLL %.3f -> %.3f",
+                    len(refs), _temperature_text(record["temperature"]),
+                    " (no significant gain over 1)" if bool((temperature == 1).all()) else "",
+                    v["ece_before"], v["ece_after"], v["nll_before"], v["nll_after"])
     return record, after
 
 
