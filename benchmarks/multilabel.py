@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import logging
 import os
 import statistics
@@ -65,13 +64,12 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
-from run import host  # noqa: E402  (the same machine description as the main benchmark)
+from run import host, report  # noqa: E402  (the same machine description as the main benchmark)
 from transfer import _classifier_inputs  # noqa: E402  (the probe's frozen features, as transfer.py takes them)
 
 from tl_hub import FeatureExtractionRecipe, FineTuneRecipe  # noqa: E402
 from tl_hub.fashion import CLASSES, _arrays, _dataset  # noqa: E402
 from tl_hub.imagenet import LITE0, lite0_path  # noqa: E402
-from tl_hub.outputs import atomic_path  # noqa: E402
 
 GLYPH = os.path.join(ROOT, "tl_hub", "assets", "glyph-resnet")  # --quick: the letter-pretrained ResNet at 32 px
 K = len(CLASSES)
@@ -447,10 +445,7 @@ def main(argv=None) -> int:
                "sizes": dataclasses.asdict(sizes), "multilabel": _summary(ml),
                "imbalance": {name: _summary(runs) for name, runs in imbalance.items()},
                "targets": checks, "targets_met": not missed, "seconds": total}
-    if args.output:
-        with atomic_path(args.output) as tmp, open(tmp, "w") as f:
-            json.dump(summary, f, indent=1)
-    print(json.dumps(summary))
+    report(summary, args.output)
     return 0
 
 

@@ -230,6 +230,17 @@ def host() -> dict:
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
+def report(summary: dict, output=None) -> None:
+    """A benchmark's last step: ``summary`` written to ``output`` as JSON when given (through a temporary file and a
+    rename, so a reader never sees half of it), then printed as one JSON line."""
+    from tl_hub.outputs import atomic_path
+
+    if output:
+        with atomic_path(output) as tmp, open(tmp, "w") as f:
+            json.dump(summary, f, indent=1)
+    print(json.dumps(summary))
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Floor and data path (tl-hub only)
 

@@ -61,6 +61,9 @@ from tl_hub.fashion import fashion_data  # noqa: E402
 from tl_hub.imagenet import LITE0, lite0_path  # noqa: E402
 from tl_hub.outputs import atomic_path  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run import report  # noqa: E402  (benchmarks/run.py)
+
 ASSETS = os.path.join(ROOT, "tl_hub", "assets")
 BASES = {"resnet": os.path.join(ASSETS, "glyph-resnet"), "vit": os.path.join(ROOT, "benchmarks", "assets", "glyph-vit"),
          "lite0": LITE0}
@@ -410,10 +413,7 @@ def main(argv=None) -> int:
                              "seconds": r["seconds"]} for n, r in results.items()},
                "oracle": oracles, "targets": checks, "targets_met": not missed,
                "references_reused": {"file": args.references, "entries": references.reused}}
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump(summary, f, indent=1)
-    print(json.dumps(summary))
+    report(summary, args.output)
     return 0
 
 

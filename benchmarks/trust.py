@@ -13,7 +13,7 @@ of ``benchmarks/transfer.py``'s real tier: Fashion-MNIST at 5 and 10 per class, 
 - **test-time augmentation**: each model's test accuracy, ECE and evaluation seconds with ``tta=1`` and with every
   view the training augmentation allows (`tl_hub.tta`); for fine-tuning, the chosen θ(α) before calibration.
 
-    python benchmarks/trust.py --output benchmarks/results/trust.json     # about 25 minutes on 2 CPU cores
+    python benchmarks/trust.py --output benchmarks/results/trust.json     # about 55 minutes on 2 CPU cores
     python benchmarks/trust.py --tasks lite0/fashion/10 --seeds 0         # one task, one seed
 
 Prints a table and, last, one JSON line (mean and spread over seeds of every figure).
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -39,14 +38,13 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 from multilabel import _quiet  # noqa: E402
-from run import host  # noqa: E402
+from run import host, report  # noqa: E402
 from transfer import REAL_TASKS, task_data  # noqa: E402
 
 from tl_hub import FeatureExtractionRecipe, FineTuneRecipe  # noqa: E402
 from tl_hub.calibration import calibration_figures, fit_temperature  # noqa: E402
 from tl_hub.evaluation import outputs_metrics  # noqa: E402
 from tl_hub.imagenet import LITE0, lite0_path  # noqa: E402
-from tl_hub.outputs import atomic_path  # noqa: E402
 from tl_hub.tasks import selection_key  # noqa: E402
 from tl_hub.tta import tta_views  # noqa: E402
 from tl_hub.wise_ft import ALPHA_GRID, choose, load_alpha  # noqa: E402
@@ -153,23 +151,23 @@ def spread(values) -> dict:
     return {"mean": statistics.fmean(values), "min": min(values), "max": max(values), "runs": values}
 
 
+# the per-seed figures of each recipe summarised over seeds
+FIGURES = {"feature-extraction": ("accuracy", "ece_before", "ece_after", "nll_before", "nll_after", "temperature",
+                                  "seconds"),
+           "fine-tune": ("ece_before", "ece_after", "nll_before", "nll_after", "temperature", "alpha", "seconds")}
+
+
 def summarise(runs: list[dict]) -> dict:
     """Mean, min and max over seeds of every figure of the per-seed records."""
-    fe, ft = [r["feature-extraction"] for r in runs], [r["fine-tune"] for r in runs]
-    out = {"feature-extraction": {k: spread([r[k] for r in fe])
-                                  for k in ("accuracy", "ece_before", "ece_after", "nll_before", "nll_after",
-                                            "temperature", "seconds")},
-           "fine-tune": {k: spread([r[k] for r in ft])
-                         for k in ("ece_before", "ece_after", "nll_before", "nll_after", "temperature", "alpha",
-                                   "seconds")}}
-    for name in ("plain", "wise_auto", "wise_half", "start"):
-        for split in ("test", "shifted"):
-            out["fine-tune"][f"{name}_{split}"] = spread([r[name][split] for r in ft])
-    for recipe, rows in (("feature-extraction", fe), ("fine-tune", ft)):
-        for label in ("none", "all views"):
-            for k in ("accuracy", "ece", "seconds"):
-                out[recipe][f"tta_{label}_{k}".replace(" ", "_")] = spread([r["tta"][label][k] for r in rows])
+    out = {}
+    for recipe, keys in FIGURES.items():
+        rows = [r[recipe] for r in runs]
+        out[recipe] = {k: spread([r[k] for r in rows]) for k in keys}
+        out[recipe].update({f"tta_{label.replace(' ', '_')}_{k}": spread([r["tta"][label][k] for r in rows])
+                            for label in ("none", "all views") for k in ("accuracy", "ece", "seconds")})
         out[recipe]["tta_views"] = rows[0]["tta"]["views"]
+    out["fine-tune"].update({f"{name}_{split}": spread([r["fine-tune"][name][split] for r in runs])
+                             for name in ("plain", "wise_auto", "wise_half", "start") for split in ("test", "shifted")})
     return out
 
 
@@ -227,10 +225,7 @@ def main(argv=None) -> int:
     summary = {"benchmark": "trust", "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                "host": host(), "base_model": LITE0, "seeds": args.seeds, "shift": SHIFT, "alpha_grid": ALPHA_GRID,
                "tasks": tasks, "seconds": total}
-    if args.output:
-        with atomic_path(args.output) as tmp, open(tmp, "w") as f:
-            json.dump(summary, f, indent=1)
-    print(json.dumps(summary))
+    report(summary, args.output)
     return 0
 
 
