@@ -111,12 +111,10 @@ class AuditResult:
 
 def refuse_multi_label(dataset: Any, image_column: Optional[str], label_column: Optional[str]) -> None:
     """One clear error for a multi-label dataset: confident learning here assumes one class per image."""
-    from .data import find_image_column, find_label_column, pick_splits
-    from .label_files import is_list_column
+    from .data import multi_label_column
 
-    train = pick_splits(dataset)[0]
-    column = find_label_column(train, label_column, find_image_column(train, image_column))
-    if is_list_column(train, column):
+    column = multi_label_column(dataset, image_column, label_column)
+    if column is not None:
         raise DataError(
             f"The label column '{column}' holds a set of labels per image (a multi-label task); the audit finds "
             "label issues of single-label data (one class per image, confident learning over a softmax). Audit a "
@@ -559,25 +557,9 @@ def side_by_side(a, b, height: int = 96):
 
 
 def plot_findings(cells: Sequence[tuple], path: str, title: str) -> str:
-    """A grid of ``(image, caption)`` cells as a PNG at ``path``, written atomically (`tl_hub.plots` style)."""
-    import math
+    """A grid of ``(image, caption)`` cells as a PNG at ``path``, written atomically (`tl_hub.plots.image_grid`)."""
+    from .plots import image_grid
 
-    from .plots import pyplot, save_figure
-
-    plt = pyplot()
-    n = max(1, len(cells))
-    cols = min(4, n)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.8 * cols, 2.9 * rows + 0.4), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, (image, caption) in zip(axes.flat, cells):
-        ax.imshow(image.convert("RGB"))
-        ax.set_title(caption, fontsize=8, color="C3")
-    if not cells:
-        axes.flat[0].text(0.5, 0.5, "nothing found", ha="center", va="center")
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
     with atomic_path(path) as tmp:
-        save_figure(fig, tmp)
+        image_grid(cells, tmp, title)
     return path

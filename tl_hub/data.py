@@ -206,6 +206,16 @@ def find_label_column(ds, label_column: Optional[str] = None, image_column: Opti
     raise DataError(f"Found no label column among {ds.column_names}; pass label_column (--label-column).")
 
 
+def multi_label_column(dataset: Any, image_column: Optional[str] = None,
+                       label_column: Optional[str] = None) -> Optional[str]:
+    """The name of the training split's label column when it holds a set of labels per image (a multi-label
+    task), else None: for the tools that work on single-label data only, to refuse such data with their own
+    message."""
+    train = pick_splits(dataset)[0]
+    column = find_label_column(train, label_column, find_image_column(train, image_column))
+    return column if is_list_column(train, column) else None
+
+
 def encode_labels(ds, label_column: str, names: Optional[Sequence[str]] = None):
     """Return ``(dataset, label_names)`` with the label column as a ``ClassLabel``.
 

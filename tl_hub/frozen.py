@@ -133,12 +133,10 @@ class Sample:
 
 def refuse_multi_label(dataset: Any, image_column: Optional[str], label_column: Optional[str]) -> None:
     """One clear error for a multi-label dataset: the scores rank frozen features for single-label targets."""
-    from .data import find_image_column, find_label_column, load_source, pick_splits
-    from .label_files import is_list_column
+    from .data import load_source, multi_label_column
 
-    train = pick_splits(load_source(dataset))[0]
-    column = find_label_column(train, label_column, find_image_column(train, image_column))
-    if is_list_column(train, column):
+    column = multi_label_column(load_source(dataset), image_column, label_column)
+    if column is not None:
         raise DataError(
             f"The label column '{column}' holds a set of labels per image (a multi-label task); ranking scores "
             "models for single-label targets (LogME, k-NN and the probe assume one class per image), and the "

@@ -148,21 +148,29 @@ def plot_reliability(after: Sequence[dict], path: str, before: Optional[Sequence
 def plot_errors(examples: Sequence[tuple], path: str, title: str = "Most confident mistakes (validation)") -> str:
     """A grid of misclassified images, the most confident first: ``examples`` are ``(image, entry)`` pairs with
     ``entry`` holding ``label``, ``predicted`` and ``confidence``."""
+    cells = [(image, f"true: {entry['label']}\npredicted: {entry['predicted']} ({entry['confidence']:.0%})")
+             for image, entry in examples]
+    return image_grid(cells, path, title, empty="no misclassified image", width=2.6, fontsize=9)
+
+
+def image_grid(cells: Sequence[tuple], path, title: str, *, empty: str = "nothing found", width: float = 2.8,
+               fontsize: int = 8) -> str:
+    """A grid of ``(image, caption)`` cells, four to a row, saved at ``path`` (a file name or a binary stream);
+    ``empty`` is written in the figure when there is no cell."""
     import math
 
     plt = pyplot()
-    n = max(1, len(examples))
+    n = max(1, len(cells))
     cols = min(4, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, 2.9 * rows + 0.4), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, (image, entry) in zip(axes.flat, examples):
+    for ax, (image, caption) in zip(axes.flat, cells):
         ax.imshow(image.convert("RGB"))
-        ax.set_title(f"true: {entry['label']}\npredicted: {entry['predicted']} ({entry['confidence']:.0%})",
-                     fontsize=9, color="C3")
-    if not examples:
-        axes.flat[0].text(0.5, 0.5, "no misclassified image", ha="center", va="center")
+        ax.set_title(caption, fontsize=fontsize, color="C3")
+    if not cells:
+        axes.flat[0].text(0.5, 0.5, empty, ha="center", va="center")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return save_figure(fig, path)
