@@ -61,6 +61,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Optional
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -74,7 +75,8 @@ N_CLASSES, SIZE, BATCH, EVAL_BATCH = 10, 64, 32, 64
 TARGETS = [("fe_vs_floor", "at_most", 1.15), ("fe_speedup_vs_trainer", "at_least", 5.0),
            ("ft_throughput_vs_trainer", "at_least", 1.0), ("top2_cached_speedup_vs_top2", "at_least", 1.5),
            ("top2_cached_speedup_vs_full", "at_least", 2.5), ("predict_vs_pipeline", "at_least", 1.1),
-           ("frozen_mem_vs_full", "at_most", 0.6)]
+           ("frozen_mem_vs_full", "at_most", 0.6), ("onnx_predict_vs_pipeline", "at_least", 1.3),
+           ("int8_predict_vs_pipeline", "at_least", 2.0)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -386,11 +388,13 @@ def tl_hub_ft_run(bench: Bench, unfreeze="all", prefix_cache: bool = True) -> di
 # Inference
 
 
-def predict_sides(bench: Bench) -> dict:
-    """``Classifier.predict`` and the pipeline on the same loaded model, processor, images and batch size; and the
-    model's forward alone on the same batches, preprocessed beforehand: the bound of both."""
+def predict_sides(bench: Bench, exported: Optional[dict] = None) -> dict:
+    """``Classifier.predict`` and the pipeline on the same loaded model, processor, images and batch size; the
+    model's forward alone on the same batches, preprocessed beforehand: the bound of both; and ``predict`` through
+    ONNX Runtime on each export in ``exported`` (``{"onnx": folder, "int8": folder}``)."""
     from transformers import AutoModelForImageClassification, pipeline
 
+    import tl_hub
     from tl_hub import Classifier
     from tl_hub.backbone import load_image_processor
 
@@ -417,9 +421,13 @@ def predict_sides(bench: Bench) -> dict:
         for x in batches:
             model(pixel_values=x)
 
-    return {"tl_hub": timed(lambda: clf.predict(images, top_k=1, batch_size=BATCH)),
-            "pipeline": timed(lambda: pipe(images, top_k=1, batch_size=BATCH)),
-            "forward_only": timed(forward_only)}
+    sides = {"tl_hub": timed(lambda: clf.predict(images, top_k=1, batch_size=BATCH)),
+             "pipeline": timed(lambda: pipe(images, top_k=1, batch_size=BATCH)),
+             "forward_only": timed(forward_only)}
+    for name, folder in (exported or {}).items():
+        runtime = tl_hub.load(folder)
+        sides[name] = timed(lambda runtime=runtime: runtime.predict(images, top_k=1, batch_size=BATCH))
+    return sides
 
 
 def first_predict(side: str, folder: str, device: str) -> float:
@@ -582,18 +590,45 @@ def measure_ft(bench: Bench, notes: dict) -> dict:
     return f
 
 
-def measure_inference(bench: Bench, folder: str) -> dict:
+def export_model(bench: Bench, folder: str, tmp: str, notes: dict) -> dict:
+    """The trained ``folder`` exported to ONNX, fp32 and int8 (calibrated on the training images, measured on the
+    validation images): ``{"onnx": folder, "int8": folder}``; their sizes on disk and int8's parity go to
+    ``notes``."""
+    import datasets
+
+    import tl_hub
+
+    exported, data = {}, datasets.DatasetDict(train=bench.train, validation=bench.val)
+    for name, quantize in (("onnx", None), ("int8", "int8")):
+        start = time.perf_counter()
+        result = tl_hub.export(folder, output_dir=os.path.join(tmp, f"export-{name}"), quantize=quantize,
+                               dataset=data if quantize else None)
+        exported[name] = result.output_dir
+        notes[f"{name}_export_seconds"] = time.perf_counter() - start
+        notes[f"{name}_model_mb"] = result.size_bytes / 1e6
+        notes[f"{name}_parity"] = result.parity
+    notes["pytorch_model_mb"] = os.path.getsize(os.path.join(bench.model_dir, "model.safetensors")) / 1e6
+    return exported
+
+
+def measure_inference(bench: Bench, folder: str, exported: dict) -> dict:
     repeats = bench.args.repeats
-    announce(f"inference: Classifier.predict vs pipeline, {bench.sizes.predict_images} images", repeats)
-    runs = interleaved(predict_sides(bench), repeats)
+    announce(f"inference: Classifier.predict (PyTorch, ONNX Runtime fp32 and int8) vs pipeline, "
+             f"{bench.sizes.predict_images} images", repeats)
+    runs = interleaved(predict_sides(bench, exported), repeats)
     f = {"predict_images_per_second": figure(runs["tl_hub"], "images_per_second"),
          "pipeline_images_per_second": figure(runs["pipeline"], "images_per_second"),
-         "predict_forward_only_images_per_second": figure(runs["forward_only"], "images_per_second")}
-    announce("first prediction in a fresh process: tl_hub.load + predict vs pipeline", repeats)
-    runs = interleaved({side: lambda side=side: {"seconds": in_subprocess(f"first-predict-{side}", folder, bench.args)}
-                        for side in ("tl_hub", "pipeline")}, repeats)
+         "predict_forward_only_images_per_second": figure(runs["forward_only"], "images_per_second"),
+         **{f"{name}_predict_images_per_second": figure(runs[name], "images_per_second") for name in exported}}
+    announce("first prediction in a fresh process: tl_hub.load + predict (PyTorch, ONNX fp32, int8) vs pipeline",
+             repeats)
+    folders = {"tl_hub": folder, "pipeline": folder, **exported}
+    runs = interleaved({side: lambda side=side: {"seconds": in_subprocess(
+        f"first-predict-{'pipeline' if side == 'pipeline' else 'tl_hub'}", folders[side], bench.args)}
+        for side in folders}, repeats)
     f["first_predict_seconds"] = figure(runs["tl_hub"], "seconds")
     f["first_predict_pipeline_seconds"] = figure(runs["pipeline"], "seconds")
+    f.update({f"first_predict_{name}_seconds": figure(runs[name], "seconds") for name in exported})
     return f
 
 
@@ -614,7 +649,7 @@ def measure(bench: Bench, tmp: str) -> tuple[dict, dict]:
     figures = {**measure_data_path(bench), **measure_fe(bench, keep)}
     folder = keep["recipe"].save(os.path.join(tmp, "fe-model"))  # the last fitted FE recipe
     figures.update(measure_ft(bench, notes))
-    figures.update(measure_inference(bench, folder))
+    figures.update(measure_inference(bench, folder, export_model(bench, folder, tmp, notes)))
     figures.update(measure_memory(bench))
     return figures, notes
 
@@ -635,6 +670,10 @@ def ratios(m: dict) -> dict:
         "predict_vs_forward_only": m["predict_images_per_second"] / m["predict_forward_only_images_per_second"],
         "pipeline_vs_forward_only": m["pipeline_images_per_second"] / m["predict_forward_only_images_per_second"],
         "first_predict_speedup_vs_pipeline": m["first_predict_pipeline_seconds"] / m["first_predict_seconds"],
+        "onnx_predict_vs_pipeline": m["onnx_predict_images_per_second"] / m["pipeline_images_per_second"],
+        "int8_predict_vs_pipeline": m["int8_predict_images_per_second"] / m["pipeline_images_per_second"],
+        "onnx_first_predict_speedup_vs_pipeline": m["first_predict_pipeline_seconds"] / m["first_predict_onnx_seconds"],
+        "int8_first_predict_speedup_vs_pipeline": m["first_predict_pipeline_seconds"] / m["first_predict_int8_seconds"],
         "preprocess_augmented_vs_ft_training": m["preprocess_augmented_images_per_second"] / m["ft_images_per_second"],
     }
 
@@ -684,6 +723,14 @@ def table(s: dict, r: dict, sizes: Sizes, prefix_cut: str) -> list[tuple[str, st
          "", f"predict at {r['predict_vs_forward_only']:.0%} of it, pipeline at {r['pipeline_vs_forward_only']:.0%}"),
         ("first predict, fresh process: load + 1 image (vs pipeline)", sec("first_predict_seconds"),
          sec("first_predict_pipeline_seconds"), faster(r["first_predict_speedup_vs_pipeline"])),
+        ("predict images/s through ONNX Runtime, fp32 (vs pipeline)", ips("onnx_predict_images_per_second"),
+         ips("pipeline_images_per_second"), f"{r['onnx_predict_vs_pipeline']:.2f}x"),
+        ("predict images/s through ONNX Runtime, int8 (vs pipeline)", ips("int8_predict_images_per_second"),
+         ips("pipeline_images_per_second"), f"{r['int8_predict_vs_pipeline']:.2f}x"),
+        ("first predict, fresh process, ONNX fp32 (vs pipeline)", sec("first_predict_onnx_seconds"),
+         sec("first_predict_pipeline_seconds"), faster(r["onnx_first_predict_speedup_vs_pipeline"])),
+        ("first predict, fresh process, ONNX int8 (vs pipeline)", sec("first_predict_int8_seconds"),
+         sec("first_predict_pipeline_seconds"), faster(r["int8_first_predict_speedup_vs_pipeline"])),
         ("preprocessing images/s, plain", ips("preprocess_images_per_second"), "", ""),
         ("preprocessing images/s, augmented", ips("preprocess_augmented_images_per_second"), "",
          f"{r['preprocess_augmented_vs_ft_training']:.1f}x vs fine-tune training images/s"),
@@ -742,6 +789,11 @@ def main():
     print(f"\naccuracy after {sizes.fe_epochs} feature-extraction epochs (median): tl-hub (kept epoch) "
           f"{s['fe_accuracy']['median']:.3f}, Trainer (last epoch) {s['fe_trainer_accuracy']['median']:.3f}; "
           f"total {time.perf_counter() - total:.0f} s")
+    q = notes["int8_parity"]["int8"]
+    print(f"model on disk: PyTorch {notes['pytorch_model_mb']:.1f} MB, ONNX fp32 {notes['onnx_model_mb']:.1f} MB, "
+          f"int8 {notes['int8_model_mb']:.1f} MB; fp32 parity {notes['onnx_parity']['fp32']['max_abs_diff']:.1e}; "
+          f"int8 on {q['images']} validation images: top-1 agreement {q['top1_agreement']:.1%}, accuracy "
+          f"{q['accuracy_fp32']:.3f} -> {q['accuracy_int8']:.3f} ({q['accuracy_change_points']:+.1f} points)")
     out = {"device": where, "mixed_precision": args.mixed_precision,
            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "host": host(),
            "model": args.model, "quick": args.quick, "repeats": args.repeats, "sizes": dataclasses.asdict(sizes)}

@@ -362,6 +362,7 @@ def performance(r: dict) -> str:
          "", f"predict at {r['predict_vs_forward_only']:.0%} of it, pipeline at {r['pipeline_vs_forward_only']:.0%}"],
         ["first predict, fresh process: load + 1 image (vs pipeline)", sec("first_predict_seconds"),
          sec("first_predict_pipeline_seconds"), faster(r["first_predict_speedup_vs_pipeline"])],
+        *(onnx_rows(r) if "onnx_predict_images_per_second_median" in r else []),
         ["preprocessing images/s, plain", ips("preprocess_images_per_second"), "", ""],
         ["preprocessing images/s, augmented", ips("preprocess_augmented_images_per_second"), "",
          f"{r['preprocess_augmented_vs_ft_training']:.1f}x vs fine-tune training images/s"],
@@ -370,7 +371,27 @@ def performance(r: dict) -> str:
     head = ["measure", "tl-hub median (min–max)", "peer median (min–max)", "ratio"]
     note = (f"{sizes['train']} training and {sizes['val']} validation images, {r['repeats']} timed runs of each side; "
             f"{r['device']}, mixed precision {r['mixed_precision']}; finished {when(r['date'])}, {machine(r['host'])}")
+    if "int8_parity" in r:
+        q = r["int8_parity"]["int8"]
+        note += (f". Model on disk: PyTorch {r['pytorch_model_mb']:.1f} MB, ONNX fp32 {r['onnx_model_mb']:.1f} MB "
+                 f"(largest logit difference to PyTorch {r['onnx_parity']['fp32']['max_abs_diff']:.1e}), int8 "
+                 f"{r['int8_model_mb']:.1f} MB (on {q['images']} validation images: top-1 agreement with fp32 "
+                 f"{q['top1_agreement']:.1%}, accuracy {q['accuracy_fp32']:.3f} → {q['accuracy_int8']:.3f})")
     return "\n\n".join([table(head, rows), caption(note)])
+
+
+def onnx_rows(r: dict) -> list[list[str]]:
+    """The rows of predicting through ONNX Runtime (`tl_hub.export`), fp32 and int8, against the pipeline."""
+    rows = []
+    for name, what in (("onnx", "fp32"), ("int8", "int8")):
+        rows.append([f"predict images/s through ONNX Runtime, {what} (vs pipeline)",
+                     cell(r, f"{name}_predict_images_per_second"), cell(r, "pipeline_images_per_second"),
+                     f"{r[f'{name}_predict_vs_pipeline']:.2f}x"])
+    for name, what in (("onnx", "fp32"), ("int8", "int8")):
+        rows.append([f"first predict, fresh process, ONNX {what} (vs pipeline)",
+                     cell(r, f"first_predict_{name}_seconds", " s", 2), cell(r, "first_predict_pipeline_seconds", " s", 2),
+                     faster(r[f"{name}_first_predict_speedup_vs_pipeline"])])
+    return rows
 
 
 def performance_targets(r: dict) -> str:

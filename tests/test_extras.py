@@ -99,12 +99,14 @@ def test_every_subcommand_in_a_base_install(base_install, trained, tiny_model_di
         "audit": lambda: cli(base_install, "audit", "--model", tiny, "--dataset", data, "--output-dir",
                              tmp_path / "audit", cwd=tmp_path),
     }
-    assert set(runs) | {"serve", "push"} == set(SUBCOMMANDS), "a new subcommand needs a case here"
+    assert set(runs) | {"serve", "push", "export"} == set(SUBCOMMANDS), "a new subcommand needs a case here"
     for name, run in runs.items():
         proc = run()
         assert proc.returncode == 0, f"{name}: {proc.stderr[-3000:]}"
         assert "Traceback" not in proc.stderr, f"{name}: {proc.stderr[-3000:]}"
     assert_needs_extra(cli(base_install, "serve", model, cwd=tmp_path), "space")
+    assert_needs_extra(cli(base_install, "export", model, "--output-dir", tmp_path / "onnx", cwd=tmp_path), "onnx")
+    assert not os.path.exists(tmp_path / "onnx")
     with LocalHub(str(tmp_path / "store"), token=TOKEN) as hub:  # push needs no extra: the Hub client is a dependency
         env = client_env(hub, tmp_path / "home")
         for args in (["push", model, "me/model"], ["push", "--space", "me/space", "--model", "me/model"]):

@@ -143,6 +143,9 @@ def test_predict_and_evaluate_with_tta_on_a_loaded_model(fitted):
     here, there = recipe.classifier.evaluate(data, tta=4), loaded.evaluate(data, tta=4)
     assert there["tta"] == 4 and there["accuracy"] == here["accuracy"]
     assert there["loss"] == pytest.approx(here["loss"], abs=1e-6)
+    # the figures without the temperature are those of one view only: not given over averaged views
+    assert loaded.info["calibration"]["folded_into_head"]
+    assert "calibration" not in there and "calibration" in loaded.evaluate(data)
 
 
 @pytest.mark.parametrize("settings, tta, expected", [

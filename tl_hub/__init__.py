@@ -41,7 +41,8 @@ from .fashion import example_folder
 from .fit import FitResult
 from .inference import Classifier
 from .loop import Period
-from .model_folder import TrainedModel, export_for_hub, load, push_to_hub
+from .model_folder import TrainedModel, export, export_for_hub, load, push_to_hub
+from .onnx_export import ExportError, ExportResult
 from .outputs import check_output_dir
 from .param_groups import param_groups
 from .ranking import Ranking, advise, rank
@@ -63,7 +64,7 @@ __all__ = [
     "register_exporter", "Recipe", "FeatureExtractionRecipe", "FineTuneRecipe", "TrainAllRecipe", "ScratchRecipe",
     "LoRARecipe", "FitResult", "Period", "RECIPES", "get_recipe", "register_recipe", "head_period",
     "advise", "Advice", "Thresholds", "rank", "Ranking", "param_groups", "compare", "Comparison", "curve_summary",
-    "audit", "AuditResult",
+    "audit", "AuditResult", "export", "ExportResult", "ExportError",
     "run_demo", "demo_model", "example_folder", "build_app", "example_images", "launch_app", "push_space",
     "check_output_dir",
     "is_main_process", "PROGRESS_LOGGER", "threads_for", "check_threads", "TransferTrainer", "TransferArguments",

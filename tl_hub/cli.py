@@ -52,6 +52,7 @@ from . import (
     check_threads,
     compare,
     example_images,
+    export,
     get_recipe,
     headline,
     is_main_process,
@@ -321,6 +322,24 @@ class AuditArguments:
 
 
 @dataclass
+class ExportArguments:
+    model_dir: str = field(metadata={"help": MODEL_DIR_HELP, "positional": True})
+    output_dir: str = field(metadata={"help": "Where the exported model folder goes (model.onnx, its config, image "
+                                              "processor, record and parity.json)."})
+    format: str = field(default="onnx", metadata={"help": "The export format.", "choices": ["onnx"]})
+    quantize: Optional[str] = field(default=None, metadata={
+        "help": "Quantize the exported model (int8: static, calibrated on --dataset's training images).",
+        "choices": ["int8"]})
+    dataset: Optional[str] = field(default=None, metadata={
+        "help": "The data the model was trained on (int8 needs it: calibration and its accuracy change)."})
+    image_column: Optional[str] = field(default=None, metadata={"help": "Image column (detected if not given)."})
+    label_column: Optional[str] = field(default=None, metadata={"help": "Label column (detected if not given)."})
+    tolerance: float = field(default=1e-4, metadata={
+        "help": "The largest absolute logit difference against PyTorch that the fp32 export may have."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing non-empty output folder."})
+
+
+@dataclass
 class CompareArguments:
     dataset: str = field(metadata={"help": DATASET_HELP})
     validation_dataset: Optional[str] = field(default=None,
@@ -343,6 +362,9 @@ class PushArguments:
     private: bool = field(default=False, metadata={"help": "Create the repository as private."})
     overwrite_card: bool = field(default=False, metadata={"help": "Replace an existing README.md in the repo."})
     dataset_name: Optional[str] = field(default=None, metadata={"help": "Dataset name for the model card."})
+    onnx: bool = field(default=False, metadata={
+        "help": "Also upload the model exported to ONNX (fp32, parity-checked) under onnx/: the whole model, "
+                "which the Space then serves through ONNX Runtime."})
 
 
 @dataclass
@@ -377,6 +399,10 @@ SUBCOMMANDS: dict[str, tuple[type, str, Optional[str]]] = {
               "Run the model's frozen encoder once over the data (through the feature cache): confident learning on "
               "cross-validated probe probabilities, near-duplicates inside the training split and against the "
               "validation/test splits, outliers far from every class; writes audit.json and one PNG per finding."),
+    "export": (ExportArguments, "Export a trained model folder to ONNX (optionally int8), with a parity check.",
+               "Export the whole classifier (base and trained head, with its temperature) to ONNX with a dynamic "
+               "batch axis, check its logits against PyTorch (written to parity.json) and write a folder that "
+               "tl_hub.load / tl-hub predict run through ONNX Runtime."),
     "serve": (ServeArguments, "Serve a trained model (folder or Hub repo) with the Gradio app.", None),
     "demo": (DemoArguments, "Offline demo: ImageNet EfficientNet-Lite0 -> Fashion-MNIST at 224 px, advise + compare "
              "+ save.", None),
@@ -538,7 +564,9 @@ def calibration_line(metrics: dict) -> str:
     """ECE and NLL of the model as saved, and, for a calibrated model, without its temperature."""
     cal = metrics.get("calibration")
     if not cal:
-        return f"calibration: ECE {metrics['ece']:.4f}, NLL {metrics['loss']:.4f} (the model has no temperature)"
+        why = ("over averaged views, the figures without the temperature are not computed" if metrics.get("tta", 1) > 1
+               else "the model has no temperature")
+        return f"calibration: ECE {metrics['ece']:.4f}, NLL {metrics['loss']:.4f} ({why})"
     t = cal["temperature"]
     t_text = f"{t:.3f}" if not isinstance(t, list) else f"{min(t):.2f}-{max(t):.2f} per label"
     return (f"calibration (temperature {t_text}): ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f}, "
@@ -607,6 +635,32 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    a = _from_args(args, ExportArguments)
+    result = export(a.model_dir, a.format, output_dir=a.output_dir, quantize=a.quantize, dataset=a.dataset,
+                    image_column=a.image_column, label_column=a.label_column, overwrite=a.overwrite,
+                    tolerance=a.tolerance)
+    print(export_summary(result))
+    return 0
+
+
+def export_summary(result) -> str:
+    """What `tl_hub.export` wrote and measured, in a few lines."""
+    report = result.parity
+    fp32 = report["fp32"]
+    lines = [f"exported to {result.output_dir} ({report['format']}, {report.get('quantize') or 'fp32'}, "
+             f"{result.size_bytes / 1e6:.1f} MB)",
+             f"parity (fp32): largest logit difference to PyTorch {fp32['max_abs_diff']:.1e} on {fp32['images']} "
+             f"images (tolerance {fp32['tolerance']:.0e})"]
+    if "int8" in report:
+        q = report["int8"]
+        lines.append(f"int8 on {q['split']} ({q['images']} images): top-1 agreement {q['top1_agreement']:.1%}, "
+                     f"accuracy {q['accuracy_fp32']:.3f} -> {q['accuracy_int8']:.3f} "
+                     f"({q['accuracy_change_points']:+.1f} points); fp32 was {report['fp32_bytes'] / 1e6:.1f} MB")
+    lines.append(f"load it with tl_hub.load({result.output_dir!r}) or `tl-hub predict {result.output_dir} IMAGE`")
+    return "\n".join(lines)
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     a = _from_args(args, CompareArguments)
     source = _from_args(args, ModelSource, SOURCE)
@@ -633,7 +687,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     if not (a.model_dir and a.repo_id):
         raise ConfigError("Use `tl-hub push OUTPUT_DIR REPO_ID`, or `tl-hub push --space SPACE_ID --model REPO`.")
     url = push_to_hub(a.model_dir, a.repo_id, private=a.private or None, overwrite_card=a.overwrite_card,
-                      dataset_name=a.dataset_name)
+                      dataset_name=a.dataset_name, onnx=a.onnx)
     print(f"pushed {a.model_dir} to {a.repo_id}: {url}")
     return 0
 
@@ -652,7 +706,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "advise": cmd_advise,
-            "rank": cmd_rank, "audit": cmd_audit,
+            "rank": cmd_rank, "audit": cmd_audit, "export": cmd_export,
             "compare": cmd_compare, "demo": cmd_demo, "push": cmd_push, "serve": cmd_serve}
 
 

@@ -50,6 +50,9 @@ OPTIONAL_MODULES = {
     "tensorboardX": ("tracking", "report_to='tensorboard'"),
     "mlflow": ("tracking", "report_to='mlflow'"),
     "wandb": ("tracking", "report_to='wandb'"),
+    "onnxruntime": ("onnx", "running an ONNX export (`tl_hub.load` on a `tl-hub export` folder) and exporting"),
+    "onnx": ("onnx", "the ONNX export (`tl-hub export`, `tl_hub.export`)"),
+    "onnxscript": ("onnx", "the ONNX export (`tl-hub export`, `tl_hub.export`)"),
 }
 
 

@@ -14,3 +14,6 @@ CONFUSION_FILE = "confusion_matrix.png"  # the validation confusion matrix of th
 PER_LABEL_FILE = "per_label.png"  # a multi-label model's average precision, F1 and threshold per label
 ERRORS_FILE = "errors.png"  # the most confidently misclassified validation images
 RELIABILITY_FILE = "reliability.png"  # reliability diagram with and without the temperature (test, else validation)
+ONNX_FILE = "model.onnx"  # an exported classifier (tl_hub.export), run by ONNX Runtime
+PARITY_FILE = "parity.json"  # the export's parity check against PyTorch (and int8's agreement and accuracy change)
+ONNX_FOLDER = "onnx"  # where a pushed repository keeps its ONNX export, when it has one

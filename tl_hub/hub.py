@@ -172,6 +172,7 @@ the architecture of {% endif %}
 {% endfor %}
 {% if calibration.figure %}![reliability diagram](reliability.png)
 {% endif %}{% endif %}{% if wise_ft %}- {{ wise_ft }}
+{% endif %}{% if onnx %}- ONNX: {{ onnx }}
 {% endif %}{% if errors_figure %}
 The validation images the model got wrong with the most confidence:
 
@@ -245,6 +246,16 @@ def _wise_ft_text(info: dict) -> Optional[str]:
     how = "chosen on validation" if wise.get("chosen_by") == "validation" else "as set"
     return (f"Weights: WiSE-FT, {1 - wise['alpha']:.2f} x the start (pretrained encoder, head of period 1) + "
             f"{wise['alpha']:.2f} x the fine-tuned weights (alpha {how})")
+
+
+def _onnx_text(info: dict) -> Optional[str]:
+    """The card's line on the ONNX export a push included."""
+    onnx = info.get("onnx") or {}
+    if "folder" not in onnx:
+        return None
+    return (f"`{onnx['folder']}/model.onnx` ({onnx['bytes'] / 1e6:.1f} MB, fp32) is the whole model exported with "
+            f"tl-hub export; its logits differ from PyTorch's by at most {onnx['fp32']['max_abs_diff']:.1e} on "
+            f"{onnx['fp32']['images']} images. `tl_hub.load(repo, runtime=\"onnx\")` runs it with ONNX Runtime.")
 
 
 def _imbalance_text(info: dict) -> Optional[str]:
@@ -331,7 +342,7 @@ def model_card(info: dict, repo_id: str, dataset_name: Optional[str] = None):
         full_model=export.get("format") == "transformers", peft=export.get("format") == "peft",
         labels=info.get("labels", []), kept_epoch=_kept_epoch_text(info), per_class=val.get("per_class"),
         errors_figure="errors.png" in info.get("figures", []),
-        calibration=_calibration_card(info, test), wise_ft=_wise_ft_text(info),
+        calibration=_calibration_card(info, test), wise_ft=_wise_ft_text(info), onnx=_onnx_text(info),
         validation_warning=info.get("validation_warning"),
         export_text=f"{export.get('tensors', 0)} tensors, {export.get('parameters', 0):,} parameters",
     )

@@ -57,8 +57,10 @@ class Classifier:
 
     @property
     def device(self) -> torch.device:
-        """Where the model's weights are."""
-        return next(self.model.parameters()).device
+        """Where the model's weights are (the CPU for a model without parameters, such as an ONNX Runtime session,
+        `tl_hub.onnx_runtime`)."""
+        first = next(self.model.parameters(), None)
+        return first.device if first is not None else torch.device("cpu")
 
     @torch.inference_mode()
     def predict_proba(self, images: Union[Any, Sequence[Any]], batch_size: int = 32,
@@ -109,7 +111,7 @@ class Classifier:
         `thresholds`, with per-label precision, recall, F1, average precision and threshold (``"per_label"``).
         Both: the expected calibration error over 15 bins (``"ece"``) and the reliability diagram's bins
         (``"reliability"``); for a model calibrated when it was trained, ``"calibration"``: the ECE and NLL of the
-        same outputs without and with its temperature (`tl_hub.calibration`).
+        same outputs without and with its temperature (`tl_hub.calibration`; not with ``tta`` above 1).
 
         Labels are matched to the model's by name; columns default to those used in training, else detected.
         With ``output_dir``, the metrics are also written there as ``metrics.json`` and the confusion matrix as
@@ -127,10 +129,13 @@ class Classifier:
                                                  accelerator=accelerator, progress=progress, tta=tta)
         metrics = outputs_metrics(logits, refs, labels=self.labels, thresholds=self.thresholds,
                                   with_errors=ds is not None)
-        comparison = before_and_after(logits, refs, self.info.get("calibration"))
-        if comparison is not None:  # the same outputs without the model's temperature
+        views = len(self._views(tta))
+        # the same outputs without the model's temperature; not for averaged views, whose mean probability
+        # without the temperature is not their logits times it
+        comparison = before_and_after(logits, refs, self.info.get("calibration")) if views == 1 else None
+        if comparison is not None:
             metrics["calibration"] = comparison
-        metrics["tta"] = len(self._views(tta))
+        metrics["tta"] = views
         return _written(metrics, output_dir, ds, img_col)
 
     def outputs(self, data: Any, *, split: Optional[str] = None, image_column: Optional[str] = None,
@@ -163,7 +168,10 @@ class Classifier:
             loader = make_loader(ImageClassificationDataset(ds, img_col, lbl_col), batch_size,
                                  collate_fn=ImageCollator(processor))
         model = self.model if len(views) == 1 else ViewAveraged(self.model, len(views), self.multi_label)
-        model, loader = accelerator.prepare(model, loader)
+        if next(model.parameters(), None) is None:  # a runtime session: nothing to place or wrap
+            loader = accelerator.prepare(loader)
+        else:
+            model, loader = accelerator.prepare(model, loader)
         logits, refs = gather_outputs(accelerator, model, loader, progress=progress)
         release_prepared(accelerator)
         return logits, refs, ds, img_col

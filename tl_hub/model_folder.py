@@ -24,7 +24,7 @@ from typing import Any, Optional, Union
 
 from .backbone import load_backbone, load_image_processor
 from .config import ModelSource
-from .errors import ModelError
+from .errors import ConfigError, ModelError
 from .exporters import exporter_for, exporter_in
 from .filenames import (
     CARD_FILE,
@@ -35,12 +35,15 @@ from .filenames import (
     HISTORY_FILE,
     INFO_FILE,
     METRICS_FILE,
+    ONNX_FOLDER,
     PER_LABEL_FILE,
     PREPROCESSOR_FILE,
     RELIABILITY_FILE,
 )
 from .hub import base_of, download, model_card, upload_model
 from .inference import Classifier
+from .onnx_export import PARITY_TOLERANCE, ExportResult, check_export, write_export
+from .onnx_runtime import OnnxModel, is_onnx_folder, onnx_model
 from .outputs import atomic_output_dir, read_json, write_json
 from .plots import plot_confusion_matrix, plot_learning_curves, plot_per_label, plot_reliability
 from .tasks import set_problem_type
@@ -83,6 +86,9 @@ class TrainedModel:
 
         ``shareable``: the form pushed to the Hub, with only what training changed when that is not everything.
         """
+        if isinstance(self.classifier.model, OnnxModel):
+            raise ModelError(f"'{self.source}' is an ONNX export, run by ONNX Runtime; copy its folder as it is, or "
+                             "export the trained model folder again with `tl-hub export`.")
         exporter = exporter_for(self.kind, shareable=shareable)
         with atomic_output_dir(path, overwrite=overwrite) as tmp:
             record = {**self.record,
@@ -126,7 +132,7 @@ class TrainedModel:
 
     @classmethod
     def load(cls, source: Union[str, ModelSource], *, token=None, require_record: bool = False,
-             base_model: Optional[str] = None, **options: Any) -> TrainedModel:
+             base_model: Optional[str] = None, runtime: str = "pytorch", **options: Any) -> TrainedModel:
         """Load a model folder or Hub repo written by tl-hub (or any image-classification model folder).
 
         Args:
@@ -136,16 +142,25 @@ class TrainedModel:
             require_record: refuse folders without ``tl_hub.json`` (those not written by tl-hub).
             base_model (*optional*): the base model of a head-only or adapter folder, instead of the one its record
                 names (required when a downloaded repository names a local folder as its base).
+            runtime: for a model that also holds an ONNX export (``onnx/``, pushed with ``onnx=True``):
+                ``"pytorch"`` (the default), ``"onnx"`` (ONNX Runtime; an error without an export) or ``"auto"``
+                (ONNX Runtime when there is an export and onnxruntime is installed).  A folder written by
+                `tl_hub.export` always runs on ONNX Runtime.
         """
         source = ModelSource.of(source, **options)
-        folder = download(source, token)
+        folder = runtime_folder(download(source, token), runtime, source.id)
         record = _read_record(folder, require_record)
         if not os.path.exists(os.path.join(folder, CONFIG_FILE)):
             raise ModelError(f"'{folder}' has no {CONFIG_FILE}; pass the output folder of `tl-hub train`.")
-        exporter = exporter_in(folder, record)
-        _refuse_pickles(folder, exporter, source)
         labels = record.get("labels")
-        model = exporter.load(folder, record, lambda: _base_model(record, source, folder, base_model))
+        if is_onnx_folder(folder):  # written by tl_hub.export: run by ONNX Runtime
+            from transformers import AutoConfig
+
+            model = onnx_model(folder, AutoConfig.from_pretrained(folder))
+        else:
+            exporter = exporter_in(folder, record)
+            _refuse_pickles(folder, exporter, source)
+            model = exporter.load(folder, record, lambda: _base_model(record, source, folder, base_model))
         config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
         set_problem_type(config, bool(record.get("multi_label")))  # an adapter's base config does not say it
         if labels is not None and [config.id2label[i] for i in range(len(config.id2label))] != list(labels):
@@ -162,17 +177,46 @@ class TrainedModel:
         return cls(classifier, metrics=metrics, history=history, source=source.id, figures=figures)
 
     def push(self, repo_id: str, *, private: Optional[bool] = None, token=None, commit_message: Optional[str] = None,
-             overwrite_card: bool = False, dataset_name: Optional[str] = None) -> str:
+             overwrite_card: bool = False, dataset_name: Optional[str] = None, onnx: bool = False) -> str:
         """Upload the shareable form to ``repo_id`` in one commit, with a model card; return the commit URL.
 
-        An existing README.md in the repository is kept unless ``overwrite_card=True``.
+        An existing README.md in the repository is kept unless ``overwrite_card=True``.  ``onnx=True`` also
+        uploads the model exported to ONNX (`tl_hub.export`, fp32, parity-checked) under ``onnx/``: the whole model
+        (e.g. 14 MB for EfficientNet-Lite0), which the Space then serves through ONNX Runtime.
         """
         with tempfile.TemporaryDirectory(prefix="tl_hub_push_") as tmp:
             folder = os.path.join(tmp, "export")
             record = self.save(folder, shareable=True)  # checks the model before contacting the Hub
+            if onnx:
+                check_export("onnx", None, None, PARITY_TOLERANCE, os.path.join(folder, ONNX_FOLDER), False)
+                exported = write_export(self, os.path.join(folder, ONNX_FOLDER))
+                logger.info("Including the ONNX export (%.1f MB, largest logit difference to PyTorch %.1e)",
+                            exported.size_bytes / 1e6, exported.parity["fp32"]["max_abs_diff"])
+                record = {**record, "onnx": {"folder": ONNX_FOLDER, "bytes": exported.size_bytes,
+                                             **exported.parity}}
             return upload_model(folder, repo_id, {**record, "metrics": self.metrics}, what=self.source or "the model",
                                 private=private, token=token, commit_message=commit_message,
                                 overwrite_card=overwrite_card, dataset_name=dataset_name)
+
+
+RUNTIMES = ("pytorch", "onnx", "auto")
+
+
+def runtime_folder(folder: str, runtime: str, name: str) -> str:
+    """The folder to load for ``runtime`` (see `TrainedModel.load`): ``folder``, or its ONNX export."""
+    import importlib.util
+
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"Unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}.")
+    exported = os.path.join(folder, ONNX_FOLDER)
+    if is_onnx_folder(folder) or runtime == "pytorch":
+        return folder
+    if is_onnx_folder(exported) and (runtime == "onnx" or importlib.util.find_spec("onnxruntime") is not None):
+        return exported
+    if runtime == "onnx":
+        raise ModelError(f"'{name}' has no ONNX export; write one with `tl-hub export` (or push with --onnx), or "
+                         "load it with runtime='pytorch'.")
+    return folder
 
 
 def _read_record(folder: str, required: bool) -> dict:
@@ -213,22 +257,23 @@ def _base_model(record: dict, source: ModelSource, folder: str, override: Option
     return load_backbone(ModelSource.of(source, id=base_id, revision=revision), record["labels"]).model
 
 
-def load(source: Union[str, ModelSource], *, token=None, base_model: Optional[str] = None,
+def load(source: Union[str, ModelSource], *, token=None, base_model: Optional[str] = None, runtime: str = "pytorch",
          **options: Any) -> Classifier:
-    """A ready `Classifier` from a trained model folder or a Hub repo (see `TrainedModel.load`).
+    """A ready `Classifier` from a trained model folder, a folder written by `tl_hub.export` (run by ONNX Runtime)
+    or a Hub repo (see `TrainedModel.load`, also for ``runtime``).
 
     Example:
         >>> clf = tl_hub.load("your-name/vit-beans")
         >>> clf.predict("leaf.jpg", top_k=3)
     """
-    return TrainedModel.load(source, token=token, base_model=base_model, **options).classifier
+    return TrainedModel.load(source, token=token, base_model=base_model, runtime=runtime, **options).classifier
 
 
 def push_to_hub(model_dir: str, repo_id: str, *, private: Optional[bool] = None, token=None,
                 commit_message: Optional[str] = None, overwrite_card: bool = False,
-                dataset_name: Optional[str] = None) -> str:
+                dataset_name: Optional[str] = None, onnx: bool = False) -> str:
     """Push the model folder ``model_dir`` (written by ``Recipe.save`` / ``tl-hub train``) to ``repo_id``; see
-    `TrainedModel.push`.
+    `TrainedModel.push` (``onnx=True``: with the model exported to ONNX under ``onnx/``).
 
     Raises:
         TlHubError: the folder is not a tl-hub model folder, or the upload failed (the message names the repo and
@@ -237,9 +282,45 @@ def push_to_hub(model_dir: str, repo_id: str, *, private: Optional[bool] = None,
     trained = TrainedModel.load(model_dir, require_record=True)
     trained.source = model_dir
     return trained.push(repo_id, private=private, token=token, commit_message=commit_message,
-                        overwrite_card=overwrite_card, dataset_name=dataset_name)
+                        overwrite_card=overwrite_card, dataset_name=dataset_name, onnx=onnx)
 
 
 def export_for_hub(model_dir: str, export_dir: str) -> dict:
     """Write the shareable form of the model folder ``model_dir`` into ``export_dir``; return its record."""
     return TrainedModel.load(model_dir, require_record=True).save(export_dir, shareable=True)
+
+
+def export(model: Union[str, ModelSource, TrainedModel], format: str = "onnx", *, output_dir: str,
+           quantize: Optional[str] = None, dataset: Any = None, image_column: Optional[str] = None,
+           label_column: Optional[str] = None, overwrite: bool = False, tolerance: float = PARITY_TOLERANCE,
+           token=None) -> ExportResult:
+    """Export a trained model to ONNX in ``output_dir``, with the parity check against PyTorch written beside it;
+    return what was written (`tl_hub.onnx_export`).  ``tl_hub.load(output_dir)`` predicts through ONNX Runtime.
+
+    Args:
+        model: a trained model folder or Hub repo (written by ``tl-hub train`` / ``Recipe.save``), or a
+            `TrainedModel`.
+        format: ``"onnx"``.
+        quantize: ``None`` (fp32) or ``"int8"`` (static; needs ``dataset``).
+        dataset: the data the model was trained on: int8 calibrates on its training split and is measured on its
+            validation split (else test).
+        overwrite: replace an existing non-empty ``output_dir`` (refused otherwise; nothing of it is touched).
+        tolerance: the largest absolute logit difference against PyTorch that the fp32 export may have.
+
+    Raises:
+        ConfigError: an unknown format or quantization, int8 without ``dataset``, or a negative tolerance.
+        MissingDependency: onnx, onnxscript or onnxruntime is not installed (``pip install "tl-hub[onnx]"``).
+        ModelError: ``model`` is not a trained model folder; `ExportError`: it cannot be exported, or its export
+            differs from PyTorch by more than ``tolerance`` (nothing is written).
+        OutputError: ``output_dir`` exists and is not empty, without ``overwrite``.
+
+    Example:
+        >>> tl_hub.export("runs/beans", output_dir="runs/beans-onnx")
+        >>> tl_hub.load("runs/beans-onnx").predict("leaf.jpg")
+    """
+    check_export(format, quantize, dataset, tolerance, output_dir, overwrite)
+    trained = model if isinstance(model, TrainedModel) else TrainedModel.load(model, token=token,
+                                                                                require_record=True)
+    return write_export(trained, output_dir, format=format, quantize=quantize, dataset=dataset,
+                        image_column=image_column, label_column=label_column, overwrite=overwrite,
+                        tolerance=tolerance)

@@ -100,6 +100,14 @@ class SpaceApp:
         return {p["label"]: p["score"] for p in predictions}
 
     @property
+    def runtime(self) -> str:
+        """What computes the predictions: ONNX Runtime (an export, with its quantization) or PyTorch."""
+        onnx = (self.classifier.info or {}).get("onnx")
+        if onnx is None:
+            return "PyTorch"
+        return f"ONNX Runtime ({onnx.get('quantize') or 'fp32'})"
+
+    @property
     def multi_label(self) -> bool:
         """Whether the classifier gives a set of labels per image."""
         return bool(getattr(self.classifier, "multi_label", False))
@@ -134,6 +142,7 @@ class SpaceApp:
                          + ("" if info.get("pretrained", True) else " (its architecture, trained from scratch)"))
         if info.get("recipe"):
             lines.append(f"**Recipe**: {info['recipe']}")
+        lines.append(f"**Runtime**: {self.runtime}")
         if info.get("data"):
             lines.append(f"**Data**: {info['data']}")
         if metrics:
@@ -161,11 +170,13 @@ def example_images() -> list[str]:
 
 def build_app(source: str, *, examples: Optional[Sequence[str]] = None, top_k: int = 5,
               max_pixels: int = MAX_PIXELS, title: Optional[str] = None):
-    """The Gradio ``Blocks`` app for the classifier at ``source`` (folder or Hub repo id)."""
+    """The Gradio ``Blocks`` app for the classifier at ``source`` (folder or Hub repo id), served through ONNX
+    Runtime when the model has an ONNX export (`tl_hub.export`, or pushed with ``onnx=True``) and onnxruntime is
+    installed, else through PyTorch; "About this model" says which."""
     require("gradio")
     import gradio as gr
 
-    classifier = load(source)
+    classifier = load(source, runtime="auto")  # the ONNX export when the model has one
     app = SpaceApp(classifier, top_k=top_k, max_pixels=max_pixels)
     with gr.Blocks(title=title or "tl-hub classifier", analytics_enabled=False) as demo:
         returns = ("every label whose score reaches its threshold (multi-label)" if app.multi_label

@@ -1,0 +1,327 @@
+"""Export a trained classifier to ONNX (optionally quantized to int8), with its parity against PyTorch checked at
+every export and written beside it.
+
+`tl_hub.export` writes a folder that `tl_hub.load` reads back as a `Classifier` predicting through ONNX Runtime
+(`tl_hub.onnx_runtime`):
+
+- ``model.onnx``: the whole classifier (the base with its trained head, a LoRA model merged, the calibrated
+  temperature already folded into the head), pixel values in, logits out, with a dynamic batch axis; exported by
+  PyTorch's maintained exporter (``torch.onnx.export(..., dynamo=True)``);
+- ``config.json`` (labels, problem type) and ``preprocessor_config.json``: what the runtime needs to preprocess as
+  in training; ``tl_hub.json``: the training record, with an ``onnx`` entry saying how it was exported;
+- ``parity.json``: the largest absolute difference of the logits against PyTorch on a sample batch (fp32: at most
+  `PARITY_TOLERANCE`, else the export is refused and nothing is written); for int8, the top-1 agreement with the
+  fp32 model and the accuracy change on the evaluation split of the data given.
+
+int8 is static quantization (ONNX Runtime's QDQ format, int8 weights per channel, uint8 activations): its
+activation ranges are calibrated on `CALIBRATION_IMAGES` training images of ``dataset``, which int8 therefore needs.
+
+Example:
+    >>> tl_hub.export("runs/beans", output_dir="runs/beans-onnx")
+    >>> tl_hub.load("runs/beans-onnx").predict("leaf.jpg")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ConfigError, ModelError, require
+from .filenames import INFO_FILE, METRICS_FILE, ONNX_FILE, PARITY_FILE
+from .outputs import atomic_output_dir, check_output_dir, write_json
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("onnx",)
+QUANTIZATIONS = ("int8",)
+OPSET = 18
+PARITY_TOLERANCE = 1e-4  # the largest absolute logit difference an fp32 export may have against PyTorch
+SAMPLE_IMAGES = 4  # the sample batch of the parity check (exported with 2: the batch axis is checked dynamic)
+CALIBRATION_IMAGES = 64  # training images that calibrate int8's activation ranges
+EVALUATION_IMAGES = 1000  # at most this many images measure int8's agreement and accuracy change
+
+
+class ExportError(ModelError):
+    """The model cannot be exported, or its export does not compute what the PyTorch model does."""
+
+
+@dataclass
+class ExportResult:
+    """What `export` wrote: the folder, its files with their sizes in bytes, and the parity check."""
+
+    output_dir: str
+    files: dict = field(default_factory=dict)
+    parity: dict = field(default_factory=dict)
+
+    @property
+    def size_bytes(self) -> int:
+        """The size of the model file(s) on disk."""
+        return sum(size for name, size in self.files.items() if name.endswith((".onnx", ".onnx.data")))
+
+
+class LogitsOnly(nn.Module):
+    """A classifier as the exported graph has it: pixel values in, the logits tensor out."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        from .structure import logits_of
+
+        return logits_of(self.model(pixel_values=pixel_values))
+
+
+def check_export_settings(format: str, quantize: Optional[str], dataset: Any, tolerance: float) -> None:
+    """One clear error for an unknown format or quantization, int8 without data to calibrate on, or a negative
+    tolerance."""
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
+        raise ConfigError(f"`tolerance` should be a number of at least 0 (the largest logit difference allowed), "
+                          f"got {tolerance!r}.")
+    if format not in FORMATS:
+        raise ConfigError(f"Unknown export format {format!r}; tl-hub exports {', '.join(FORMATS)} "
+                          "(format='onnx', --format onnx).")
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise ConfigError(f"Unknown quantization {quantize!r}; tl-hub quantizes to {', '.join(QUANTIZATIONS)} "
+                          "(quantize='int8', --quantize int8), or leave it out for fp32.")
+    if quantize == "int8" and dataset is None:
+        raise ConfigError("int8 quantization calibrates its activation ranges on training images and measures its "
+                          "accuracy change on the evaluation split: pass the data the model was trained on "
+                          "(dataset=..., --dataset D).")
+
+
+def exportable(model: nn.Module) -> nn.Module:
+    """The plain float32 module to export: a copy, with a PEFT model's adapters merged into its weights and the
+    eager attention (the same computation; the exporter cannot decompose some models' fused attention, e.g.
+    Swin's)."""
+    model = copy.deepcopy(model)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    if getattr(getattr(model, "config", None), "_attn_implementation", "eager") != "eager":
+        with contextlib.suppress(ValueError, AttributeError, NotImplementedError):  # a model without the choice
+            model.set_attn_implementation("eager")
+    return LogitsOnly(model.float().eval()).eval()
+
+
+def sample_batch(processor, n: int, seed: int = 0) -> torch.Tensor:
+    """``n`` images of random pixels through the model's image processor: inputs for the parity check."""
+    from PIL import Image
+
+    from .data import preprocess
+
+    rng = np.random.default_rng(seed)
+    images = [Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)) for _ in range(n)]
+    return preprocess(processor, images)["pixel_values"].float()
+
+
+def operator_of(error: BaseException) -> Optional[str]:
+    """The operator or module an exporter's error names (``aten.foo``, ``torch.ops...``, a class name), if any."""
+    text = f"{error!r} {error}"
+    patterns = (r"(aten[.:]{1,2}[A-Za-z_0-9.]+)", r"(torch\.ops\.[A-Za-z_0-9.]+)", r"[Oo]perator '?([A-Za-z_:.0-9]+)",
+                r"module '?([A-Za-z_][A-Za-z_0-9.]*)'?")
+    for pattern in patterns:
+        found = re.search(pattern, text)
+        if found:
+            return found.group(1).rstrip(".")
+    return None
+
+
+def to_onnx(module: nn.Module, sample: torch.Tensor, path: str, model_type: str) -> None:
+    """Export ``module`` to ``path`` with a dynamic batch axis; one `ExportError` naming the operator when the
+    exporter cannot."""
+    from torch.export import Dim
+
+    try:
+        with warnings.catch_warnings(), _quiet_exporter():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(module, (sample[:2],), dynamo=True, opset_version=OPSET,
+                                        input_names=["pixel_values"], output_names=["logits"],
+                                        dynamic_shapes={"pixel_values": {0: Dim("batch", min=1, max=1024)}},
+                                        report=False, verbose=False)
+            program.save(path, external_data=False)
+    except Exception as error:  # the exporter's errors are of many types; the message names what failed
+        what = operator_of(error)
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+        first = text.splitlines()[0] if text else type(error).__name__
+        raise ExportError(f"This {model_type} model cannot be exported to ONNX"
+                          + (f": the exporter fails on {what}" if what else "") + f" ({first[:300]}).") from error
+
+
+class _quiet_exporter:
+    """Silence the exporter's progress lines (it logs through ``torch.onnx`` and prints)."""
+
+    def __enter__(self):
+        import contextlib
+        import io
+
+        self.loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript")]
+        self.levels = [lg.level for lg in self.loggers]
+        for lg in self.loggers:
+            lg.setLevel(logging.ERROR)
+        self.redirect = contextlib.redirect_stdout(io.StringIO())
+        self.redirect.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.redirect.__exit__(*exc)
+        for lg, level in zip(self.loggers, self.levels):
+            lg.setLevel(level)
+        return False
+
+
+def parity(module: nn.Module, path: str, sample: torch.Tensor) -> dict:
+    """The fp32 parity check: the largest absolute difference of the logits of ``sample`` (a batch size other than
+    the exported one) between ``module`` and the ONNX file, with the largest logit for scale."""
+    from .onnx_runtime import session
+
+    with torch.inference_mode():
+        expected = module(sample).float().numpy()
+    got = session(path).run(None, {"pixel_values": sample.numpy()})[0]
+    if got.shape != expected.shape:
+        raise ExportError(f"The exported model gives logits of shape {got.shape} where PyTorch gives "
+                          f"{expected.shape}.")
+    return {"images": int(sample.shape[0]), "max_abs_diff": float(np.abs(got - expected).max()),
+            "max_abs_logit": float(np.abs(expected).max()), "tolerance": PARITY_TOLERANCE,
+            "top1_agreement": float((got.argmax(-1) == expected.argmax(-1)).mean())}
+
+
+def evaluation_split(dataset: Any) -> tuple[Any, str, Any]:
+    """``(train, name, split)``: the training split (calibration images) and the split int8 is measured on: the
+    validation split, else the test split, else the training split, at most `EVALUATION_IMAGES` images."""
+    import datasets
+
+    from .data import VALIDATION_SPLIT_NAMES, load_source, pick_splits
+
+    data = load_source(dataset)
+    train = pick_splits(data)[0]
+    names = list(data) if isinstance(data, datasets.DatasetDict) else []
+    name = next((n for n in (*VALIDATION_SPLIT_NAMES, "test") if n in names), None)
+    split = data[name] if name else train
+    if len(split) > EVALUATION_IMAGES:
+        split = split.shuffle(seed=0).select(range(EVALUATION_IMAGES))
+    return train, name or "train", split
+
+
+def calibration_batches(train, processor, image_column: Optional[str]) -> list[dict]:
+    """`CALIBRATION_IMAGES` training images (a seeded draw) as batches of pixel values for int8's calibration."""
+    from .data import as_images, find_image_column, preprocess
+
+    column = find_image_column(train, image_column)
+    rows = train.shuffle(seed=0).select(range(min(CALIBRATION_IMAGES, len(train))))
+    images = as_images(rows[column])
+    return [{"pixel_values": preprocess(processor, images[i:i + 16])["pixel_values"].float().numpy()}
+            for i in range(0, len(images), 16)]
+
+
+def quantize_int8(fp32_path: str, int8_path: str, batches: list[dict]) -> None:
+    """Static int8 quantization of the ONNX file (QDQ, int8 weights per output channel, uint8 activations with
+    min-max ranges over ``batches``)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(batches)
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    with tempfile.TemporaryDirectory(prefix="tl_hub_int8_") as tmp:
+        prepared = os.path.join(tmp, "prepared.onnx")
+        try:
+            quant_pre_process(fp32_path, prepared, skip_symbolic_shape=True)
+        except Exception as error:  # the optional pre-pass; quantize the exported graph as it is
+            logger.info("int8: the pre-processing pass failed (%s); quantizing the graph as exported", error)
+            prepared = fp32_path
+        quantize_static(prepared, int8_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+
+
+def int8_parity(classifier, config, fp32_path: str, int8_path: str, split, split_name: str,
+                image_column: Optional[str], label_column: Optional[str]) -> dict:
+    """int8 against fp32 on ``split``: the top-1 agreement and the accuracy of each (their change in points);
+    ``config``: the exported model's."""
+    from .inference import Classifier
+    from .onnx_runtime import OnnxModel
+
+    figures = {}
+    for name, path in (("fp32", fp32_path), ("int8", int8_path)):
+        runner = Classifier(OnnxModel(path, config), classifier.processor, classifier.labels, info=classifier.info)
+        logits, refs, _, _ = runner.outputs(split, image_column=image_column, label_column=label_column)
+        figures[name] = (logits, refs)
+    (fp32, refs), (int8, _) = figures["fp32"], figures["int8"]
+    multi = refs.ndim == 2
+    right = (lambda z: ((z > 0) == refs.bool()).all(-1)) if multi else (lambda z: z.argmax(-1) == refs)
+    same = ((fp32 > 0) == (int8 > 0)).all(-1) if multi else fp32.argmax(-1) == int8.argmax(-1)
+    acc32, acc8 = float(right(fp32).float().mean()), float(right(int8).float().mean())
+    return {"split": split_name, "images": len(refs), "top1_agreement": float(same.float().mean()),
+            "accuracy_fp32": acc32, "accuracy_int8": acc8, "accuracy_change_points": 100 * (acc8 - acc32),
+            "max_abs_diff": float((fp32 - int8).abs().max())}
+
+
+def check_export(format: str, quantize: Optional[str], dataset: Any, tolerance: float, output_dir: str,
+                 overwrite: bool) -> None:
+    """Everything `tl_hub.export` can refuse before any work: the settings (`check_export_settings`), the optional
+    packages (one line naming the ``onnx`` extra) and the output folder."""
+    check_export_settings(format, quantize, dataset, tolerance)
+    for needed in ("onnx", "onnxscript", "onnxruntime"):
+        require(needed)
+    check_output_dir(output_dir, overwrite)
+
+
+def write_export(trained, output_dir: str, *, format: str = "onnx", quantize: Optional[str] = None,
+                 dataset: Any = None, image_column: Optional[str] = None, label_column: Optional[str] = None,
+                 overwrite: bool = False, tolerance: float = PARITY_TOLERANCE) -> ExportResult:
+    """Export ``trained`` (a `tl_hub.TrainedModel`: its classifier, record and metrics) to ``output_dir`` as the
+    module's description says, the settings already checked (`check_export`); see `tl_hub.export`."""
+    classifier = trained.classifier
+    if next(classifier.model.parameters(), None) is None:
+        raise ModelError(f"'{trained.source}' is already an ONNX export; export its trained model folder.")
+    module = exportable(classifier.model)
+    config = module.model.config
+    sample = sample_batch(classifier.processor, SAMPLE_IMAGES)
+    with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
+        path = os.path.join(tmp, ONNX_FILE)
+        to_onnx(module, sample, path, getattr(config, "model_type", None) or type(module.model).__name__)
+        report = {"format": format, "quantize": quantize, "opset": OPSET, "exporter": "torch.onnx (dynamo)",
+                  "torch": torch.__version__, "fp32": parity(module, path, sample)}
+        report["fp32"]["tolerance"] = tolerance
+        if report["fp32"]["max_abs_diff"] > tolerance:
+            raise ExportError(f"The exported model's logits differ from PyTorch's by up to "
+                              f"{report['fp32']['max_abs_diff']:.2e} on {SAMPLE_IMAGES} images, more than the "
+                              f"tolerance {tolerance:.0e}; nothing was written. Pass a larger tolerance "
+                              "(--tolerance) if this difference is acceptable.")
+        if quantize == "int8":
+            _quantized(classifier, config, tmp, report, dataset, image_column, label_column)
+        config.save_pretrained(tmp)
+        classifier.processor.save_pretrained(tmp)
+        write_json(os.path.join(tmp, INFO_FILE), {**trained.record, "onnx": report})
+        write_json(os.path.join(tmp, PARITY_FILE), report)
+        if trained.metrics:  # the trained model's validation (and test) metrics, for the Space and the card
+            write_json(os.path.join(tmp, METRICS_FILE), trained.metrics)
+        files = {name: os.path.getsize(os.path.join(tmp, name)) for name in sorted(os.listdir(tmp))}
+    return ExportResult(os.path.abspath(output_dir), files, report)
+
+
+def _quantized(classifier, config, folder: str, report: dict, dataset: Any, image_column, label_column) -> None:
+    """Replace the fp32 ``model.onnx`` in ``folder`` by its int8 quantization; add int8's figures to ``report``."""
+    image_column = image_column or classifier.info.get("image_column")
+    label_column = label_column or classifier.info.get("label_column")
+    train, split_name, split = evaluation_split(dataset)
+    fp32_path, int8_path = os.path.join(folder, ONNX_FILE), os.path.join(folder, "int8.onnx")
+    quantize_int8(fp32_path, int8_path, calibration_batches(train, classifier.processor, image_column))
+    report["int8"] = int8_parity(classifier, config, fp32_path, int8_path, split, split_name, image_column,
+                                 label_column)
+    report["fp32_bytes"] = os.path.getsize(fp32_path)
+    os.replace(int8_path, fp32_path)

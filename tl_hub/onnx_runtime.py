@@ -1,0 +1,85 @@
+"""Predicting through ONNX Runtime: a folder written by `tl_hub.export` loads as a `Classifier` whose model is an
+ONNX Runtime session, with the same ``predict``, ``predict_proba`` and ``evaluate``.
+
+`OnnxModel` is an ``nn.Module`` without parameters whose forward runs the session on the CPU (the pixel values in,
+the logits out), so everything the `Classifier` does around the forward works unchanged: preprocessing in a
+background thread while the session runs, test-time augmentation, multi-process evaluation (each process runs its
+own session on its part of the data).  ``onnxruntime`` is an optional dependency (``pip install "tl-hub[onnx]"``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ModelError, require
+from .filenames import ONNX_FILE
+
+SPIN = False  # whether ONNX Runtime's idle compute threads spin-wait between runs (see `session`)
+
+
+def onnxruntime_module():
+    """The ``onnxruntime`` module, or one clear error saying how to install it (`tl_hub.errors.require`)."""
+    require("onnxruntime")
+    import onnxruntime
+
+    return onnxruntime
+
+
+def is_onnx_folder(folder: str) -> bool:
+    """Whether ``folder`` holds a model exported by `tl_hub.export` (an ONNX file where the weights would be)."""
+    return os.path.isfile(os.path.join(folder, ONNX_FILE))
+
+
+def session(path: str, threads: Optional[int] = None):
+    """An ONNX Runtime CPU session on the model file ``path``, computing with ``threads`` threads (default: as many
+    as PyTorch uses, `tl_hub.threads`), every graph optimisation on."""
+    ort = onnxruntime_module()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads or torch.get_num_threads())
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: the optimiser's notes are not the user's business
+    # idle threads sleep instead of spinning: the next batch is preprocessed on the same cores meanwhile
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if SPIN else "0")
+    try:
+        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own types for a damaged or unsupported file
+        raise ModelError(f"ONNX Runtime cannot load '{path}': {str(error).splitlines()[0]}; export the model again "
+                         "with `tl-hub export`.") from error
+
+
+class OnnxLogits:
+    """What `OnnxModel` returns: the logits, as a transformers classification output has them."""
+
+    def __init__(self, logits: torch.Tensor):
+        self.logits = logits
+
+
+class OnnxModel(nn.Module):
+    """An exported classifier run by ONNX Runtime, callable like the PyTorch model it came from:
+    ``model(pixel_values=x).logits``.  ``config`` is the PyTorch model's config (labels, problem type)."""
+
+    def __init__(self, path: str, config, threads: Optional[int] = None):
+        super().__init__()
+        self.path, self.config = path, config
+        self.session = session(path, threads)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, pixel_values: torch.Tensor) -> OnnxLogits:
+        """The logits of a batch of pixel values (any device and float type: run in float32 on the CPU)."""
+        array = np.ascontiguousarray(pixel_values.detach().to("cpu", torch.float32).numpy())
+        return OnnxLogits(torch.from_numpy(self.session.run(None, {self.input_name: array})[0]))
+
+    def logits(self, pixel_values: np.ndarray) -> np.ndarray:
+        """The logits of float32 pixel values, as numpy (no torch on the way)."""
+        return self.session.run(None, {self.input_name: pixel_values})[0]
+
+
+def onnx_model(folder: str, config, threads: Optional[int] = None) -> OnnxModel:
+    """The `OnnxModel` of an exported folder (``config``: its ``config.json``)."""
+    return OnnxModel(os.path.join(folder, ONNX_FILE), config, threads)
