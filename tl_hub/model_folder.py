@@ -182,7 +182,7 @@ class TrainedModel:
 
         An existing README.md in the repository is kept unless ``overwrite_card=True``.  ``onnx=True`` also
         uploads the model exported to ONNX (`tl_hub.export`, fp32, parity-checked) under ``onnx/``: the whole model
-        (e.g. 14 MB for EfficientNet-Lite0), which the Space then serves through ONNX Runtime.
+        (16.7 MB for EfficientNet-Lite0), which the Space then serves through ONNX Runtime.
         """
         with tempfile.TemporaryDirectory(prefix="tl_hub_push_") as tmp:
             folder = os.path.join(tmp, "export")

@@ -13,8 +13,9 @@ every export and written beside it.
   `PARITY_TOLERANCE`, else the export is refused and nothing is written); for int8, the top-1 agreement with the
   fp32 model and the accuracy change on the evaluation split of the data given.
 
-int8 is static quantization (ONNX Runtime's QDQ format, int8 weights per channel, uint8 activations): its
-activation ranges are calibrated on `CALIBRATION_IMAGES` training images of ``dataset``, which int8 therefore needs.
+int8 is static quantization of the convolutions and matrix products (`QUANTIZED_OPS`; ONNX Runtime's QDQ format, int8
+weights per channel, uint8 activations): its activation ranges are calibrated on `CALIBRATION_IMAGES` training images
+of ``dataset``, which int8 therefore needs.
 
 Example:
     >>> tl_hub.export("runs/beans", output_dir="runs/beans-onnx")
@@ -49,6 +50,10 @@ OPSET = 18
 PARITY_TOLERANCE = 1e-4  # the largest absolute logit difference an fp32 export may have against PyTorch
 SAMPLE_IMAGES = 4  # the sample batch of the parity check (exported with 2: the batch axis is checked dynamic)
 CALIBRATION_IMAGES = 64  # training images that calibrate int8's activation ranges
+# the operators int8 computes in integers: the convolutions and matrix products, where the time is; the element-wise
+# rest (activations, gates, sums) stays float: quantizing it too took EfficientNet-Lite0's top-1 agreement with fp32
+# from 83% to 7% on 30 validation images
+QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 EVALUATION_IMAGES = 1000  # at most this many images measure int8's agreement and accuracy change
 
 
@@ -244,8 +249,15 @@ def quantize_int8(fp32_path: str, int8_path: str, batches: list[dict]) -> None:
         except Exception as error:  # the optional pre-pass; quantize the exported graph as it is
             logger.info("int8: the pre-processing pass failed (%s); quantizing the graph as exported", error)
             prepared = fp32_path
-        quantize_static(prepared, int8_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # the quantizer warns on the root logger about every 1-D weight it skips
+        try:
+            quantize_static(prepared, int8_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            op_types_to_quantize=list(QUANTIZED_OPS))
+        finally:
+            root.setLevel(level)
 
 
 def int8_parity(classifier, config, fp32_path: str, int8_path: str, split, split_name: str,
