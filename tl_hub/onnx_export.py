@@ -163,26 +163,21 @@ def to_onnx(module: nn.Module, sample: torch.Tensor, path: str, model_type: str)
                           + (f": the exporter fails on {what}" if what else "") + f" ({first[:300]}).") from error
 
 
-class _quiet_exporter:
+@contextlib.contextmanager
+def _quiet_exporter():
     """Silence the exporter's progress lines (it logs through ``torch.onnx`` and prints)."""
+    import io
 
-    def __enter__(self):
-        import contextlib
-        import io
-
-        self.loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript")]
-        self.levels = [lg.level for lg in self.loggers]
-        for lg in self.loggers:
-            lg.setLevel(logging.ERROR)
-        self.redirect = contextlib.redirect_stdout(io.StringIO())
-        self.redirect.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.redirect.__exit__(*exc)
-        for lg, level in zip(self.loggers, self.levels):
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
             lg.setLevel(level)
-        return False
 
 
 def parity(module: nn.Module, path: str, sample: torch.Tensor) -> dict:

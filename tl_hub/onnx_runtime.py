@@ -53,13 +53,6 @@ def session(path: str, threads: Optional[int] = None):
                          "with `tl-hub export`.") from error
 
 
-class OnnxLogits:
-    """What `OnnxModel` returns: the logits, as a transformers classification output has them."""
-
-    def __init__(self, logits: torch.Tensor):
-        self.logits = logits
-
-
 class OnnxModel(nn.Module):
     """An exported classifier run by ONNX Runtime, callable like the PyTorch model it came from:
     ``model(pixel_values=x).logits``.  ``config`` is the PyTorch model's config (labels, problem type)."""
@@ -70,14 +63,13 @@ class OnnxModel(nn.Module):
         self.session = session(path, threads)
         self.input_name = self.session.get_inputs()[0].name
 
-    def forward(self, pixel_values: torch.Tensor) -> OnnxLogits:
-        """The logits of a batch of pixel values (any device and float type: run in float32 on the CPU)."""
-        array = np.ascontiguousarray(pixel_values.detach().to("cpu", torch.float32).numpy())
-        return OnnxLogits(torch.from_numpy(self.session.run(None, {self.input_name: array})[0]))
+    def forward(self, pixel_values: torch.Tensor):
+        """The logits of a batch of pixel values (any device and float type: run in float32 on the CPU), as the
+        transformers model returns them (``ImageClassifierOutput``)."""
+        from transformers.modeling_outputs import ImageClassifierOutput
 
-    def logits(self, pixel_values: np.ndarray) -> np.ndarray:
-        """The logits of float32 pixel values, as numpy (no torch on the way)."""
-        return self.session.run(None, {self.input_name: pixel_values})[0]
+        array = np.ascontiguousarray(pixel_values.detach().to("cpu", torch.float32).numpy())
+        return ImageClassifierOutput(logits=torch.from_numpy(self.session.run(None, {self.input_name: array})[0]))
 
 
 def onnx_model(folder: str, config, threads: Optional[int] = None) -> OnnxModel:
