@@ -13,10 +13,7 @@ The block is ``TABLES[name]`` applied to the parsed result files it names: pure 
 files always give the same text.  The figures under `docs/assets/` are drawn from the results (and checked through
 the digest of their inputs stored in the PNG), or copied from the PNGs the benchmark scripts write.
 
-Three renderers have no block in the docs yet, because their producers print their results instead of writing a
-file: `performance` also reads the JSON line of ``python benchmarks/run.py`` (the small ViT at 64 px),
-`fe_breakdown` the JSON line of ``python benchmarks/fe_breakdown.py``, and `architectures` the rows that
-``python tests/support/arch_check.py`` prints, as a JSON list.
+`architectures` is also the table ``python tests/support/arch_check.py`` prints.
 """
 
 from __future__ import annotations
@@ -454,24 +451,32 @@ def fe_breakdown(result: dict) -> str:
     return "\n\n".join([table(["phase"] + [f"{c} cache" for c in caches], rows), caption(note)])
 
 
+def onnx_cell(onnx) -> str:
+    """The ONNX column of the architecture table: the export's largest logit difference, or why it cannot export."""
+    if onnx is None:
+        return "not run"
+    return onnx if isinstance(onnx, str) else f"✓ ({onnx['max_abs_diff']:.1g})"
+
+
 def architectures(result: dict) -> str:
     """The architecture check per model type (`python tests/support/arch_check.py --json ...`)."""
     out = []
     rows = result["rows"]
     for r in rows:
         if "error" in r:
-            out.append([r["type"], r["error"], "", "", "", "", ""])
+            out.append([r["type"], r["error"], "", "", "", "", "", ""])
             continue
         ddp = r.get("ddp")
         cut = "whole encoder" if r["prefix_cut"] == "-" else f"`{r['prefix_cut']}`"
         out.append([r["type"], "passes", str(r["blocks"]), f"`{', '.join(r['head'])}`",
                     "yes" if "lora" in r else "no linear layers", cut,
-                    "not run" if ddp is None else f"✓ ({ddp['max_difference']:.1g})"])
-    passing = sum("error" not in r for r in rows)
+                    "not run" if ddp is None else f"✓ ({ddp['max_difference']:.1g})", onnx_cell(r.get("onnx"))])
+    passing = sum("error" not in r and isinstance(r.get("onnx"), dict) for r in rows)
     note = (f"{passing} of {len(rows)} types pass everything; {result['transformers']} transformers; "
             f"{result['minutes']:g} minutes; finished {result['date']}, {machine(result['host'])}")
     return "\n\n".join([table(["model type", "result", "blocks", "head", "LoRA", "top-2 on cached prefix (cut)",
-                                "2 processes (largest metric difference)"], out), caption(note)])
+                                "2 processes (largest metric difference)", "ONNX export (largest logit difference)"],
+                               out), caption(note)])
 
 
 # ---------------------------------------------------------------------------------------------------------------------

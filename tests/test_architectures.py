@@ -1,6 +1,6 @@
 """Every image-classification type transformers maps, enumerated at run time, on a tiny checkpoint with the depth of
 a real one (`arch_zoo`): the split, feature extraction, fine-tuning with ``unfreeze=2`` and ``layer_decay``, LoRA
-where the blocks have linear layers, and save -> load (`arch_check`).  A type is either passing, or skipped because
+where the blocks have linear layers, save -> load, and the ONNX export with its parity (`arch_check`).  A type is either passing, or skipped because
 it cannot be built here (`arch_zoo.SKIP`, with the missing dependency), or refused by tl-hub with a clear error
 (`arch_check.REFUSED`); a new type that is none of these fails."""
 
@@ -35,3 +35,4 @@ def test_every_mapped_architecture(model_type, tmp_path):
     result = arch_check.check(model_type, str(tmp_path))
     print(result)
     assert result["blocks"] >= 2
+    assert isinstance(result["onnx"], dict), result["onnx"]  # exported within the parity tolerance

@@ -94,6 +94,52 @@ def test_int8_reports_its_agreement_and_accuracy_change(trained, tmp_path):
     loaded = tl_hub.load(result.output_dir)
     metrics = loaded.evaluate(data, split="test")
     assert metrics["accuracy"] == pytest.approx(q["accuracy_int8"])  # the figure is the saved model's
+    # where the damage falls: each class's accuracy, the same figures as the evaluation's per-class recall
+    assert set(q["per_class"]) <= set(loaded.labels) and sum(c["images"] for c in q["per_class"].values()) == 20
+    for label, c in q["per_class"].items():
+        assert c["accuracy_int8"] == pytest.approx(metrics["per_class"][label]["recall"])
+
+
+def test_int8_leaves_the_first_and_the_depthwise_convolutions_in_float():
+    from onnx import helper
+
+    from tl_hub.onnx_export import float_convolutions
+
+    def conv(name, group=1):
+        return helper.make_node("Conv", [f"{name}_in", f"{name}_w"], [f"{name}_out"], name=name, group=group)
+
+    graph = helper.make_graph([conv("stem"), conv("expand"), conv("depthwise", group=32), helper.make_node(
+        "Relu", ["x"], ["y"], name="relu"), conv("project"), conv("grouped", group=2)], "g", [], [])
+    assert float_convolutions(graph) == ["depthwise", "grouped", "stem"]
+    assert float_convolutions(helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"], name="mm")], "g", [],
+                                                [])) == []
+
+
+def test_per_class_change_says_where_int8_loses():
+    from tl_hub.onnx_export import per_class_change
+
+    refs = torch.tensor([0, 0, 1, 1])
+    fp32 = torch.tensor([[2.0, 0.0], [2.0, 0.0], [0.0, 2.0], [0.0, 2.0]])
+    int8 = torch.tensor([[2.0, 0.0], [0.0, 2.0], [0.0, 2.0], [0.0, 2.0]])  # one image of "a" now wrong
+    change = per_class_change(fp32, int8, refs, ["a", "b", "c"])
+    assert change == {"a": {"images": 2, "accuracy_fp32": 1.0, "accuracy_int8": 0.5},
+                      "b": {"images": 2, "accuracy_fp32": 1.0, "accuracy_int8": 1.0}}  # "c" has no images
+    multi = torch.tensor([[1.0, 0.0], [1.0, 1.0]])  # multi-label: each label's yes/no over every image
+    change = per_class_change(torch.tensor([[3.0, -3.0], [3.0, 3.0]]), torch.tensor([[3.0, 3.0], [3.0, 3.0]]),
+                              multi, ["x", "y"])
+    assert change["x"]["accuracy_int8"] == 1.0 and change["y"] == {"images": 2, "accuracy_fp32": 1.0,
+                                                                    "accuracy_int8": 0.5}
+
+
+def test_the_export_leaves_the_environment_as_it_was(trained, tmp_path, monkeypatch):
+    from tl_hub.onnx_export import TORCH_CHECKS
+
+    monkeypatch.delenv(TORCH_CHECKS, raising=False)
+    tl_hub.export(trained("vit"), output_dir=str(tmp_path / "a"))
+    assert TORCH_CHECKS not in os.environ  # transformers' checks are off only while the exporter traces
+    monkeypatch.setenv(TORCH_CHECKS, "0")
+    tl_hub.export(trained("vit"), output_dir=str(tmp_path / "b"))
+    assert os.environ[TORCH_CHECKS] == "0"
 
 
 def test_the_cli_exports_and_predicts(trained, tmp_path, capsys):

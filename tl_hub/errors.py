@@ -66,13 +66,17 @@ def missing_dependency(module: Optional[str]) -> Optional[MissingDependency]:
     return MissingDependency(f"{needed_by} needs {top}, which is not installed: pip install \"tl-hub[{extra}]\"")
 
 
-def require(module: str) -> None:
-    """Raise `missing_dependency` unless ``module`` can be imported (found without importing it)."""
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported (found without importing it)."""
     import importlib.util
 
     try:
-        found = importlib.util.find_spec(module) is not None
+        return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):  # a parent package that is missing or broken
-        found = False
-    if not found:
+        return False
+
+
+def require(module: str) -> None:
+    """Raise `missing_dependency` unless ``module`` can be imported (found without importing it)."""
+    if not installed(module):
         raise missing_dependency(module) or MissingDependency(f"{module} is not installed: pip install {module}")

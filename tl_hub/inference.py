@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .data import as_images, is_single_image, preprocess
-from .structure import logits_of, model_inputs
+from .structure import first_parameter, logits_of, model_inputs
 from .tasks import DEFAULT_THRESHOLD, decide, is_multi_label, probabilities
 from .tta import ViewAveraged, ViewProcessor, check_tta, images_per_batch, mean_over_views
 
@@ -59,7 +59,7 @@ class Classifier:
     def device(self) -> torch.device:
         """Where the model's weights are (the CPU for a model without parameters, such as an ONNX Runtime session,
         `tl_hub.onnx_runtime`)."""
-        first = next(self.model.parameters(), None)
+        first = first_parameter(self.model)
         return first.device if first is not None else torch.device("cpu")
 
     @torch.inference_mode()
@@ -168,7 +168,7 @@ class Classifier:
             loader = make_loader(ImageClassificationDataset(ds, img_col, lbl_col), batch_size,
                                  collate_fn=ImageCollator(processor))
         model = self.model if len(views) == 1 else ViewAveraged(self.model, len(views), self.multi_label)
-        if next(model.parameters(), None) is None:  # a runtime session: nothing to place or wrap
+        if first_parameter(model) is None:  # a runtime session: nothing to place or wrap
             loader = accelerator.prepare(loader)
         else:
             model, loader = accelerator.prepare(model, loader)

@@ -24,7 +24,7 @@ from typing import Any, Optional, Union
 
 from .backbone import load_backbone, load_image_processor
 from .config import ModelSource
-from .errors import ConfigError, ModelError
+from .errors import ConfigError, ModelError, installed
 from .exporters import exporter_for, exporter_in
 from .filenames import (
     CARD_FILE,
@@ -204,14 +204,12 @@ RUNTIMES = ("pytorch", "onnx", "auto")
 
 def runtime_folder(folder: str, runtime: str, name: str) -> str:
     """The folder to load for ``runtime`` (see `TrainedModel.load`): ``folder``, or its ONNX export."""
-    import importlib.util
-
     if runtime not in RUNTIMES:
         raise ConfigError(f"Unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}.")
     exported = os.path.join(folder, ONNX_FOLDER)
     if is_onnx_folder(folder) or runtime == "pytorch":
         return folder
-    if is_onnx_folder(exported) and (runtime == "onnx" or importlib.util.find_spec("onnxruntime") is not None):
+    if is_onnx_folder(exported) and (runtime == "onnx" or installed("onnxruntime")):
         return exported
     if runtime == "onnx":
         raise ModelError(f"'{name}' has no ONNX export; write one with `tl-hub export` (or push with --onnx), or "

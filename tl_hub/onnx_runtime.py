@@ -61,15 +61,22 @@ class OnnxModel(nn.Module):
         super().__init__()
         self.path, self.config = path, config
         self.session = session(path, threads)
-        self.input_name = self.session.get_inputs()[0].name
+        self.input_names = [i.name for i in self.session.get_inputs()]
 
-    def forward(self, pixel_values: torch.Tensor):
-        """The logits of a batch of pixel values (any device and float type: run in float32 on the CPU), as the
-        transformers model returns them (``ImageClassifierOutput``)."""
+    def forward(self, **inputs: torch.Tensor):
+        """The logits of a batch (the processor's outputs by name, e.g. ``pixel_values``, on any device, floating
+        values in any float type: run in float32 on the CPU), as the transformers model returns them
+        (``ImageClassifierOutput``)."""
         from transformers.modeling_outputs import ImageClassifierOutput
 
-        array = np.ascontiguousarray(pixel_values.detach().to("cpu", torch.float32).numpy())
-        return ImageClassifierOutput(logits=torch.from_numpy(self.session.run(None, {self.input_name: array})[0]))
+        missing = [name for name in self.input_names if name not in inputs]
+        if missing:
+            raise TypeError(f"The exported model takes {', '.join(self.input_names)}; {', '.join(missing)} missing.")
+        feed = {}
+        for name in self.input_names:
+            value = inputs[name].detach().to("cpu")
+            feed[name] = np.ascontiguousarray((value.float() if value.is_floating_point() else value).numpy())
+        return ImageClassifierOutput(logits=torch.from_numpy(self.session.run(None, feed)[0]))
 
 
 def onnx_model(folder: str, config, threads: Optional[int] = None) -> OnnxModel:

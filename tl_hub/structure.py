@@ -134,10 +134,16 @@ def logits_of(output) -> torch.Tensor:
     return output
 
 
+def first_parameter(model: nn.Module) -> Optional[torch.Tensor]:
+    """The model's first parameter (its device and precision), or None for a model without any: a runtime session
+    such as `tl_hub.onnx_runtime.OnnxModel`, which has nothing to place, wrap or train."""
+    return next(model.parameters(), None)
+
+
 def model_inputs(model: nn.Module, batch: dict) -> dict:
     """A batch as the model's keyword arguments: without ``labels``, floating tensors in the model's precision (a
     model kept in float64 or bfloat16 gets its inputs in it; under autocast the weights stay float32)."""
-    first = next(model.parameters(), None)  # none: a runtime session, which takes its inputs as they are
+    first = first_parameter(model)  # none: a runtime session, which takes its inputs as they are
     dtype = first.dtype if first is not None else None
     return {k: v.to(dtype) if dtype and torch.is_tensor(v) and v.is_floating_point() and v.dtype != dtype else v
             for k, v in batch.items() if k != "labels"}

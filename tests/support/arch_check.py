@@ -13,7 +13,9 @@ The promises:
 2. feature extraction and fine-tuning (``unfreeze=2``, ``layer_decay``) train, with augmentation on;
 3. save -> ``tl_hub.load`` gives identical probabilities; so does a LoRA adapter where PEFT supports the layers;
 4. top-2 fine-tuning on the cached frozen prefix trains as running the whole encoder does (or falls back to it);
-5. `tl_hub.rank` scores it on the input of its head.
+5. `tl_hub.rank` scores it on the input of its head;
+6. the feature-extraction model exports to ONNX (`tl_hub.export`) within the parity tolerance, and ``tl_hub.load`` of
+   the export predicts the probabilities PyTorch does (or the row says why it cannot export).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ sys.path.insert(0, TESTS)  # `python tests/support/arch_check.py` imports its si
 
 from support import arch_zoo  # noqa: E402
 from support.tiny import colour_dataset  # noqa: E402
+from tl_hub.onnx_export import ExportError  # noqa: E402
+from tl_hub.onnx_runtime import OnnxModel  # noqa: E402
 
 LABELS = ["red", "green", "blue"]
 FAST = dict(batch_size=4, eval_batch_size=8, seed=0, feature_cache="memory", checkpoint_dir=None)
@@ -128,6 +132,22 @@ def check_rank(folder: str) -> int:
     return info["feature_dim"]
 
 
+def check_export(saved: str, tmp: str) -> dict:
+    """Export the trained model folder ``saved`` to ONNX; the export's parity figures (largest logit difference
+    and largest logit on the sample batch), after checking that ``tl_hub.load`` of it predicts PyTorch's
+    probabilities within the same tolerance.  `ExportError` when it cannot export."""
+    import tl_hub
+
+    result = tl_hub.export(saved, output_dir=os.path.join(tmp, "onnx"))
+    images = colour_dataset(6, seed=3)["image"]
+    exported = tl_hub.load(result.output_dir)
+    assert isinstance(exported.model, OnnxModel), "tl_hub.load of an export runs ONNX Runtime"
+    mine, theirs = tl_hub.load(saved).predict_proba(images), exported.predict_proba(images)
+    fp32 = result.parity["fp32"]
+    assert torch.allclose(mine, theirs, atol=fp32["tolerance"], rtol=0), "the export predicts other probabilities"
+    return {"max_abs_diff": fp32["max_abs_diff"], "max_abs_logit": fp32["max_abs_logit"]}
+
+
 def check(model_type: str, tmp: str) -> dict:
     """All promises for ``model_type``, in ``tmp``; returns what was measured."""
     start = time.perf_counter()
@@ -136,6 +156,10 @@ def check(model_type: str, tmp: str) -> dict:
     result = {"type": model_type, **split, **check_training(folder, tmp, lora=split["lora_targets"] > 0)}
     result["prefix_cut"] = check_prefix(folder)
     result["rank_feature_dim"] = check_rank(folder)
+    try:
+        result["onnx"] = check_export(os.path.join(tmp, "feature-extraction"), tmp)
+    except ExportError as error:  # the table says why; the test fails on it
+        result["onnx"] = f"cannot export: {error}"
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
 
@@ -193,21 +217,6 @@ def one_vs_two_processes(types, tmp: str, prefix: bool = False) -> dict:
     return result
 
 
-def table(rows: list[dict]) -> str:
-    lines = ["| model type | result | blocks | head | LoRA | top-2 on cached prefix (cut) | 2 processes (largest "
-             "metric difference) |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['type']} | {r['error']} | | | | | |")
-        else:
-            ddp = r.get("ddp")
-            ddp_text = "not run" if ddp is None else f"✓ ({ddp['max_difference']:.1g})"
-            lines.append(f"| {r['type']} | passes | {r['blocks']} | `{', '.join(r['head'])}` | "
-                         f"{'yes' if 'lora' in r else 'no linear layers'} | "
-                         f"{'whole encoder' if r['prefix_cut'] == '-' else '`' + r['prefix_cut'] + '`'} | {ddp_text} |")
-    return "\n".join(lines)
-
-
 if __name__ == "__main__":
     import argparse
     import json
@@ -242,19 +251,22 @@ if __name__ == "__main__":
             else:
                 row.clear()
                 row.update({"type": model_type, "error": f"FAILS under 2 processes: {ddp}"})
-    print(table(rows))
-    if args.json:
-        import transformers
+    import transformers
 
-        cpu = platform.processor() or "unknown"
-        if os.path.exists("/proc/cpuinfo"):
-            with open("/proc/cpuinfo") as f:
-                cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-        record = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                  "minutes": round((time.time() - started) / 60, 1),
-                  "host": {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                           "torch": torch.__version__},
-                  "transformers": transformers.__version__, "rows": rows}
+    cpu = platform.processor() or "unknown"
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    record = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "minutes": round((time.time() - started) / 60, 1),
+              "host": {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                       "torch": torch.__version__},
+              "transformers": transformers.__version__, "rows": rows}
+    sys.path.insert(0, os.path.join(os.path.dirname(TESTS), "benchmarks"))
+    from tables import architectures  # the docs' table (benchmarks/tables.py)
+
+    print(architectures(record))
+    if args.json:
         tmp = args.json + ".tmp"
         with open(tmp, "w") as f:
             json.dump(record, f, indent=1, default=str)
