@@ -678,74 +678,6 @@ def ratios(m: dict) -> dict:
     }
 
 
-def faster(ratio: float) -> str:
-    """A time ratio (other / ours) in words."""
-    return f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
-
-
-def cell(s: dict, unit: str = "", digits: int = 0) -> str:
-    """``median (min–max) unit``; only the median when every run gave the same value."""
-    median, low, high = (f"{s[k]:.{digits}f}" for k in ("median", "min", "max"))
-    return f"{median}{unit}" if low == high else f"{median} ({low}–{high}){unit}"
-
-
-def table(s: dict, r: dict, sizes: Sizes, prefix_cut: str) -> list[tuple[str, str, str, str]]:
-    """Rows: measure, tl-hub, peer (only where a peer ran), ratio (peer ratios, or "vs" another tl-hub row)."""
-
-    def ips(key: str) -> str:
-        return cell(s[key])
-
-    def sec(key: str) -> str:
-        return cell(s[key], " s", 2)
-
-    return [
-        ("floor: load + 1 pass over train+val (preprocess + encoder)", sec("floor_seconds"), "", ""),
-        ("floor: load + 1 pass over train only", sec("floor_train_only_seconds"), "", ""),
-        (f"feature extraction, {sizes.fe_epochs} epochs, whole fit (vs Trainer)", sec("fe_seconds"),
-         sec("fe_trainer_seconds"), f"{faster(r['fe_speedup_vs_trainer'])}; vs floor: {r['fe_vs_floor']:.2f}x "
-                                    f"(train only: {r['fe_vs_floor_train_only']:.2f}x)"),
-        ("fine-tune all groups, train images/s (vs Trainer)", ips("ft_images_per_second"),
-         ips("ft_trainer_images_per_second"), f"{r['ft_throughput_vs_trainer']:.2f}x"),
-        ("fine-tune top-2 + prefix cache, train images/s", ips("ft_top2_cached_images_per_second"), "",
-         f"{r['top2_cached_speedup_vs_top2']:.2f}x vs top-2 without; {r['top2_cached_speedup_vs_full']:.2f}x vs all"),
-        ("fine-tune top-2, no prefix cache, train images/s", ips("ft_top2_images_per_second"), "",
-         f"{r['top2_speedup_vs_full']:.2f}x vs all groups"),
-        ("fine-tune top-2 + prefix cache, whole fit", sec("ft_top2_cached_fit_seconds"), "",
-         f"{faster(r['top2_cached_fit_speedup_vs_top2'])} than top-2 without ({sec('ft_top2_fit_seconds')})"),
-        (f"prefix cache (train + val inputs of {prefix_cut}), in memory", cell(s["top2_prefix_cache_mb"], " MB", 1),
-         "", ""),
-        ("peak memory growth, frozen (feature extraction)", cell(s["frozen_peak_mb"], " MB"), "",
-         f"{r['frozen_mem_vs_full']:.2f}x vs full fine-tune"),
-        ("peak memory growth, full fine-tune", cell(s["full_peak_mb"], " MB"), "", ""),
-        (f"predict images/s, {sizes.predict_images} images (vs pipeline)", ips("predict_images_per_second"),
-         ips("pipeline_images_per_second"), f"{r['predict_vs_pipeline']:.2f}x"),
-        ("model forward alone, same batches preprocessed beforehand", ips("predict_forward_only_images_per_second"),
-         "", f"predict at {r['predict_vs_forward_only']:.0%} of it, pipeline at {r['pipeline_vs_forward_only']:.0%}"),
-        ("first predict, fresh process: load + 1 image (vs pipeline)", sec("first_predict_seconds"),
-         sec("first_predict_pipeline_seconds"), faster(r["first_predict_speedup_vs_pipeline"])),
-        ("predict images/s through ONNX Runtime, fp32 (vs pipeline)", ips("onnx_predict_images_per_second"),
-         ips("pipeline_images_per_second"), f"{r['onnx_predict_vs_pipeline']:.2f}x"),
-        ("predict images/s through ONNX Runtime, int8 (vs pipeline)", ips("int8_predict_images_per_second"),
-         ips("pipeline_images_per_second"), f"{r['int8_predict_vs_pipeline']:.2f}x"),
-        ("first predict, fresh process, ONNX fp32 (vs pipeline)", sec("first_predict_onnx_seconds"),
-         sec("first_predict_pipeline_seconds"), faster(r["onnx_first_predict_speedup_vs_pipeline"])),
-        ("first predict, fresh process, ONNX int8 (vs pipeline)", sec("first_predict_int8_seconds"),
-         sec("first_predict_pipeline_seconds"), faster(r["int8_first_predict_speedup_vs_pipeline"])),
-        ("preprocessing images/s, plain", ips("preprocess_images_per_second"), "", ""),
-        ("preprocessing images/s, augmented", ips("preprocess_augmented_images_per_second"), "",
-         f"{r['preprocess_augmented_vs_ft_training']:.1f}x vs fine-tune training images/s"),
-        ("model forward images/s (inference)", ips("model_inference_images_per_second"), "", ""),
-    ]
-
-
-def print_table(rows) -> None:
-    header = ("measure", "tl-hub median (min–max)", "peer median (min–max)", "ratio")
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
-    print()
-    for row in [header, tuple("-" * w for w in widths) + ("-" * 5,)] + rows:
-        print(f"| {row[0]:<{widths[0]}} | {row[1]:>{widths[1]}} | {row[2]:>{widths[2]}} | {row[3]}")
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
@@ -785,15 +717,6 @@ def main():
 
     s = {name: stats(values) for name, values in figures.items()}
     r = ratios({name: v["median"] for name, v in s.items()})
-    print_table(table(s, r, sizes, notes["top2_prefix_cut"]))
-    print(f"\naccuracy after {sizes.fe_epochs} feature-extraction epochs (median): tl-hub (kept epoch) "
-          f"{s['fe_accuracy']['median']:.3f}, Trainer (last epoch) {s['fe_trainer_accuracy']['median']:.3f}; "
-          f"total {time.perf_counter() - total:.0f} s")
-    q = notes["int8_parity"]["int8"]
-    print(f"model on disk: PyTorch {notes['pytorch_model_mb']:.1f} MB, ONNX fp32 {notes['onnx_model_mb']:.1f} MB, "
-          f"int8 {notes['int8_model_mb']:.1f} MB; fp32 parity {notes['onnx_parity']['fp32']['max_abs_diff']:.1e}; "
-          f"int8 on {q['images']} validation images: top-1 agreement {q['top1_agreement']:.1%}, accuracy "
-          f"{q['accuracy_fp32']:.3f} -> {q['accuracy_int8']:.3f} ({q['accuracy_change_points']:+.1f} points)")
     out = {"device": where, "mixed_precision": args.mixed_precision,
            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "host": host(),
            "model": args.model, "quick": args.quick, "repeats": args.repeats, "sizes": dataclasses.asdict(sizes)}
@@ -805,6 +728,12 @@ def main():
                       for k, side, t in TARGETS}
     out["runs"] = {name: v["runs"] for name, v in s.items()}
     out["benchmark_seconds"] = time.perf_counter() - total
+    from tables import performance  # the docs' table (benchmarks/tables.py), from the same figures
+
+    print("\n" + performance(out))
+    print(f"\naccuracy after {sizes.fe_epochs} feature-extraction epochs (median): tl-hub (kept epoch) "
+          f"{s['fe_accuracy']['median']:.3f}, Trainer (last epoch) {s['fe_trainer_accuracy']['median']:.3f}; "
+          f"total {out['benchmark_seconds']:.0f} s")
     print(json.dumps(out))
 
 
