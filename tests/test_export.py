@@ -100,19 +100,21 @@ def test_int8_reports_its_agreement_and_accuracy_change(trained, tmp_path):
         assert c["accuracy_int8"] == pytest.approx(metrics["per_class"][label]["recall"])
 
 
-def test_int8_leaves_the_first_and_the_depthwise_convolutions_in_float():
+def test_int8_leaves_the_first_quarter_and_the_depthwise_convolutions_in_float():
     from onnx import helper
 
-    from tl_hub.onnx_export import float_convolutions
+    from tl_hub.onnx_export import float_operators
 
     def conv(name, group=1):
         return helper.make_node("Conv", [f"{name}_in", f"{name}_w"], [f"{name}_out"], name=name, group=group)
 
-    graph = helper.make_graph([conv("stem"), conv("expand"), conv("depthwise", group=32), helper.make_node(
-        "Relu", ["x"], ["y"], name="relu"), conv("project"), conv("grouped", group=2)], "g", [], [])
-    assert float_convolutions(graph) == ["depthwise", "grouped", "stem"]
-    assert float_convolutions(helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"], name="mm")], "g", [],
-                                                [])) == []
+    nodes = [conv("stem"), conv("expand"), helper.make_node("Relu", ["x"], ["y"], name="relu"), conv("project"),
+             conv("depthwise", group=32), conv("c4"), conv("c5"), conv("grouped", group=2),
+             helper.make_node("MatMul", ["a", "b"], ["c"], name="head")]
+    # 8 candidates (the Relu is not one): the first 2 stay float, and the grouped ones wherever they are
+    assert float_operators(helper.make_graph(nodes, "g", [], [])) == ["depthwise", "expand", "grouped", "stem"]
+    assert float_operators(helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"], name="mm")], "g", [],
+                                             [])) == []  # a quarter of one rounds to none
 
 
 def test_per_class_change_says_where_int8_loses():
