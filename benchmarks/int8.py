@@ -37,7 +37,7 @@ from transfer import REAL_TASKS, task_data  # noqa: E402
 import tl_hub  # noqa: E402
 from tl_hub.filenames import ONNX_FILE  # noqa: E402
 from tl_hub.imagenet import LITE0, lite0_path  # noqa: E402
-from tl_hub.onnx_export import CALIBRATION_IMAGES, QUANTIZED_OPS, int8_parity  # noqa: E402
+from tl_hub.onnx_export import CALIBRATION_IMAGES, FLOAT_FRONT, QUANTIZED_OPS, int8_parity  # noqa: E402
 
 RECIPES = {"feature-extraction": tl_hub.FeatureExtractionRecipe, "fine-tune": tl_hub.FineTuneRecipe}
 
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     changes = [r["accuracy_change_points"] for t in tasks.values() for s in t.values() for r in s["runs"]]
     summary = {"benchmark": "int8", "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                "host": host(), "base_model": LITE0, "seeds": args.seeds, "test_images_per_class": 30,
-               "calibration_images": CALIBRATION_IMAGES, "quantized_ops": list(QUANTIZED_OPS), "tasks": tasks,
+               "calibration_images": CALIBRATION_IMAGES, "quantized_ops": list(QUANTIZED_OPS), "float_front": FLOAT_FRONT, "tasks": tasks,
                "mean_change_points": statistics.mean(changes), "worst_change_points": min(changes),
                "seconds": total}
     report(summary, args.output)

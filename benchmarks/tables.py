@@ -627,6 +627,30 @@ def trust_caption(result: dict) -> str:
                    source("trust"))
 
 
+def int8_accuracy(result: dict) -> str:
+    """int8 against fp32 on the real tier's test images (`benchmarks/int8.py`): the accuracy of each, the change in
+    points and the top-1 agreement (mean over the seeds, min–max), and the classes that lose the most."""
+    rows = []
+    for task, recipes in result["tasks"].items():
+        for recipe, r in recipes.items():
+            change = r["accuracy_change_points"]
+            worst = sorted(r["per_class_change_points"].items(), key=lambda kv: kv[1])[:2]
+            losses = ", ".join(f"{label} {signed(points)}" for label, points in worst if points < 0) or "none"
+            rows.append([task, RECIPE_SHORT[recipe], mean_range(r["accuracy_fp32"]), mean_range(r["accuracy_int8"]),
+                         f"{signed(change['mean'])} ({signed(change['min'])} to {signed(change['max'])})",
+                         f"{r['top1_agreement']['mean']:.1%}", losses])
+    header = ["task", "recipe", "fp32 accuracy", "int8 accuracy", "change (points)", "top-1 agreement",
+              "classes that lose most (points)"]
+    note = caption(f"seeds {', '.join(map(str, result['seeds']))}", f"{result['test_images_per_class']} test images "
+                   f"per class", f"calibrated on {result['calibration_images']} training images",
+                   f"the first {result['float_front']:.0%} of the convolutions and matrix products and the depthwise "
+                   "ones in float" if "float_front" in result else "",
+                   f"mean change {signed(result['mean_change_points'])} points, worst run "
+                   f"{signed(result['worst_change_points'])}", when(result["date"]), machine(result["host"]),
+                   source("int8"))
+    return "\n\n".join([table(header, rows), note])
+
+
 def trust_wise_ft(result: dict) -> str:
     """Fine-tune test accuracy, in distribution and shifted, of plain fine-tuning (α = 1), WiSE-FT with α chosen on
     validation, α = 0.5, and the start (α = 0)."""
@@ -722,6 +746,7 @@ TABLES: dict[str, tuple[Callable[..., str], tuple[str, ...]]] = {
     "trust_calibration": (trust_calibration, ("trust",)),
     "trust_wise_ft": (trust_wise_ft, ("trust",)),
     "trust_tta": (trust_tta, ("trust",)),
+    "int8": (int8_accuracy, ("int8",)),
     "headline": (headline, ("transfer_real", "run_lite0", "rank_real", "rank", "multilabel", "imbalance", "trust")),
 }
 # PNGs the benchmark scripts write, shown in the docs: copied into docs/assets/ (the site holds only docs/)
