@@ -32,11 +32,11 @@ sys.path.insert(0, HERE)
 
 from multilabel import _quiet  # noqa: E402
 from run import host, report  # noqa: E402
-from transfer import REAL_TASKS, task_data  # noqa: E402
+from transfer import real_tier, real_tier_arguments, task_data  # noqa: E402
 
 import tl_hub  # noqa: E402
 from tl_hub.filenames import ONNX_FILE  # noqa: E402
-from tl_hub.imagenet import LITE0, lite0_path  # noqa: E402
+from tl_hub.imagenet import LITE0  # noqa: E402
 from tl_hub.onnx_export import CALIBRATION_IMAGES, FLOAT_FRONT, QUANTIZED_OPS, int8_parity  # noqa: E402
 
 RECIPES = {"feature-extraction": tl_hub.FeatureExtractionRecipe, "fine-tune": tl_hub.FineTuneRecipe}
@@ -84,12 +84,8 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", nargs="+", default=[t[0] for t in REAL_TASKS],
-                        choices=[t[0] for t in REAL_TASKS])
+    parser = real_tier_arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--output", help="Also write the JSON summary here.")
     return parser.parse_args(argv)
 
 
@@ -99,9 +95,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     tasks = {}
     with tempfile.TemporaryDirectory(prefix="tl_hub_int8_") as cache:
-        os.environ["TL_HUB_CACHE"] = cache
-        lite0_path()
-        for name, _, target, per_class, _ in (t for t in REAL_TASKS if t[0] in args.tasks):
+        for name, target, per_class in real_tier(args.tasks, cache):
             runs = {recipe: [] for recipe in args.recipes}
             for seed in args.seeds:
                 data = task_data(target, per_class, seed, real=True)

@@ -97,6 +97,25 @@ VALIDATION_PER_CLASS = 20
 HAND_EPOCHS = 30
 
 
+def real_tier_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of a benchmark over the real tier (`REAL_TASKS`): ``--tasks``, ``--seeds`` and ``--output``."""
+    parser.add_argument("--tasks", nargs="+", default=[t[0] for t in REAL_TASKS],
+                        choices=[t[0] for t in REAL_TASKS])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--output", help="Also write the JSON summary here.")
+    return parser
+
+
+def real_tier(names: list[str], cache: str):
+    """``(name, target, per_class)`` of each real-tier task in ``names``, with the ImageNet Lite0 converted once into
+    ``cache`` (``TL_HUB_CACHE``) first."""
+    os.environ["TL_HUB_CACHE"] = cache
+    lite0_path()
+    for name, _, target, per_class, _ in REAL_TASKS:
+        if name in names:
+            yield name, target, per_class
+
+
 def task_data(target: str, per_class: int, seed: int, real: bool = False):
     """``(train, validation, test)`` as ``datasets.Dataset``: disjoint, the same for every method.  The real tier
     (``real``) keeps 3 validation and 30 test images per class: its models cost 224 px forward passes."""

@@ -39,12 +39,12 @@ sys.path.insert(0, HERE)
 
 from multilabel import _quiet  # noqa: E402
 from run import host, report  # noqa: E402
-from transfer import REAL_TASKS, task_data  # noqa: E402
+from transfer import real_tier, real_tier_arguments, task_data  # noqa: E402
 
 from tl_hub import FeatureExtractionRecipe, FineTuneRecipe  # noqa: E402
 from tl_hub.calibration import calibration_figures, fit_temperature  # noqa: E402
 from tl_hub.evaluation import outputs_metrics  # noqa: E402
-from tl_hub.imagenet import LITE0, lite0_path  # noqa: E402
+from tl_hub.imagenet import LITE0  # noqa: E402
 from tl_hub.tasks import selection_key  # noqa: E402
 from tl_hub.tta import tta_views  # noqa: E402
 from tl_hub.wise_ft import ALPHA_GRID, choose, load_alpha  # noqa: E402
@@ -193,11 +193,7 @@ def print_table(tasks: dict) -> None:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", nargs="+", default=[t[0] for t in REAL_TASKS],
-                        choices=[t[0] for t in REAL_TASKS])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--output", help="Also write the JSON summary here.")
+    parser = real_tier_arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     return parser.parse_args(argv)
 
 
@@ -207,9 +203,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     tasks = {}
     with tempfile.TemporaryDirectory(prefix="tl_hub_trust_") as cache:
-        os.environ["TL_HUB_CACHE"] = cache
-        lite0_path()
-        for name, _, target, per_class, _ in (t for t in REAL_TASKS if t[0] in args.tasks):
+        for name, target, per_class in real_tier(args.tasks, cache):
             runs = []
             for seed in args.seeds:
                 data = task_data(target, per_class, seed, real=True)
