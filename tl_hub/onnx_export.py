@@ -219,11 +219,11 @@ def _quiet_exporter():
 def parity(module: LogitsOnly, path: str, sample: dict[str, torch.Tensor]) -> dict:
     """The fp32 parity check: the largest absolute difference of the logits of ``sample`` (a batch size other than
     the exported one) between ``module`` and the ONNX file, with the largest logit for scale."""
-    from .onnx_runtime import session
+    from .onnx_runtime import as_feed, session
 
     with torch.inference_mode():
         expected = module(*(sample[n] for n in module.input_names)).float().numpy()
-    got = session(path).run(None, {n: sample[n].numpy() for n in module.input_names})[0]
+    got = session(path).run(None, as_feed({n: sample[n] for n in module.input_names}))[0]
     if got.shape != expected.shape:
         raise ExportError(f"The exported model gives logits of shape {got.shape} where PyTorch gives "
                           f"{expected.shape}.")
@@ -252,13 +252,13 @@ def evaluation_split(dataset: Any) -> tuple[Any, str, Any]:
 def calibration_batches(train, processor, image_column: Optional[str]) -> list[dict]:
     """`CALIBRATION_IMAGES` training images (a seeded draw) as batches of pixel values for int8's calibration."""
     from .data import as_images, find_image_column, preprocess
+    from .onnx_runtime import as_feed
 
     column = find_image_column(train, image_column)
     rows = train.shuffle(seed=0).select(range(min(CALIBRATION_IMAGES, len(train))))
     images = as_images(rows[column])
     batches = (preprocess(processor, images[i:i + 16]) for i in range(0, len(images), 16))
-    return [{name: (value.float() if value.is_floating_point() else value).numpy() for name, value in batch.items()}
-            for batch in batches]
+    return [as_feed(batch) for batch in batches]
 
 
 def float_operators(graph) -> list[str]:

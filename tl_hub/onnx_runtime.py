@@ -72,11 +72,18 @@ class OnnxModel(nn.Module):
         missing = [name for name in self.input_names if name not in inputs]
         if missing:
             raise TypeError(f"The exported model takes {', '.join(self.input_names)}; {', '.join(missing)} missing.")
-        feed = {}
-        for name in self.input_names:
-            value = inputs[name].detach().to("cpu")
-            feed[name] = np.ascontiguousarray((value.float() if value.is_floating_point() else value).numpy())
+        feed = as_feed({name: inputs[name] for name in self.input_names})
         return ImageClassifierOutput(logits=torch.from_numpy(self.session.run(None, feed)[0]))
+
+
+def as_feed(inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Model inputs as an ONNX Runtime session takes them: contiguous numpy arrays on the CPU, floating values in
+    float32, the rest (token ids, masks, shapes) as they are."""
+    feed = {}
+    for name, value in inputs.items():
+        value = value.detach().to("cpu")
+        feed[name] = np.ascontiguousarray((value.float() if value.is_floating_point() else value).numpy())
+    return feed
 
 
 def onnx_model(folder: str, config, threads: Optional[int] = None) -> OnnxModel:
